@@ -1,0 +1,125 @@
+"""Scores from saved predictions: per-split accuracy and macro F1, their mean/std/CI, per-class scores.
+
+Everything here reads `<run>/splits/<k>/predictions.csv` of the finished splits (those with DONE)
+and nothing else: reports never depend on the model or the training code.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+from sklearn.metrics import f1_score, precision_recall_fscore_support
+
+from reports.files import done_splits, split_file
+
+PROB_PREFIX = "prob_"
+REQUIRED_COLUMNS = ["clip", "fold", "label", "pred"]
+
+
+def class_names(pred_df: pd.DataFrame) -> list[str]:
+    """Class names in class-id order, recovered from the `prob_<class>` columns."""
+    return [c[len(PROB_PREFIX):] for c in pred_df.columns if c.startswith(PROB_PREFIX)]
+
+
+def _read_split(run_dir, k: int) -> pd.DataFrame:
+    path = split_file(run_dir, k, "predictions.csv")
+    if not path.exists():
+        raise FileNotFoundError(f"split {k} is marked DONE but has no {path}")
+    df = pd.read_csv(path, dtype={"clip": str})
+    missing = [c for c in REQUIRED_COLUMNS if c not in df.columns]
+    if missing or not class_names(df):
+        raise ValueError(f"{path}: missing columns {missing or ['prob_<class>...']}")
+    df.insert(0, "split", k)
+    return df
+
+
+def _check(pred: pd.DataFrame) -> None:
+    """Labels and predictions are class ids in range; every clip is tested once."""
+    n_classes = len(class_names(pred))
+    for col in ("label", "pred"):
+        values = pred[col]
+        if values.isna().any() or not values.between(0, n_classes - 1).all():
+            raise ValueError(f"predictions: column {col!r} has values outside class ids 0..{n_classes - 1}")
+        if not np.all(values == values.round()):
+            raise ValueError(f"predictions: column {col!r} holds non-integer class ids")
+    dup = pred.loc[pred["clip"].duplicated(keep=False), ["split", "clip"]]
+    if len(dup):
+        raise ValueError(f"clips tested more than once:\n{dup.head(10).to_string(index=False)}")
+
+
+def load_predictions(run_dir) -> pd.DataFrame:
+    """All finished splits' predictions concatenated, with a leading `split` column."""
+    splits = done_splits(run_dir)
+    if not splits:
+        raise FileNotFoundError(f"{run_dir}: no finished splits (no splits/<k>/DONE)")
+    frames = [_read_split(run_dir, k) for k in splits]
+    names = class_names(frames[0])
+    for k, df in zip(splits, frames):
+        if class_names(df) != names:
+            raise ValueError(f"split {k}: prob columns {class_names(df)} differ from split {splits[0]}: {names}")
+    pred = pd.concat(frames, ignore_index=True)
+    _check(pred)
+    pred["label"] = pred["label"].astype(int)
+    pred["pred"] = pred["pred"].astype(int)
+    return pred
+
+
+def fold_scores(pred_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per split: split, test_fold, n, accuracy, macro_f1.
+
+    Macro F1 averages over the classes present in that split's labels or predictions (sklearn's
+    default), so a class absent from a test fold and never predicted there does not count as 0.
+    """
+    rows = []
+    for k, df in pred_df.groupby("split", sort=True):
+        folds = df["fold"].unique()
+        if len(folds) != 1:
+            raise ValueError(f"split {k}: predictions span test folds {sorted(folds)}")
+        rows.append({
+            "split": int(k),
+            "test_fold": int(folds[0]),
+            "n": len(df),
+            "accuracy": float((df["label"] == df["pred"]).mean()),
+            "macro_f1": float(f1_score(df["label"], df["pred"], average="macro", zero_division=0)),
+        })
+    return pd.DataFrame(rows, columns=["split", "test_fold", "n", "accuracy", "macro_f1"])
+
+
+def _mean_std(values: np.ndarray) -> tuple[float, float]:
+    std = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return float(values.mean()), std
+
+
+def summary(fold_df: pd.DataFrame) -> dict:
+    """Mean, sample std (ddof=1) and 95 % t-interval of accuracy over splits; macro F1 mean/std."""
+    n = len(fold_df)
+    if n == 0:
+        raise ValueError("summary of zero splits")
+    acc_mean, acc_std = _mean_std(fold_df["accuracy"].to_numpy(dtype=float))
+    f1_mean, f1_std = _mean_std(fold_df["macro_f1"].to_numpy(dtype=float))
+    half = float(stats.t.ppf(0.975, n - 1)) * acc_std / math.sqrt(n) if n > 1 else 0.0
+    return {
+        "acc_mean": acc_mean,
+        "acc_std": acc_std,
+        "acc_ci95_low": acc_mean - half,
+        "acc_ci95_high": acc_mean + half,
+        "macro_f1_mean": f1_mean,
+        "macro_f1_std": f1_std,
+        "n_splits": n,
+    }
+
+
+def per_class(pred_df: pd.DataFrame) -> pd.DataFrame:
+    """Precision, recall, F1 and support per class over all test predictions pooled.
+
+    Every class gets a row; one never predicted has precision 0, one with no support has 0s.
+    """
+    names = class_names(pred_df)
+    p, r, f, s = precision_recall_fscore_support(
+        pred_df["label"], pred_df["pred"], labels=list(range(len(names))), zero_division=0)
+    return pd.DataFrame({
+        "label": range(len(names)), "class": names,
+        "precision": p, "recall": r, "f1": f, "support": s.astype(int),
+    })

@@ -1,0 +1,130 @@
+"""Run-folder files: atomic writes, and readers for what training leaves in a run folder.
+
+The layout read here (written by the training code):
+
+    <run>/config.yaml                     effective config (only `name` and the dataset name are read)
+    <run>/folds.csv                       clip,path,label,class,fold,group
+    <run>/quarantine.csv                  clip,reason (may be absent or empty)
+    <run>/splits/<k>/predictions.csv      clip,fold,label,pred,prob_<class>...
+    <run>/splits/<k>/history.csv          epoch,train_loss,val_acc,lr
+    <run>/splits/<k>/split.json           split, test_fold, val_fold, best_epoch, ...
+    <run>/splits/<k>/DONE                 marker: only splits with it count
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+
+# ---- atomic writes: write to a temporary name in the same folder, then os.replace ----
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; rename it over `path` on success, delete it on error."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text: str) -> None:
+    with atomic_path(path) as tmp:
+        with open(tmp, "w", encoding="utf-8") as f:
+            f.write(text)
+
+
+def _json_default(obj):
+    if hasattr(obj, "item"):  # numpy scalars
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def atomic_write_json(path, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def atomic_write_csv(path, df: pd.DataFrame, index: bool = False) -> None:
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=index)
+
+
+# ---- readers ----
+
+def split_dirs(run_dir) -> dict[int, Path]:
+    """Split index -> folder, for every integer-named folder under <run>/splits/."""
+    root = Path(run_dir) / "splits"
+    if not root.is_dir():
+        return {}
+    dirs = {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
+    return dict(sorted(dirs.items()))
+
+
+def done_splits(run_dir) -> list[int]:
+    return [k for k, d in split_dirs(run_dir).items() if (d / "DONE").exists()]
+
+
+def expected_splits(run_dir) -> list[int]:
+    """Splits 1..n, n = number of distinct folds in folds.csv, plus any split folder present."""
+    expected = set(split_dirs(run_dir))
+    folds_csv = Path(run_dir) / "folds.csv"
+    if folds_csv.exists():
+        n_folds = pd.read_csv(folds_csv, usecols=["fold"])["fold"].nunique()
+        expected |= set(range(1, n_folds + 1))
+    return sorted(expected)
+
+
+def missing_splits(run_dir) -> list[int]:
+    done = set(done_splits(run_dir))
+    return [k for k in expected_splits(run_dir) if k not in done]
+
+
+def split_file(run_dir, k: int, name: str) -> Path:
+    return split_dirs(run_dir)[k] / name
+
+
+def read_split_json(run_dir, k: int) -> dict:
+    return json.loads(split_file(run_dir, k, "split.json").read_text(encoding="utf-8"))
+
+
+def read_history(run_dir, k: int) -> pd.DataFrame:
+    return pd.read_csv(split_file(run_dir, k, "history.csv"))
+
+
+def read_quarantine(run_dir) -> pd.DataFrame:
+    """Quarantined files as DataFrame[clip, reason]; empty when the file is absent or empty."""
+    path = Path(run_dir) / "quarantine.csv"
+    empty = pd.DataFrame({"clip": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+    if not path.exists() or path.stat().st_size == 0:
+        return empty
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    return df if len(df) else empty
+
+
+def read_config(run_dir) -> dict:
+    path = Path(run_dir) / "config.yaml"
+    if not path.exists():
+        return {}
+    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    return cfg if isinstance(cfg, dict) else {}
+
+
+def run_name(run_dir) -> str:
+    return str(read_config(run_dir).get("name") or Path(run_dir).resolve().name)
+
+
+def dataset_name(run_dir) -> str | None:
+    ds = read_config(run_dir).get("dataset")
+    if isinstance(ds, dict):
+        ds = ds.get("name")
+    return str(ds) if ds else None

@@ -1,0 +1,91 @@
+"""Run plots: learning curves per split, accuracy per fold. PNGs, written atomically."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from reports.files import atomic_path, done_splits, read_history, read_split_json  # noqa: E402
+
+DPI = 120
+
+
+def save_png(fig, path) -> None:
+    """Save `fig` as PNG atomically and close it."""
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, format="png", dpi=DPI)  # callers lay out with tight_layout
+    finally:
+        plt.close(fig)
+
+
+def _colors(n: int):
+    cmap = plt.get_cmap("tab10" if n <= 10 else "tab20")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def _best_row(history: pd.DataFrame, best_epoch) -> pd.DataFrame:
+    """The history row of the selected epoch (matched on the `epoch` column), or an empty frame."""
+    if best_epoch is None:
+        return history.iloc[0:0]
+    return history[history["epoch"] == best_epoch]
+
+
+def plot_learning_curves(run_dir, path) -> None:
+    """Two panels, train_loss and val_acc per epoch, one line per finished split; a star marks the
+    epoch that split selected (split.json `best_epoch`)."""
+    splits = done_splits(run_dir)
+    fig, (ax_loss, ax_val) = plt.subplots(1, 2, figsize=(12, 4.5))
+    no_val = []
+    for k, color in zip(splits, _colors(len(splits))):
+        hist = read_history(run_dir, k)
+        info = read_split_json(run_dir, k)
+        best = _best_row(hist, info.get("best_epoch"))
+        label = f"split {k} (test fold {info.get('test_fold', '?')})"
+        ax_loss.plot(hist["epoch"], hist["train_loss"], color=color, lw=1.2, label=label)
+        ax_loss.plot(best["epoch"], best["train_loss"], "*", color=color, ms=12, mec="black", mew=0.6)
+        val = pd.to_numeric(hist["val_acc"], errors="coerce")
+        if val.isna().all():
+            no_val.append(k)
+        else:
+            ax_val.plot(hist["epoch"], val, color=color, lw=1.2, label=label)
+            ax_val.plot(best["epoch"], pd.to_numeric(best["val_acc"], errors="coerce"), "*",
+                        color=color, ms=12, mec="black", mew=0.6)
+    ax_loss.set(title="training loss", xlabel="epoch", ylabel="train_loss")
+    ax_val.set(title="validation accuracy (star: selected epoch)", xlabel="epoch", ylabel="val_acc")
+    if no_val:
+        note = "no validation fold" if len(no_val) == len(splits) else \
+            f"no validation fold: split {', '.join(map(str, no_val))}"
+        ax_val.text(0.5, 0.5 if len(no_val) == len(splits) else 0.03, note, ha="center",
+                    va="center" if len(no_val) == len(splits) else "bottom",
+                    transform=ax_val.transAxes, color="gray")
+    for ax in (ax_loss, ax_val):
+        ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if splits:
+        ax_loss.legend(fontsize=7, ncol=2 if len(splits) > 5 else 1)
+    fig.tight_layout()
+    save_png(fig, path)
+
+
+def plot_fold_scores(fold_df: pd.DataFrame, path) -> None:
+    """Accuracy per split as bars (labelled with the test fold), with the mean as a dashed line."""
+    n = len(fold_df)
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * n + 2), 4))
+    x = np.arange(n)
+    acc = fold_df["accuracy"].to_numpy(dtype=float)
+    bars = ax.bar(x, acc, color="tab:blue", alpha=0.8)
+    ax.bar_label(bars, labels=[f"{a:.3f}" for a in acc], fontsize=8, padding=2)
+    title = "test accuracy per fold"
+    if n:
+        ax.axhline(acc.mean(), color="tab:red", ls="--", lw=1.5)
+        title += f" (dashed: mean {acc.mean():.3f})"
+    ax.set_xticks(x, [f"{int(f)}" for f in fold_df["test_fold"]])
+    ax.set(xlabel="test fold", ylabel="accuracy", ylim=(0, 1.08), title=title)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    save_png(fig, path)

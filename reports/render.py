@@ -1,0 +1,133 @@
+"""Build a run's report from its saved predictions: scores.json, CSV tables, PNGs and report.md.
+
+    scores = build_report("runs/us8k-seed")   # writes everything into the run folder
+    print(summary_table(scores))              # what the CLI prints at the end
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from reports.aggregate import class_names, fold_scores, load_predictions, per_class, summary
+from reports.confusion import confusion_counts, normalize_rows, plot_confusion
+from reports.files import (atomic_write_csv, atomic_write_json, atomic_write_text, dataset_name,
+                           expected_splits, missing_splits, read_quarantine, run_name)
+from reports.plots import plot_fold_scores, plot_learning_curves
+
+
+def summary_line(scores: dict) -> str:
+    n = scores["n_splits"]
+    return (f"accuracy {scores['acc_mean']:.3f} ± {scores['acc_std']:.3f} "
+            f"(95 % CI {scores['acc_ci95_low']:.3f}–{scores['acc_ci95_high']:.3f}) "
+            f"over {n} fold{'s' if n != 1 else ''}, "
+            f"macro F1 {scores['macro_f1_mean']:.3f} ± {scores['macro_f1_std']:.3f}")
+
+
+def missing_line(scores: dict) -> str:
+    """A warning naming the unfinished splits, or '' when the run is complete."""
+    missing = scores["missing_splits"]
+    if not missing:
+        return ""
+    total = scores["n_splits"] + len(missing)
+    return (f"INCOMPLETE RUN: split(s) {', '.join(map(str, missing))} not finished (no DONE); "
+            f"scores cover {scores['n_splits']} of {total} splits")
+
+
+def summary_table(scores: dict) -> str:
+    """Short plain-text table for the terminal: accuracy per fold, then the mean/std/CI line."""
+    lines = [f"{'split':>5}  {'test fold':>9}  {'n':>6}  {'accuracy':>8}  {'macro F1':>8}"]
+    for row in scores["per_fold"]:
+        lines.append(f"{row['split']:>5}  {row['test_fold']:>9}  {row['n']:>6}  "
+                     f"{row['accuracy']:>8.3f}  {row['macro_f1']:>8.3f}")
+    lines.append(summary_line(scores))
+    if scores["missing_splits"]:
+        lines.append(missing_line(scores))
+    if scores["quarantined"]:
+        lines.append(f"{scores['quarantined']} file(s) quarantined (see report.md)")
+    return "\n".join(lines)
+
+
+def _cell(value) -> str:
+    text = f"{value:.3f}" if isinstance(value, float) else str(value)
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def markdown_table(df: pd.DataFrame, headers: list[str] | None = None) -> str:
+    headers = headers or [str(c) for c in df.columns]
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in df.itertuples(index=False):
+        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
+    return "\n".join(lines)
+
+
+def render_markdown(scores: dict, fold_df: pd.DataFrame, class_df: pd.DataFrame,
+                    quarantine: pd.DataFrame) -> str:
+    dataset = f"dataset **{scores['dataset']}**, " if scores.get("dataset") else ""
+    md = [f"# {scores['run']}", "",
+          f"{dataset}{len(scores['classes'])} classes, {int(fold_df['n'].sum())} test predictions "
+          f"from {scores['n_splits']} finished split(s).", "",
+          f"**{summary_line(scores)}**", ""]
+    if scores["missing_splits"]:
+        md += [f"> **Warning: {missing_line(scores)}.** Mean, std and CI are over the finished "
+               "splits only.", ""]
+    md += ["## Per fold", "",
+           markdown_table(fold_df, ["split", "test fold", "n", "accuracy", "macro F1"]), "",
+           "![accuracy per fold](fold_scores.png)", "",
+           "## Learning curves", "",
+           "![learning curves](learning_curves.png)", "",
+           "## Confusion matrix", "",
+           "Rows are true classes, columns predicted; summed over the test folds. "
+           "Tables: [counts](confusion_counts.csv), [row-normalised](confusion_normalized.csv).", "",
+           "![confusion matrix, row-normalised](confusion_normalized.png)", "",
+           "![confusion matrix, counts](confusion_counts.png)", "",
+           "## Per class", "",
+           "Over all test predictions pooled ([per_class.csv](per_class.csv)).", "",
+           markdown_table(class_df[["class", "precision", "recall", "f1", "support"]],
+                          ["class", "precision", "recall", "F1", "support"]), "",
+           "## Quarantined files", ""]
+    if len(quarantine):
+        md += [f"{len(quarantine)} file(s) were set aside and are not in any fold:", "",
+               markdown_table(quarantine[["clip", "reason"]]), ""]
+    else:
+        md += ["None.", ""]
+    return "\n".join(md)
+
+
+def build_report(run_dir) -> dict:
+    """Compute scores from the finished splits of `run_dir` and write every report file into it.
+
+    Returns the scores dict that is also written to scores.json.
+    """
+    run_dir = Path(run_dir)
+    pred = load_predictions(run_dir)
+    fold_df = fold_scores(pred)
+    class_df = per_class(pred)
+    counts = confusion_counts(pred)
+    normalized = normalize_rows(counts)
+    quarantine = read_quarantine(run_dir)
+    missing = missing_splits(run_dir)
+
+    scores = {
+        "run": run_name(run_dir),
+        "dataset": dataset_name(run_dir),
+        "classes": class_names(pred),
+        **summary(fold_df),
+        "per_fold": fold_df.to_dict(orient="records"),
+        "expected_splits": expected_splits(run_dir),
+        "missing_splits": missing,
+        "quarantined": len(quarantine),
+    }
+
+    atomic_write_json(run_dir / "scores.json", scores)
+    atomic_write_csv(run_dir / "per_fold.csv", fold_df)
+    atomic_write_csv(run_dir / "per_class.csv", class_df)
+    atomic_write_csv(run_dir / "confusion_counts.csv", counts, index=True)
+    atomic_write_csv(run_dir / "confusion_normalized.csv", normalized, index=True)
+    plot_confusion(counts, run_dir / "confusion_counts.png", f"{scores['run']}: confusion (counts)")
+    plot_confusion(normalized, run_dir / "confusion_normalized.png",
+                   f"{scores['run']}: confusion (row-normalised)")
+    plot_learning_curves(run_dir, run_dir / "learning_curves.png")
+    plot_fold_scores(fold_df, run_dir / "fold_scores.png")
+    atomic_write_text(run_dir / "report.md", render_markdown(scores, fold_df, class_df, quarantine))
+    return scores
