@@ -1,0 +1,221 @@
+"""The run configuration: dataclasses with commented defaults, YAML in and out, overrides, presets.
+
+One `RunConfig` holds everything a run depends on. It is saved as `config.yaml` in the run folder,
+flattened (`features.n_mels`, ...) into MLflow params, and loaded back with `--config`.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "demo"  # a registered dataset kind: see `python cli.py datasets list`
+    root: str | None = None  # dataset folder; `demo` generates its own under cache_dir
+    strict: bool = False  # True: a bad file is an error instead of being quarantined
+
+
+@dataclass
+class ProtocolConfig:
+    name: str | None = None  # None: the dataset's own protocol (us8k/demo: predefined folds)
+    val: str = "next"  # "next": split k validates on fold k+1 mod n; "none": train on all other folds
+    folds: int | None = None  # number of folds for generated protocols (stratified)
+    seed: int = 0  # seed of generated fold assignments
+
+
+@dataclass
+class AudioConfig:
+    sample_rate: int = 22050  # every clip is resampled to this rate (Hz)
+    channels: int = 1  # mixed down (mean) or duplicated to this many channels
+    duration: float = 4.0  # seconds; shorter clips are zero-padded, longer ones trimmed
+
+
+@dataclass
+class FeatureConfig:
+    n_mels: int = 64  # Mel bands
+    n_fft: int = 1024  # FFT size (samples)
+    hop_length: int = 512  # hop between frames (samples)
+    f_min: float = 0.0  # lowest Mel filter edge (Hz)
+    f_max: float | None = None  # highest edge; None = sample_rate / 2
+    top_db: float = 80.0  # AmplitudeToDB floor below each clip's peak
+
+
+@dataclass
+class AugmentConfig:
+    time_shift: float = 0.0  # roll each training clip by up to this fraction of its length
+    freq_masks: int = 2  # SpecAugment frequency masks per clip
+    freq_mask_width: float = 0.1  # max width of each, as a fraction of n_mels
+    time_masks: int = 2  # SpecAugment time masks per clip
+    time_mask_width: float = 0.1  # max width of each, as a fraction of the frames
+
+
+@dataclass
+class ModelConfig:
+    name: str = "tutorial_cnn"  # a registered model: see `python cli.py kfold --help`
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 20  # passes over the training folds
+    batch_size: int = 16  # clips per step
+    lr: float = 1e-3  # Adam learning rate
+    max_lr: float = 1e-3  # OneCycleLR peak learning rate
+    anneal: str = "linear"  # OneCycleLR annealing: "linear" or "cos"
+    weight_decay: float = 0.0  # Adam weight decay
+    seed: int = 0  # split k trains with seed + k
+    device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+
+
+@dataclass
+class TrackingConfig:
+    mlflow: bool = True  # log to MLflow (the run folder is written either way)
+    tracking_uri: str = "sqlite:///mlflow.db"  # MLflow's own default store
+    experiment: str | None = None  # None: the dataset's name
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None  # run folder name under runs_dir; None: <dataset>-<timestamp>
+    runs_dir: str = "runs"  # where run folders go
+    cache_dir: str = field(default_factory=lambda: os.environ.get(
+        "FOLDBENCH_CACHE", str(Path.home() / ".cache" / "foldbench")))  # waveform cache, demo data
+    splits: list[int] | None = None  # run only these splits (1-based); None: all
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+
+# Presets are partial configs applied over the defaults, before --config and --set.
+PRESETS: dict[str, dict[str, Any]] = {
+    # The common UrbanSound8K tutorial pipeline, for comparison with what people usually run.
+    "seed": {
+        "audio": {"sample_rate": 44100, "channels": 2, "duration": 4.0},
+        "features": {"n_mels": 64, "n_fft": 1024, "hop_length": 512, "top_db": 80.0},
+        "augment": {"time_shift": 0.4, "freq_masks": 2, "freq_mask_width": 0.1,
+                    "time_masks": 2, "time_mask_width": 0.1},
+        "model": {"name": "tutorial_cnn"},
+        "train": {"lr": 1e-3, "max_lr": 1e-3, "anneal": "linear", "batch_size": 16},
+    },
+}
+
+
+class ConfigError(ValueError):
+    """A config key or value that does not fit the schema."""
+
+
+def to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def flatten(cfg: RunConfig) -> dict[str, Any]:
+    """`{"features.n_mels": 64, ...}`: the names MLflow params and `--set` use."""
+    out: dict[str, Any] = {}
+    for key, value in to_dict(cfg).items():
+        if isinstance(value, dict):
+            out.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            out[key] = value
+    return out
+
+
+def merge(cfg: RunConfig, data: dict[str, Any], where: str = "config") -> RunConfig:
+    """A copy of `cfg` with the (possibly nested, possibly dotted) keys of `data` replaced."""
+    cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name))
+                                      for f in fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))})
+    for key, value in (data or {}).items():
+        if "." in key:
+            head, rest = key.split(".", 1)
+            value, key = {rest: value}, head
+        _set(cfg, key, value, where)
+    return cfg
+
+
+def _set(obj: Any, key: str, value: Any, where: str) -> None:
+    names = {f.name: f for f in fields(obj)}
+    if key not in names:
+        raise ConfigError(f"{where}: unknown key {key!r} in {type(obj).__name__}; "
+                          f"known: {', '.join(names)}")
+    current = getattr(obj, key)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key!r} is a section; give {key}.<field>=value")
+        for k, v in value.items():
+            _set(current, k, v, f"{where}: {key}")
+        return
+    setattr(obj, key, _coerce(value, names[key].type, current, f"{where}: {key}"))
+
+
+def _coerce(value: Any, annotation: str, current: Any, where: str) -> Any:
+    """Values from YAML or the command line, checked against the field's type."""
+    if isinstance(value, str):
+        text = value.strip()
+        if text.lower() in ("none", "null", "~") and "None" in annotation:
+            return None
+        if annotation.startswith("list"):
+            return [int(v) for v in text.split(",") if v.strip()]
+        value = yaml.safe_load(text) if text else text
+    if value is None and "None" in annotation:
+        return None
+    base = annotation.split("|")[0].strip()
+    try:
+        if base == "bool":
+            if not isinstance(value, bool):
+                raise ValueError
+            return value
+        if base == "int":
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if base == "float":
+            return float(value)
+        if base == "str":
+            return str(value)
+        if base.startswith("list"):
+            return [int(v) for v in value]
+    except (TypeError, ValueError):
+        pass
+    raise ConfigError(f"{where}: {value!r} is not a valid {annotation}")
+
+
+def apply_preset(cfg: RunConfig, name: str) -> RunConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
+    return merge(cfg, PRESETS[name], f"preset {name}")
+
+
+def load_yaml(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    return merge(base or RunConfig(), data, str(path))
+
+
+def dump_yaml(cfg: RunConfig) -> str:
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def parse_overrides(items: list[str]) -> dict[str, str]:
+    """`["train.epochs=5", ...]` -> `{"train.epochs": "5"}`."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        out[key.strip()] = value
+    return out

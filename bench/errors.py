@@ -1,0 +1,12 @@
+"""The errors that mean bad input or settings (a message for people), not a bug (a traceback)."""
+from protocols import ProtocolError
+
+from .audio import BadAudio
+from .config import ConfigError
+from .datasets import DatasetError
+from .features import FeatureError
+from .runs import RunFolderError
+from .train import TrainingError
+
+USER_ERRORS = (BadAudio, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
+               TrainingError)

@@ -1,0 +1,122 @@
+"""Log-mel features, computed once per feature config on the training device, and on-device augmentation.
+
+`feature_bank` turns the cached waveforms into [N, channels, n_mels, frames] decibels, in batches,
+and keeps the result for every fold, epoch and trial that shares the feature config. `Augment`
+applies a random time shift and SpecAugment masks to a batch, on whatever device the batch is on.
+"""
+from __future__ import annotations
+
+import functools
+import warnings
+from dataclasses import astuple
+
+import torch
+import torchaudio.transforms as T
+from torch import nn
+from tqdm.auto import tqdm
+
+from .config import AudioConfig, AugmentConfig, FeatureConfig
+
+
+class FeatureError(ValueError):
+    """A feature config that cannot work with this audio config."""
+
+
+def check_features(audio: AudioConfig, feat: FeatureConfig) -> None:
+    """Refuse configs that would give empty Mel filters or no frames, before any work."""
+    f_max = feat.f_max or audio.sample_rate / 2
+    if feat.hop_length <= 0 or feat.n_fft <= 0 or feat.n_mels <= 0:
+        raise FeatureError("n_fft, hop_length and n_mels must be positive")
+    if not 0 <= feat.f_min < f_max <= audio.sample_rate / 2:
+        raise FeatureError(f"need 0 <= f_min < f_max <= sample_rate/2, got {feat.f_min}, {f_max}")
+    if _empty_filters(audio.sample_rate, feat.n_fft, feat.f_min, f_max, feat.n_mels):
+        raise FeatureError(
+            f"{feat.n_mels} Mel bands is more than n_fft={feat.n_fft} at {audio.sample_rate} Hz "
+            f"resolves: some filters would be empty (at most "
+            f"{max_mels(audio.sample_rate, feat.n_fft, feat.f_min, f_max)} here)")
+
+
+@functools.lru_cache(maxsize=256)
+def _empty_filters(sample_rate: int, n_fft: int, f_min: float, f_max: float, n_mels: int) -> bool:
+    import torchaudio.functional as AF
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torchaudio warns about exactly what we test
+        fb = AF.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate)
+    return bool((fb.max(dim=0).values == 0).any())
+
+
+def max_mels(sample_rate: int, n_fft: int, f_min: float = 0.0, f_max: float | None = None) -> int:
+    """The most Mel bands for which no triangular filter falls between two FFT bins."""
+    f_max = f_max or sample_rate / 2
+    lo, hi = 1, n_fft // 2 + 1  # empty filters only appear as n_mels grows
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _empty_filters(sample_rate, n_fft, f_min, f_max, mid):
+            hi = mid - 1
+        else:
+            lo = mid
+    return lo
+
+
+def log_mel(audio: AudioConfig, feat: FeatureConfig) -> nn.Module:
+    return nn.Sequential(
+        T.MelSpectrogram(sample_rate=audio.sample_rate, n_fft=feat.n_fft, hop_length=feat.hop_length,
+                         n_mels=feat.n_mels, f_min=feat.f_min, f_max=feat.f_max, power=2.0),
+        T.AmplitudeToDB(stype="power", top_db=feat.top_db),
+    )
+
+
+_BANKS: dict[tuple, torch.Tensor] = {}
+_KEEP = 2  # feature banks kept in memory (a tune study alternates between a few configs)
+
+
+def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
+                 batch_size: int = 64, progress: bool = True) -> torch.Tensor:
+    """Log-mel decibels [N, channels, n_mels, frames] of every cached clip, on `device`."""
+    check_features(audio, feat)
+    key = (waves.key, astuple(feat), str(device))
+    if key in _BANKS:
+        return _BANKS[key]
+    transform = log_mel(audio, feat).to(device)
+    n, bank = len(waves), None
+    with torch.no_grad():
+        for start in tqdm(range(0, n, batch_size), disable=not progress,
+                          desc="log-mel features", unit="batch"):
+            chunk = torch.from_numpy(waves.get(start, start + batch_size)).to(device)
+            mel = transform(chunk)
+            if bank is None:
+                bank = torch.empty((n, *mel.shape[1:]), dtype=torch.float32, device=device)
+            bank[start:start + len(chunk)] = mel
+    if bank is None:
+        raise FeatureError("no clips to featurise")
+    while len(_BANKS) >= _KEEP:
+        _BANKS.pop(next(iter(_BANKS)))
+    _BANKS[key] = bank
+    return bank
+
+
+class Augment(nn.Module):
+    """Per-batch, on-device training augmentation: circular time shift, then SpecAugment masks.
+
+    Inputs are normalised log-mels, so masked cells become 0, the training mean.
+    """
+
+    def __init__(self, cfg: AugmentConfig, n_mels: int, frames: int):
+        super().__init__()
+        self.max_shift = int(cfg.time_shift * frames)
+        self.masks = nn.ModuleList(
+            [T.FrequencyMasking(max(1, int(cfg.freq_mask_width * n_mels)), iid_masks=True)
+             for _ in range(cfg.freq_masks if cfg.freq_mask_width > 0 else 0)]
+            + [T.TimeMasking(max(1, int(cfg.time_mask_width * frames)), iid_masks=True)
+               for _ in range(cfg.time_masks if cfg.time_mask_width > 0 else 0)])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.max_shift > 0:
+            frames = x.shape[-1]
+            shift = torch.randint(-self.max_shift, self.max_shift + 1, (x.shape[0], 1, 1, 1),
+                                  device=x.device)
+            idx = (torch.arange(frames, device=x.device) - shift) % frames
+            x = torch.gather(x, -1, idx.expand_as(x))
+        for mask in self.masks:
+            x = mask(x)
+        return x

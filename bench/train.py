@@ -1,0 +1,129 @@
+"""Training one split: `fit_split` reads top to bottom, its helpers sit right above it.
+
+The loop never sees a test clip until the model is chosen: normalisation statistics come from the
+training clips, the epoch kept is the one with the best validation accuracy (the last one when the
+split has no validation fold), and only then is the test fold predicted. Training knows nothing of
+MLflow or Optuna: it calls `on_epoch(epoch, train_loss, val_acc)` after every epoch.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .config import RunConfig
+from .features import Augment
+from .models import create_model
+
+
+class TrainingError(RuntimeError):
+    """Training that went wrong in a way worth a clear message (a NaN loss, say)."""
+
+
+@dataclass
+class SplitResult:
+    best_epoch: int  # 1-based epoch whose weights were evaluated
+    val_acc: float | None  # validation accuracy of that epoch; None without a validation fold
+    test_probs: np.ndarray | None  # [n_test, n_classes] class probabilities; None when not scored
+    history: list[dict] = field(default_factory=list)  # epoch, train_loss, val_acc, lr
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda asked for, but torch sees no CUDA device")
+    return torch.device(name)
+
+
+def band_stats(bank: torch.Tensor, idx: torch.Tensor, chunk: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and std per (channel, Mel band) over the given clips and all their frames."""
+    total = torch.zeros(bank.shape[1:3], dtype=torch.float64, device=bank.device)
+    total_sq = torch.zeros_like(total)
+    for start in range(0, len(idx), chunk):
+        x = bank[idx[start:start + chunk]].double()
+        total += x.sum(dim=(0, 3))
+        total_sq += (x * x).sum(dim=(0, 3))
+    n = len(idx) * bank.shape[3]
+    mean = total / n
+    std = (total_sq / n - mean * mean).clamp_min(0).sqrt().clamp_min(1e-3)  # silence: std 0
+    return mean.float()[None, :, :, None], std.float()[None, :, :, None]
+
+
+@torch.no_grad()
+def predict(model, bank, idx, mean, std, batch_size: int = 256) -> torch.Tensor:
+    """Class probabilities for the clips `idx`, in order."""
+    model.eval()
+    out = [F.softmax(model((bank[idx[s:s + batch_size]] - mean) / std).float(), dim=1)
+           for s in range(0, len(idx), batch_size)]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
+    return float((probs.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray | None,
+              test_idx: np.ndarray | None, n_classes: int, cfg: RunConfig, seed: int,
+              on_epoch: Callable[[int, float, float | None], None] | None = None,
+              progress: bool = False) -> SplitResult:
+    """Train on `train_idx`, choose the epoch on `val_idx`, then predict `test_idx` (if given)."""
+    device = bank.device
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)
+    y = torch.as_tensor(labels, dtype=torch.long, device=device)
+    train = torch.as_tensor(train_idx, dtype=torch.long, device=device)
+    val = torch.as_tensor(val_idx, dtype=torch.long, device=device) if val_idx is not None and len(val_idx) else None
+    mean, std = band_stats(bank, train)
+
+    tc = cfg.train
+    model = create_model(cfg.model.name, in_channels=bank.shape[1], n_classes=n_classes).to(device)
+    augment = Augment(cfg.augment, n_mels=bank.shape[2], frames=bank.shape[3])
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    steps = math.ceil(len(train) / tc.batch_size)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.max_lr, epochs=tc.epochs,
+                                                    steps_per_epoch=steps, anneal_strategy=tc.anneal)
+    best_state, best_epoch, best_acc, history = None, 0, -1.0, []
+
+    for epoch in tqdm(range(1, tc.epochs + 1), disable=not progress, desc="epochs", leave=False):
+        model.train()
+        order = train[torch.randperm(len(train), generator=gen).to(device)]
+        total, seen = torch.zeros((), device=device), 0
+        for start in range(0, len(order), tc.batch_size):
+            batch = order[start:start + tc.batch_size]
+            if len(batch) < 2:  # BatchNorm cannot train on a single clip
+                continue
+            x = augment((bank[batch] - mean) / std)
+            loss = F.cross_entropy(model(x), y[batch])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            total += loss.detach() * len(batch)
+            seen += len(batch)
+        train_loss = float(total) / max(seen, 1)
+        if not math.isfinite(train_loss):
+            raise TrainingError(f"training loss became {train_loss} at epoch {epoch}; "
+                                f"try a lower train.lr / train.max_lr")
+
+        val_acc = accuracy(predict(model, bank, val, mean, std), y[val]) if val is not None else None
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc,
+                        "lr": scheduler.get_last_lr()[0]})
+        if val is None or val_acc > best_acc:  # ties keep the earlier epoch
+            best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
+            best_acc = val_acc if val is not None else best_acc
+        if on_epoch is not None:
+            on_epoch(epoch, train_loss, val_acc)
+
+    model.load_state_dict(best_state)
+    probs = None
+    if test_idx is not None:
+        test = torch.as_tensor(test_idx, dtype=torch.long, device=device)
+        probs = predict(model, bank, test, mean, std).cpu().numpy()
+    return SplitResult(best_epoch, best_acc if val is not None else None, probs, history)

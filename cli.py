@@ -1,0 +1,132 @@
+"""foldbench command line: argparse wiring only. Each command parses into a RunConfig and calls bench.
+
+  python cli.py kfold --dataset demo
+  python cli.py kfold --dataset us8k --root ~/data/UrbanSound8K --epochs 30
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from bench import config as C
+
+EPILOG = """Config precedence: defaults < --preset < --config FILE < --set KEY=VALUE < the flags above.
+Results go to runs/<name>/ (report.md, scores.json, confusion matrices, learning curves) and to
+MLflow (default store sqlite:///mlflow.db; open with `mlflow ui --backend-store-uri sqlite:///mlflow.db`)."""
+
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    """The options every training command shares; each maps onto one config field."""
+    from bench.datasets import list_datasets
+    from bench.models import list_models
+    from protocols import list_protocols
+    g = parser.add_argument_group("what to run")
+    g.add_argument("--dataset", choices=list_datasets(), help="dataset kind (default: demo)")
+    g.add_argument("--root", help="dataset folder (not needed for demo)")
+    g.add_argument("--protocol", choices=list_protocols(),
+                   help="fold protocol (default: the dataset's own; us8k/demo: predefined)")
+    g.add_argument("--val", choices=["next", "none"],
+                   help="'next': split k validates on fold k+1 and keeps the best epoch (default); "
+                        "'none': train on all other folds and keep the last epoch (published protocol)")
+    g.add_argument("--splits", help="run only these splits, e.g. 1,2,3 (default: all)")
+    g.add_argument("--model", choices=list_models(), help="model (default: tutorial_cnn)")
+    g.add_argument("--strict", action="store_true", default=None,
+                   help="a file that cannot be used is an error instead of being quarantined")
+    g = parser.add_argument_group("config")
+    g.add_argument("--preset", choices=sorted(C.PRESETS),
+                   help="seed: the common tutorial pipeline (44.1 kHz stereo 4 s, 64 mels, n_fft 1024, "
+                        "time shift 40%%, 2+2 masks of 10%%)")
+    g.add_argument("--config", metavar="FILE", help="YAML config (e.g. runs/<name>/config.yaml or a tune best.yaml)")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set features.n_mels=128 (repeatable)")
+    g.add_argument("--epochs", type=int, help="training epochs per split (default: 20)")
+    g.add_argument("--batch-size", type=int, help="clips per step (default: 16)")
+    g.add_argument("--device", help="auto (CUDA when present, default), cpu or cuda")
+    g.add_argument("--seed", type=int, help="training seed; split k uses seed + k (default: 0)")
+    g = parser.add_argument_group("output")
+    g.add_argument("--name", help="run folder name under --runs-dir (default: <dataset>-<timestamp>)")
+    g.add_argument("--runs-dir", help="where run folders go (default: runs)")
+    g.add_argument("--cache-dir", help="waveform cache and generated data "
+                                       "(default: $FOLDBENCH_CACHE or ~/.cache/foldbench)")
+    g.add_argument("--resume", action="store_true",
+                   help="continue the run --name (default: the newest run of this dataset), "
+                        "skipping finished splits")
+    g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    g.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
+    g.add_argument("--no-mlflow", action="store_true", help="write the run folder only")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+FLAG_FIELDS = {  # flag -> config field it sets
+    "dataset": "dataset.name", "root": "dataset.root", "strict": "dataset.strict",
+    "protocol": "protocol.name", "val": "protocol.val", "splits": "splits", "model": "model.name",
+    "epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
+    "seed": "train.seed", "name": "name", "runs_dir": "runs_dir", "cache_dir": "cache_dir",
+    "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
+}
+
+
+def build_config(args: argparse.Namespace) -> C.RunConfig:
+    cfg = C.RunConfig()
+    if args.preset:
+        cfg = C.apply_preset(cfg, args.preset)
+    if args.config:
+        cfg = C.load_yaml(args.config, base=cfg)
+    cfg = C.merge(cfg, C.parse_overrides(args.set), "--set")
+    flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
+             if getattr(args, flag, None) is not None}
+    if args.no_mlflow:
+        flags["tracking.mlflow"] = False
+    return C.merge(cfg, flags, "command line")
+
+
+def cmd_kfold(args: argparse.Namespace) -> int:
+    from bench.cv import run_cv
+    from bench.runs import default_name, latest_run
+    from reports import summary_table
+    cfg = build_config(args)
+    if cfg.name is None:
+        cfg.name = latest_run(cfg.runs_dir, cfg.dataset.name) if args.resume else default_name(cfg)
+        if cfg.name is None:
+            raise C.ConfigError(f"--resume: no earlier {cfg.dataset.name} run in {cfg.runs_dir}/")
+    result = run_cv(cfg, resume=args.resume, progress=not args.quiet)
+    for w in result.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    if len(result.quarantine):
+        print(f"quarantined {len(result.quarantine)} file(s), listed in {result.run_dir}/report.md",
+              file=sys.stderr)
+    print(summary_table(result.scores))
+    print(f"\nreport: {result.run_dir / 'report.md'}")
+    return 0
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cli.py", description="foldbench: honest cross-validation for audio classification.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    kfold = sub.add_parser(
+        "kfold", help="cross-validate: one model per split, report over all folds",
+        description="Train and test one model per split (test fold k, validation fold k+1, training "
+                    "on the rest), save per-clip predictions, and build the report.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_options(kfold)
+    kfold.set_defaults(func=cmd_kfold)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    from bench.errors import USER_ERRORS
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished splits are kept; continue with --resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
