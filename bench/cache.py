@@ -29,7 +29,7 @@ from .audio import BadAudio, load_clip, n_samples
 from .config import AudioConfig
 from .datasets import Dataset
 
-CACHE_VERSION = 1  # bump when the stored content changes meaning
+CACHE_VERSION = 2  # bump when the stored content changes meaning
 STORE_DTYPE = np.int16
 FULL_SCALE = 32767
 
