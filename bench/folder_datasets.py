@@ -72,7 +72,7 @@ def _walk(root: Path, top: Path, skipped: _Skipped) -> list[tuple[Path, Path]]:
         for entry in sorted(os.scandir(folder), key=lambda e: e.name):
             path = Path(entry.path)
             if entry.name.startswith("."):
-                skipped.add("hidden file(s)", _rel(root, path))
+                skipped.add("hidden file(s) or folder(s)", _rel(root, path))
                 continue
             target = _target(root, path)
             if target.is_dir():
@@ -124,7 +124,7 @@ def load_folder(cfg: DatasetConfig, cache_dir: Path) -> Dataset:
     for entry in sorted(os.scandir(root), key=lambda e: e.name):
         path = Path(entry.path)
         if entry.name.startswith("."):
-            skipped.add("hidden file(s)", entry.name)
+            skipped.add("hidden file(s) or folder(s)", entry.name)
         elif _target(root, path).is_dir():
             audio = _walk(root, path, skipped)
             if not audio:
@@ -169,7 +169,7 @@ def load_gtzan(cfg: DatasetConfig, cache_dir: Path) -> Dataset:
         for entry in sorted(os.scandir(base / genre), key=lambda e: e.name):
             path = Path(entry.path)
             if entry.name.startswith("."):
-                skipped.add("hidden file(s)", _rel(root, path))
+                skipped.add("hidden file(s) or folder(s)", _rel(root, path))
             elif not name.fullmatch(entry.name):
                 kind = "audio" if path.suffix.lower() in AUDIO_EXTENSIONS else "non-audio"
                 skipped.add(f"{kind} file(s) not named <genre>.NNNNN.wav|au", _rel(root, path))

@@ -105,8 +105,8 @@ def render_comparison(result: dict) -> str:
     if a["leaky"] != b["leaky"]:
         leaky, honest = (a, b) if a["leaky"] else (b, a)
         gap = leaky["acc_mean"] - honest["acc_mean"]
-        lines += [f"The leaky protocol scores {gap:+.3f} against the honest one on the same data: "
-                  f"{'that much of its score is leakage' if gap > 0 else 'no leakage shows here'}.", ""]
+        lines += [f"The leaky protocol scores {gap:+.3f} against the honest one on the same data"
+                  + (": what leakage is worth here." if gap > 0 else "; no leakage shows here."), ""]
     lines += [f"Per clip, paired over the {c['common']} clips both runs tested: A right {c['acc_a']:.3f}, "
               f"B right {c['acc_b']:.3f}; both right {c['both_right']}, only A {c['only_a_right']}, "
               f"only B {c['only_b_right']}, both wrong {c['both_wrong']} "

@@ -66,7 +66,7 @@ def test_check_finds_every_planted_fault(faulty, tmp_path, capsys):
     assert found["undecodable"]["level"] == "warning"  # kfold quarantines it and goes on
     assert "cat/ann_00.wav (cat, fold" in found["duplicate-across-folds"]["message"]
     skipped = " ".join(f["message"] for f in report["findings"] if f["check"] == "skipped")
-    assert "1 hidden file(s)" in skipped and "1 non-audio file(s)" in skipped
+    assert "1 hidden file(s) or folder(s)" in skipped and "1 non-audio file(s)" in skipped
     assert report["formats"]["sample_rate"] == {"16000": 1, "8000": 42}
     assert report["formats"]["channels"] == {"1": 42, "2": 1}
     assert set(report["formats"]["format"]) == {"WAV PCM_16", "WAV FLOAT", "FLAC PCM_16"}

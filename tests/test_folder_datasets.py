@@ -58,7 +58,7 @@ def test_nested_files_other_formats_and_skipped_files_are_counted(sounds, tmp_pa
     assert ds.classes == ["cat", "dog", "owl"] and len(ds.table) == 38
     notes = "\n".join(ds.notes)
     assert "skipped 2 non-audio file(s)" in notes and "notes.txt" in notes
-    assert "skipped 2 hidden file(s)" in notes and ".DS_Store" in notes
+    assert "skipped 2 hidden file(s) or folder(s)" in notes and ".DS_Store" in notes
     assert "skipped 1 file(s) outside the class folders (e.g. README.md)" in notes
 
 
