@@ -2,6 +2,9 @@
 
   python cli.py kfold --dataset demo
   python cli.py kfold --dataset us8k --root ~/data/UrbanSound8K --epochs 30
+  python cli.py kfold --dataset folder --root ~/data/my_sounds --group-regex '^(?P<group>[a-z]+)_'
+  python cli.py datasets check --dataset gtzan --root ~/data/gtzan
+  python cli.py compare runs/us8k-random runs/us8k-honest
 """
 from __future__ import annotations
 
@@ -15,16 +18,30 @@ Results go to runs/<name>/ (report.md, scores.json, confusion matrices, learning
 MLflow (default store sqlite:///mlflow.db; open with `mlflow ui --backend-store-uri sqlite:///mlflow.db`)."""
 
 
-def config_options(parser: argparse.ArgumentParser) -> None:
-    """The options every training command shares; each maps onto one config field."""
+def dataset_options(g) -> None:
+    """Which data and which folds: shared by the training commands and `datasets check`."""
     from bench.datasets import list_datasets
-    from bench.models import list_models
     from protocols import list_protocols
-    g = parser.add_argument_group("what to run")
-    g.add_argument("--dataset", choices=list_datasets(), help="dataset kind (default: demo)")
+    g.add_argument("--dataset", choices=list_datasets(), help="dataset kind (default: demo; "
+                                                              "see `datasets list`)")
     g.add_argument("--root", help="dataset folder (not needed for demo)")
     g.add_argument("--protocol", choices=list_protocols(),
-                   help="fold protocol (default: the dataset's own; us8k/demo: predefined)")
+                   help="fold protocol (default: the dataset's own; us8k/demo: predefined, "
+                        "gtzan/folder: stratified; random is leaky, to measure leakage only)")
+    g.add_argument("--folds", type=int, help="folds of stratified/random (default: 10, folder: 5)")
+    g.add_argument("--group-regex", metavar="REGEX",
+                   help="groups (speaker, artist: kept in one fold) from the file names: a regex with "
+                        "a named group 'group', e.g. '^(?P<group>[a-z]+)_'")
+    g.add_argument("--groups-csv", metavar="FILE",
+                   help="groups from a CSV with columns path,group (path relative to --root); "
+                        "folder datasets read <root>/groups.csv by themselves")
+
+
+def config_options(parser: argparse.ArgumentParser) -> None:
+    """The options every training command shares; each maps onto one config field."""
+    from bench.models import list_models
+    g = parser.add_argument_group("what to run")
+    dataset_options(g)
     g.add_argument("--val", choices=["next", "none"],
                    help="'next': split k validates on fold k+1 and keeps the best epoch (default); "
                         "'none': train on all other folds and keep the last epoch (published protocol)")
@@ -59,7 +76,8 @@ def config_options(parser: argparse.ArgumentParser) -> None:
 
 FLAG_FIELDS = {  # flag -> config field it sets
     "dataset": "dataset.name", "root": "dataset.root", "strict": "dataset.strict",
-    "protocol": "protocol.name", "val": "protocol.val", "splits": "splits", "model": "model.name",
+    "protocol": "protocol.name", "val": "protocol.val", "folds": "protocol.folds",
+    "group_regex": "dataset.group_regex", "groups_csv": "dataset.groups_csv", "splits": "splits", "model": "model.name",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
     "seed": "train.seed", "name": "name", "runs_dir": "runs_dir", "cache_dir": "cache_dir",
     "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
@@ -68,14 +86,14 @@ FLAG_FIELDS = {  # flag -> config field it sets
 
 def build_config(args: argparse.Namespace) -> C.RunConfig:
     cfg = C.RunConfig()
-    if args.preset:
+    if getattr(args, "preset", None):
         cfg = C.apply_preset(cfg, args.preset)
-    if args.config:
+    if getattr(args, "config", None):
         cfg = C.load_yaml(args.config, base=cfg)
-    cfg = C.merge(cfg, C.parse_overrides(args.set), "--set")
+    cfg = C.merge(cfg, C.parse_overrides(getattr(args, "set", [])), "--set")
     flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
              if getattr(args, flag, None) is not None}
-    if args.no_mlflow:
+    if getattr(args, "no_mlflow", False):
         flags["tracking.mlflow"] = False
     return C.merge(cfg, flags, "command line")
 
@@ -100,6 +118,54 @@ def cmd_kfold(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_datasets_check(args: argparse.Namespace) -> int:
+    import json
+
+    from bench.check import check_dataset, render_text
+    cfg = build_config(args)
+    result = check_dataset(cfg, progress=not (args.quiet or args.json))
+    print(json.dumps(result.to_json(), indent=1) if args.json else render_text(result, cfg.audio.duration))
+    return 0 if result.ok else 1
+
+
+def cmd_datasets_list(args: argparse.Namespace) -> int:
+    from bench.check import render_list
+    print(render_list())
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
+    from reports.compare import compare_runs, render_comparison
+    result = compare_runs(args.run_a, args.run_b)
+    print(json.dumps(result, indent=1) if args.json else render_comparison(result))
+    return 0
+
+
+def add_datasets_command(sub) -> None:
+    datasets = sub.add_parser("datasets", help="check a dataset, list the dataset kinds and protocols")
+    dsub = datasets.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
+    check = dsub.add_parser(
+        "check", help="decode every file and check the fold plan; exit 1 when a kfold run would be wrong",
+        description="Clips per class and fold; files that cannot be decoded, are empty, silent, "
+                    "non-finite, very short or very long; sample rates, channels and formats; identical "
+                    "audio and the folds its copies sit in; groups that cross folds. Exit status 1 when "
+                    "something would make a kfold run wrong (leakage, conflicting labels, no plan).")
+    dataset_options(check.add_argument_group("what to check"))
+    check.add_argument("--strict", action="store_true", default=None,
+                       help="count files kfold would quarantine as errors")
+    check.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config field, e.g. --set protocol.seed=3")
+    check.add_argument("--config", metavar="FILE", help="YAML config (e.g. runs/<name>/config.yaml)")
+    check.add_argument("--cache-dir", help="where demo data is generated")
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--quiet", action="store_true", help="no progress bar")
+    check.set_defaults(func=cmd_datasets_check)
+    listing = dsub.add_parser("list", help="the dataset kinds (with the layout each expects) and protocols")
+    listing.set_defaults(func=cmd_datasets_list)
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cli.py", description="foldbench: honest cross-validation for audio classification.",
@@ -112,6 +178,15 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_options(kfold)
     kfold.set_defaults(func=cmd_kfold)
+    add_datasets_command(sub)
+    compare = sub.add_parser(
+        "compare", help="two runs over the same data side by side (a leaky run beside an honest one)",
+        description="Difference of mean accuracy (A - B), paired per clip, and per fold when both runs "
+                    "used the same folds. Built from the run folders' saved predictions.")
+    compare.add_argument("run_a", help="run folder A, e.g. runs/us8k-random")
+    compare.add_argument("run_b", help="run folder B, e.g. runs/us8k-honest")
+    compare.add_argument("--json", action="store_true", help="machine-readable output")
+    compare.set_defaults(func=cmd_compare)
     return parser
 
 

@@ -19,14 +19,16 @@ class DatasetConfig:
     name: str = "demo"  # a registered dataset kind: see `python cli.py datasets list`
     root: str | None = None  # dataset folder; `demo` generates its own under cache_dir
     strict: bool = False  # True: a bad file is an error instead of being quarantined
+    group_regex: str | None = None  # groups from file names: a regex with a named group `group`
+    groups_csv: str | None = None  # groups from a CSV (path,group), path relative to root
 
 
 @dataclass
 class ProtocolConfig:
     name: str | None = None  # None: the dataset's own protocol (us8k/demo: predefined folds)
     val: str = "next"  # "next": split k validates on fold k+1 mod n; "none": train on all other folds
-    folds: int | None = None  # number of folds for generated protocols (stratified)
-    seed: int = 0  # seed of generated fold assignments
+    folds: int | None = None  # folds for generated protocols; None: the dataset's default (10, folder: 5)
+    seed: int = 0  # seed of generated fold assignments (stratified, random)
 
 
 @dataclass

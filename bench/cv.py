@@ -6,6 +6,7 @@ MLflow gets a parent run per job (or per tune trial) and a child run per split.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,14 +16,14 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from protocols import Split, create_protocol, make_splits
-from protocols.checks import check_plan
+from protocols import Split
 
 from . import runs
 from .cache import load_waveforms
 from .config import RunConfig, flatten
 from .datasets import DatasetError, create_dataset
 from .features import feature_bank
+from .plan import label_conflicts, make_plan, protocol_options, waveform_hashes  # noqa: F401
 from .tracking import Tracker
 from .train import fit_split, resolve_device
 
@@ -50,13 +51,6 @@ def code_version() -> str:
         return "unknown"
 
 
-def protocol_options(cfg: RunConfig) -> dict:
-    opts = {}
-    if cfg.protocol.folds is not None:
-        opts["n_folds"] = cfg.protocol.folds
-    return opts
-
-
 def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None, *,
            score_test: bool = True, resume: bool = False, tracker: Tracker | None = None,
            parent_run: str | None = None, progress: bool = True) -> CVResult:
@@ -67,21 +61,24 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     creates its own parent run (reopened by `resume`).
     """
     dataset = create_dataset(cfg.dataset, cfg.cache_dir)
+    make_plan(cfg, dataset, np.ones(len(dataset.table), dtype=bool))  # fail fast, before decoding
     waves = load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)
     quarantine = waves.quarantine.drop(columns="index")
     if len(quarantine) and cfg.dataset.strict:
         raise DatasetError(f"--strict: {len(quarantine)} file(s) cannot be used:\n  " + "\n  ".join(
             f"{c}: {r}" for c, r in zip(quarantine["clip"].head(20), quarantine["reason"].head(20))))
-    keep = np.flatnonzero(waves.ok)  # manifest rows that have audio; splits index into `table`
-    table = dataset.table.iloc[keep].reset_index(drop=True)
-
-    protocol = create_protocol(cfg.protocol.name or dataset.protocol, **protocol_options(cfg))
-    folds = protocol.assign(table)
-    splits = make_splits(folds, cfg.protocol.val)
-    warnings = check_plan(table, folds, splits, dataset.classes)
+    # The cheap checks of `datasets check`: fold plan, invariants, identical audio in the cache.
+    plan = make_plan(cfg, dataset, waves.ok, waveform_hashes(waves))
+    conflict = label_conflicts(plan.duplicates)
+    if conflict:
+        raise DatasetError(f"{conflict}; keep one copy, under its right class")
+    keep, table, folds, splits = plan.rows, plan.table, plan.folds, plan.splits  # splits index `table`
+    warnings, protocol = plan.warnings, plan.protocol
     run_dir = runs.claim(cfg, resume)  # only once the data and the plan are known to be usable
     runs.atomic_write_csv(run_dir / "quarantine.csv", quarantine)
     runs.write_folds(run_dir, table, folds, resume)
+    runs.atomic_write_text(run_dir / "plan.json", json.dumps(
+        {**plan.summary(), "notes": dataset.notes}, indent=1) + "\n")
     chosen = [s for s in splits if cfg.splits is None or s.index in cfg.splits]
     if not chosen:
         raise DatasetError(f"--splits {cfg.splits}: no such split (1..{len(splits)})")
@@ -96,7 +93,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         ids = runs.read_json(run_dir / "mlflow.json")
         parent_run = tracker.start(cfg.name, params=flatten(cfg), run_id=ids.get("parent"), tags={
             "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
-            "protocol": repr(protocol), "code_version": code_version(),
+            "protocol": repr(protocol), "leaky": plan.leaky, "code_version": code_version(),
             "run_folder": str(run_dir.resolve()), "quarantined": len(quarantine)})
         if parent_run:
             runs.atomic_write_text(run_dir / "mlflow.json", f'{{"parent": "{parent_run}"}}\n')

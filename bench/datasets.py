@@ -50,14 +50,15 @@ class DatasetKind:
     load: Callable[[DatasetConfig, Path], Dataset]
     protocol: str
     layout: str  # what the loader expects on disk, for `datasets list` and --help
+    folds: int = 10  # folds of generated protocols (stratified, random) unless --folds says
 
 
 DATASETS: dict[str, DatasetKind] = {}
 
 
-def register_dataset(name: str, *, protocol: str, layout: str):
+def register_dataset(name: str, *, protocol: str, layout: str, folds: int = 10):
     def add(load):
-        DATASETS[name] = DatasetKind(load, protocol, layout)
+        DATASETS[name] = DatasetKind(load, protocol, layout, folds)
         return load
     return add
 
@@ -69,7 +70,8 @@ def list_datasets() -> list[str]:
 def create_dataset(cfg: DatasetConfig, cache_dir: str | Path) -> Dataset:
     if cfg.name not in DATASETS:
         raise DatasetError(f"unknown dataset {cfg.name!r}; known: {', '.join(list_datasets())}")
-    return DATASETS[cfg.name].load(cfg, Path(cache_dir).expanduser())
+    dataset = DATASETS[cfg.name].load(cfg, Path(cache_dir).expanduser())
+    return apply_groups(dataset, cfg)  # --group-regex / --groups-csv, for any kind
 
 
 def _root(cfg: DatasetConfig) -> Path:
@@ -140,3 +142,6 @@ def load_demo(cfg: DatasetConfig, cache_dir: Path) -> Dataset:
     root = Path(cfg.root).expanduser() if cfg.root else cache_dir / "demo"
     make_demo(root)
     return read_us8k(root.resolve(), "demo")
+
+
+from .folder_datasets import apply_groups  # noqa: E402  (registers `folder` and `gtzan`)

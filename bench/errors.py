@@ -1,5 +1,6 @@
 """The errors that mean bad input or settings (a message for people), not a bug (a traceback)."""
 from protocols import ProtocolError
+from reports.compare import CompareError
 
 from .audio import BadAudio
 from .config import ConfigError
@@ -9,4 +10,4 @@ from .runs import RunFolderError
 from .train import TrainingError
 
 USER_ERRORS = (BadAudio, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
-               TrainingError)
+               TrainingError, CompareError)

@@ -4,6 +4,11 @@ Registry: `PROTOCOLS` (a dict filled by `@register_protocol`), `create_protocol(
 `list_protocols()`. Every protocol has `assign(table) -> np.ndarray` of fold ids (1..n). The split
 scheme is shared: split k tests fold k, validates on the next fold (k+1 mod n, in fold order) and
 trains on the rest; with `val="none"` it trains on every other fold.
+
+A protocol with fixed train/validation/test lists (`holdout.py`) instead provides its own
+`splits(folds, val)` (one split) and may give fold id 0 to clips it leaves out; `plan_splits` picks.
+Optional class attributes: `leaky` (True: the score measures leakage, not the model),
+`leak_reason`, `cross_validated` (False: one split), `group_disjoint` (True: groups never cross).
 """
 from __future__ import annotations
 
@@ -64,4 +69,10 @@ def make_splits(folds: np.ndarray, val: str = "next") -> list[Split]:
     return splits
 
 
-from . import predefined  # noqa: E402,F401  (registers the protocols)
+def plan_splits(protocol, folds: np.ndarray, val: str = "next") -> list[Split]:
+    """The protocol's own splits when it has them (fixed lists), else one split per fold."""
+    own = getattr(protocol, "splits", None)
+    return own(folds, val) if own is not None else make_splits(folds, val)
+
+
+from . import holdout, predefined, stratified  # noqa: E402,F401  (registers the protocols)

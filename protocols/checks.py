@@ -8,16 +8,24 @@ from . import ProtocolError, Split
 
 
 def check_plan(table: pd.DataFrame, folds: np.ndarray, splits: list[Split], classes: list[str],
-               groups_must_not_cross: bool = False) -> list[str]:
+               groups_must_not_cross: bool = False, every_clip_tested: bool = True) -> list[str]:
     """Raise `ProtocolError` for a plan that cannot give an honest score; return warnings.
 
-    Checked: every clip tested exactly once; train, validation and test disjoint in every split;
+    Checked: every clip tested exactly once (with `every_clip_tested=False`, a one-split plan:
+    every clip in exactly one of train, validation, test); train, validation and test disjoint in every split;
     every class present in every training set; no group (source recording, speaker, artist) in two
     folds (an error when the protocol promises it, otherwise a warning listing the groups).
     """
     n = len(table)
+    if not every_clip_tested:
+        if len(splits) != 1:
+            raise ProtocolError(f"a fixed-list plan has one split, not {len(splits)}")
+        used = np.concatenate([splits[0].train, splits[0].val, splits[0].test])
+        if len(used) != n or len(np.unique(used)) != n:
+            raise ProtocolError(f"the split uses {len(np.unique(used))} distinct clips of {n} "
+                                f"({len(used)} rows): every clip must be in exactly one part")
     tested = np.concatenate([s.test for s in splits]) if splits else np.array([], dtype=int)
-    if len(tested) != n or len(np.unique(tested)) != n:
+    if every_clip_tested and (len(tested) != n or len(np.unique(tested)) != n):
         raise ProtocolError(f"the plan tests {len(np.unique(tested))} distinct clips of {n} "
                             f"({len(tested)} test rows): every clip must be tested exactly once")
     labels = table["label"].to_numpy()

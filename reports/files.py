@@ -4,6 +4,7 @@ The layout read here (written by the training code):
 
     <run>/config.yaml                     effective config (only `name` and the dataset name are read)
     <run>/folds.csv                       clip,path,label,class,fold,group
+    <run>/plan.json                       protocol, leaky, splits, warnings, notes (may be absent)
     <run>/quarantine.csv                  clip,reason (may be absent or empty)
     <run>/splits/<k>/predictions.csv      clip,fold,label,pred,prob_<class>...
     <run>/splits/<k>/history.csv          epoch,train_loss,val_acc,lr
@@ -75,11 +76,24 @@ def done_splits(run_dir) -> list[int]:
     return [k for k, d in split_dirs(run_dir).items() if (d / "DONE").exists()]
 
 
+def read_plan(run_dir) -> dict:
+    """plan.json (protocol, leaky, splits, warnings, notes), or {} when the run has none."""
+    path = Path(run_dir) / "plan.json"
+    if not path.exists():
+        return {}
+    plan = json.loads(path.read_text(encoding="utf-8"))
+    return plan if isinstance(plan, dict) else {}
+
+
 def expected_splits(run_dir) -> list[int]:
-    """Splits 1..n, n = number of distinct folds in folds.csv, plus any split folder present."""
+    """The splits of plan.json (else 1..n, n = number of distinct folds in folds.csv), plus any
+    split folder present."""
     expected = set(split_dirs(run_dir))
     folds_csv = Path(run_dir) / "folds.csv"
-    if folds_csv.exists():
+    planned = read_plan(run_dir).get("splits")
+    if planned:
+        expected |= {int(s["split"]) for s in planned}
+    elif folds_csv.exists():
         n_folds = pd.read_csv(folds_csv, usecols=["fold"])["fold"].nunique()
         expected |= set(range(1, n_folds + 1))
     return sorted(expected)

@@ -12,7 +12,7 @@ import pandas as pd
 from reports.aggregate import class_names, fold_scores, load_predictions, per_class, summary
 from reports.confusion import confusion_counts, normalize_rows, plot_confusion
 from reports.files import (atomic_write_csv, atomic_write_json, atomic_write_text, dataset_name,
-                           expected_splits, missing_splits, read_quarantine, run_name)
+                           expected_splits, missing_splits, read_plan, read_quarantine, run_name)
 from reports.plots import plot_fold_scores, plot_learning_curves
 
 
@@ -34,9 +34,18 @@ def missing_line(scores: dict) -> str:
             f"scores cover {scores['n_splits']} of {total} splits")
 
 
+def leaky_line(scores: dict) -> str:
+    """A warning for runs whose protocol leaks (e.g. `random`), or '' for honest ones."""
+    if not scores.get("leaky"):
+        return ""
+    return (f"LEAKY PROTOCOL {scores.get('protocol', '')}: {scores.get('leak_reason') or 'see plan.json'}. "
+            f"This score measures leakage; do not report it as the model's accuracy")
+
+
 def summary_table(scores: dict) -> str:
     """Short plain-text table for the terminal: accuracy per fold, then the mean/std/CI line."""
-    lines = [f"{'split':>5}  {'test fold':>9}  {'n':>6}  {'accuracy':>8}  {'macro F1':>8}"]
+    lines = [leaky_line(scores)] if scores.get("leaky") else []
+    lines += [f"{'split':>5}  {'test fold':>9}  {'n':>6}  {'accuracy':>8}  {'macro F1':>8}"]
     for row in scores["per_fold"]:
         lines.append(f"{row['split']:>5}  {row['test_fold']:>9}  {row['n']:>6}  "
                      f"{row['accuracy']:>8.3f}  {row['macro_f1']:>8.3f}")
@@ -62,12 +71,16 @@ def markdown_table(df: pd.DataFrame, headers: list[str] | None = None) -> str:
 
 
 def render_markdown(scores: dict, fold_df: pd.DataFrame, class_df: pd.DataFrame,
-                    quarantine: pd.DataFrame) -> str:
+                    quarantine: pd.DataFrame, plan: dict | None = None) -> str:
+    plan = plan or {}
     dataset = f"dataset **{scores['dataset']}**, " if scores.get("dataset") else ""
-    md = [f"# {scores['run']}", "",
-          f"{dataset}{len(scores['classes'])} classes, {int(fold_df['n'].sum())} test predictions "
-          f"from {scores['n_splits']} finished split(s).", "",
-          f"**{summary_line(scores)}**", ""]
+    protocol = f"protocol `{plan['protocol']}`, " if plan.get("protocol") else ""
+    md = [f"# {scores['run']}", ""]
+    if scores.get("leaky"):
+        md += [f"> **{leaky_line(scores)}.**", ""]
+    md += [f"{dataset}{protocol}{len(scores['classes'])} classes, {int(fold_df['n'].sum())} test "
+           f"predictions from {scores['n_splits']} finished split(s).", "",
+           f"**{summary_line(scores)}**", ""]
     if scores["missing_splits"]:
         md += [f"> **Warning: {missing_line(scores)}.** Mean, std and CI are over the finished "
                "splits only.", ""]
@@ -91,6 +104,9 @@ def render_markdown(scores: dict, fold_df: pd.DataFrame, class_df: pd.DataFrame,
                markdown_table(quarantine[["clip", "reason"]]), ""]
     else:
         md += ["None.", ""]
+    checks = [f"- warning: {w}" for w in plan.get("warnings", [])] + [f"- {n}" for n in plan.get("notes", [])]
+    if checks:
+        md += ["## Dataset checks", "", *checks, ""]
     return "\n".join(md)
 
 
@@ -107,6 +123,7 @@ def build_report(run_dir) -> dict:
     normalized = normalize_rows(counts)
     quarantine = read_quarantine(run_dir)
     missing = missing_splits(run_dir)
+    plan = read_plan(run_dir)
 
     scores = {
         "run": run_name(run_dir),
@@ -117,6 +134,9 @@ def build_report(run_dir) -> dict:
         "expected_splits": expected_splits(run_dir),
         "missing_splits": missing,
         "quarantined": len(quarantine),
+        "protocol": plan.get("protocol"),
+        "leaky": bool(plan.get("leaky", False)),
+        "leak_reason": plan.get("leak_reason"),
     }
 
     atomic_write_json(run_dir / "scores.json", scores)
@@ -129,5 +149,5 @@ def build_report(run_dir) -> dict:
                    f"{scores['run']}: confusion (row-normalised)")
     plot_learning_curves(run_dir, run_dir / "learning_curves.png")
     plot_fold_scores(fold_df, run_dir / "fold_scores.png")
-    atomic_write_text(run_dir / "report.md", render_markdown(scores, fold_df, class_df, quarantine))
+    atomic_write_text(run_dir / "report.md", render_markdown(scores, fold_df, class_df, quarantine, plan))
     return scores

@@ -1,0 +1,225 @@
+"""`datasets check`: what is in a dataset and what would make a kfold run on it wrong (and
+`datasets list`: the kinds and protocols).
+
+Every file is decoded once (soundfile, at its own rate): files that cannot be used (missing, empty,
+undecodable, silent, non-finite: kfold quarantines them), very short or very long ones, the mix
+of sample rates, channel counts and formats, and identical audio (a hash of the decoded samples).
+Then the fold plan kfold would use (`bench.plan.make_plan`, the same code): clips per class and
+fold, copies of one recording in two folds or under two labels, groups in two folds.
+
+A finding is an `error` when the kfold run would be wrong (leakage, conflicting labels, a plan that
+cannot be built), a `warning` when kfold goes on but sets something aside or pads/trims a lot, and
+`info` otherwise. `datasets check` exits 1 when there is an error.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import pandas as pd
+import soundfile as sf
+from tqdm.auto import tqdm
+
+from protocols import ProtocolError
+from protocols.checks import check_groups
+
+from .audio import BadAudio, check, decode
+from .config import RunConfig
+from .datasets import Dataset, DatasetError, create_dataset
+from .plan import copies_across_folds, duplicate_sets, label_conflicts, make_plan, protocol_name
+
+SHORT, LONG = 0.25, 4.0  # very short / very long: under a quarter / over four times the median
+PROBLEMS = {  # BadAudio message prefix -> check name
+    "file not found": "missing", "empty file": "empty", "no audio frames": "empty",
+    "cannot decode": "undecodable", "non-finite": "non-finite", "silent": "silent"}
+
+
+@dataclass
+class Finding:
+    level: str  # "error", "warning" or "info"
+    check: str  # short name: undecodable, duplicate-across-folds, groups-cross-folds, ...
+    message: str
+    clips: list[str] = field(default_factory=list)  # the clips concerned (at most 20)
+
+
+@dataclass
+class CheckResult:
+    dataset: str
+    root: str
+    n_clips: int
+    classes: list[str]
+    protocol: str
+    counts: pd.DataFrame  # clips per class (rows) and fold (columns); one "clips" column without a plan
+    formats: dict[str, dict[str, int]]  # sample_rate / channels / format -> value -> clips
+    durations: dict[str, float]  # min, median, max (seconds)
+    findings: list[Finding]
+
+    @property
+    def ok(self) -> bool:
+        return not any(f.level == "error" for f in self.findings)
+
+    def to_json(self) -> dict:
+        return {"dataset": self.dataset, "root": self.root, "n_clips": self.n_clips,
+                "classes": self.classes, "protocol": self.protocol, "ok": self.ok,
+                "counts": {str(c): {str(k): int(v) for k, v in row.items()}
+                           for c, row in self.counts.iterrows()},
+                "formats": self.formats, "durations": self.durations,
+                "findings": [asdict(f) for f in self.findings]}
+
+
+def scan_file(path: str) -> dict:
+    """Format, duration, content problem and a hash of the decoded samples, for one file."""
+    row: dict = {"sample_rate": None, "channels": None, "format": None, "duration": np.nan,
+                 "problem": None, "reason": None, "hash": None}
+    try:
+        info = sf.info(path)
+        row.update(sample_rate=info.samplerate, channels=info.channels,
+                   format=f"{info.format} {info.subtype}")
+    except Exception:  # noqa: BLE001  decode() below says why
+        pass
+    try:
+        samples, rate = decode(path)
+        row["duration"] = samples.shape[1] / rate
+        check(samples)
+        row["hash"] = hashlib.sha1(samples.tobytes()).hexdigest()
+    except BadAudio as e:
+        row["reason"] = str(e)
+        row["problem"] = next((name for prefix, name in PROBLEMS.items() if str(e).startswith(prefix)),
+                              "undecodable")
+    return row
+
+
+def scan_audio(dataset: Dataset, progress: bool = True) -> pd.DataFrame:
+    """`scan_file` for every clip of the manifest, in manifest order."""
+    paths = dataset.table["path"].tolist()
+    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # libsndfile releases the GIL
+        rows = list(tqdm(pool.map(scan_file, paths), total=len(paths), disable=not progress,
+                         desc=f"checking {dataset.name}", unit="file"))
+    return pd.concat([dataset.table[["clip", "class"]].reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+
+
+def _clips(df: pd.DataFrame) -> list[str]:
+    return df["clip"].head(20).tolist()
+
+
+def _examples(clips: list[str], n: int = 3) -> str:
+    return ", ".join(clips[:n]) + (" ..." if len(clips) > n else "")
+
+
+def file_findings(scan: pd.DataFrame, strict: bool) -> list[Finding]:
+    out = []
+    for problem, df in scan[scan["problem"].notna()].groupby("problem", sort=True):
+        level = "error" if strict else "warning"
+        out.append(Finding(level, problem, f"{len(df)} file(s) {problem}: kfold "
+                           f"{'stops (--strict)' if strict else 'quarantines them'}: "
+                           + "; ".join(f"{c}: {r}" for c, r in zip(df["clip"].head(3), df["reason"].head(3))),
+                           _clips(df)))
+    durations = scan.loc[scan["problem"].isna(), "duration"]
+    if len(durations):
+        median = float(durations.median())
+        for name, mask, what in (
+                ("very-short", scan["duration"] < SHORT * median, f"under {SHORT * median:.2f} s"),
+                ("very-long", scan["duration"] > LONG * median, f"over {LONG * median:.2f} s")):
+            df = scan[mask & scan["problem"].isna()]
+            if len(df):
+                out.append(Finding("warning", name, f"{len(df)} clip(s) {what} (median {median:.2f} s): "
+                                   f"{_examples(df['clip'].tolist())}", _clips(df)))
+    return out
+
+
+def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
+    """Load, decode and plan `cfg`'s dataset; every finding, none raised (loader errors excepted)."""
+    dataset = create_dataset(cfg.dataset, cfg.cache_dir)
+    scan = scan_audio(dataset, progress)
+    findings = [Finding("info", "skipped", note) for note in dataset.notes]
+    findings += file_findings(scan, cfg.dataset.strict)
+    ok = scan["problem"].isna().to_numpy()
+    name = protocol_name(cfg, dataset)
+    try:
+        plan = make_plan(cfg, dataset, ok, scan["hash"].to_numpy())
+        protocol, table, folds, dups = repr(plan.protocol), plan.table, plan.folds, plan.duplicates
+        counts = pd.crosstab(table["class"], pd.Series(folds, name="fold")).reindex(dataset.classes,
+                                                                                   fill_value=0)
+        if plan.left_out:
+            findings.append(Finding("info", "left-out", f"protocol {name} leaves out {len(plan.left_out)} "
+                                    f"clip(s) in none of its lists: {_examples(plan.left_out)}",
+                                    plan.left_out[:20]))
+        for warning in check_groups(table, folds):
+            findings.append(Finding("error", "groups-cross-folds", warning))
+    except (ProtocolError, DatasetError) as e:
+        protocol, folds = name, None
+        findings.append(Finding("error", "plan", f"protocol {name}: {e}"))
+        table = dataset.table[ok].reset_index(drop=True)
+        dups = duplicate_sets(table, None, scan["hash"][ok].to_numpy())
+        counts = table.groupby("class").size().reindex(dataset.classes, fill_value=0).to_frame("clips")
+    conflict = label_conflicts(dups)
+    if conflict:
+        findings.append(Finding("error", "duplicate-labels", conflict, dups["clip"].head(20).tolist()))
+    across = copies_across_folds(dups) if folds is not None else None
+    if across:
+        findings.append(Finding("error", "duplicate-across-folds", across, dups["clip"].head(20).tolist()))
+    elif len(dups) and not conflict:
+        findings.append(Finding("warning", "duplicates", f"{dups['set'].nunique()} set(s) of identical "
+                                f"audio ({len(dups)} clips): {_examples(dups['clip'].tolist())}",
+                                dups["clip"].head(20).tolist()))
+    usable = scan[ok]
+    formats = {col: {str(k): int(v) for k, v in scan[col].dropna().astype(str if col == "format" else int)
+                     .value_counts().sort_index().items()}
+               for col in ("sample_rate", "channels", "format")}
+    durations = ({k: round(float(getattr(usable["duration"], k)()), 3) for k in ("min", "median", "max")}
+                 if len(usable) else {})
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.level])
+    return CheckResult(dataset.name, str(dataset.root), len(dataset.table), dataset.classes, protocol,
+                       counts, formats, durations, findings)
+
+
+def render_text(result: CheckResult, duration: float | None = None) -> str:
+    """The table for people."""
+    lines = [f"dataset {result.dataset} at {result.root}: {result.n_clips} clips, "
+             f"{len(result.classes)} classes; protocol {result.protocol}", ""]
+    counts = result.counts.copy()
+    counts.columns = [f"fold {c}" if counts.columns.name == "fold" else str(c) for c in counts.columns]
+    if counts.shape[1] > 1:
+        counts["total"] = counts.sum(axis=1)
+    counts.index.name = "class"
+    lines += ["clips per class" + (" and fold" if "fold 1" in counts.columns else "")
+              + " (usable clips in the plan)", counts.to_string(), ""]
+    for col, title in (("sample_rate", "sample rates (Hz)"), ("channels", "channels"), ("format", "formats")):
+        mix = result.formats.get(col, {})
+        lines.append(f"{title:<18} " + (", ".join(f"{k}: {v}" for k, v in mix.items()) or "-"))
+    d = result.durations
+    if d:
+        lines.append(f"{'durations (s)':<18} min {d['min']:.2f}, median {d['median']:.2f}, max {d['max']:.2f}"
+                     + (f"; kfold pads or trims every clip to {duration:g} s" if duration else ""))
+    lines.append("")
+    if result.findings:
+        lines.append("findings")
+        lines += [f"  {f.level.upper():<8} {f.check:<23} {f.message}" for f in result.findings]
+    else:
+        lines.append("findings: none")
+    n_err = sum(f.level == "error" for f in result.findings)
+    n_warn = sum(f.level == "warning" for f in result.findings)
+    lines += ["", f"{n_err} error(s), {n_warn} warning(s): "
+              + ("a kfold run on this dataset would be wrong" if n_err else "ready for kfold")]
+    return "\n".join(lines)
+
+
+def render_list() -> str:
+    """`datasets list`: the dataset kinds with their default protocol and layout, then the protocols."""
+    from protocols import PROTOCOLS
+
+    from .datasets import DATASETS
+    lines = ["dataset kinds (--dataset):"]
+    for name in sorted(DATASETS):
+        kind = DATASETS[name]
+        folds = "its own folds" if kind.protocol == "predefined" else f"{kind.folds} folds"
+        lines += [f"  {name:<8} default protocol {kind.protocol} ({folds})", f"           layout: {kind.layout}"]
+    lines += ["", "protocols (--protocol):"]
+    for name in sorted(PROTOCOLS):
+        doc = " ".join((PROTOCOLS[name].__doc__ or "").split())
+        lines.append(f"  {name:<15} {doc}")
+    return "\n".join(lines)

@@ -1,0 +1,147 @@
+"""From manifest to fold plan: the protocol and its options, fold ids, splits, and the cheap checks.
+
+`make_plan` is what `kfold` runs before training and what `datasets check` runs after decoding:
+the protocol assigns fold ids (refusing classes smaller than the folds, groups it cannot honour),
+the splits follow, `check_plan` checks the invariants, and clips whose audio is identical are
+found from a hash per clip (`kfold` hashes the cached waveforms; `datasets check` the decoded
+files). The same audio under two classes is an error to `kfold`; copies in two folds are leakage,
+a warning to `kfold` and an error to `datasets check`.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from protocols import PROTOCOLS, ProtocolError, Split, create_protocol, plan_splits
+from protocols.checks import check_plan
+
+from .config import RunConfig
+from .datasets import DATASETS, Dataset
+
+
+def protocol_name(cfg: RunConfig, dataset: Dataset | None = None) -> str:
+    if cfg.protocol.name:
+        return cfg.protocol.name
+    return dataset.protocol if dataset is not None else DATASETS[cfg.dataset.name].protocol
+
+
+def protocol_options(cfg: RunConfig, name: str | None = None) -> dict:
+    """The config's protocol settings as keyword arguments of protocol `name`: `n_folds` (--folds,
+    else the dataset kind's default: 10, folder 5) and `seed`, for the protocols that take them."""
+    name = name or protocol_name(cfg)
+    if name not in PROTOCOLS:
+        return {}  # create_protocol names the known ones
+    accepted = inspect.signature(PROTOCOLS[name]).parameters
+    opts = {}
+    if "n_folds" in accepted:
+        kind = DATASETS.get(cfg.dataset.name)
+        opts["n_folds"] = cfg.protocol.folds or (kind.folds if kind else 10)
+    elif cfg.protocol.folds is not None:
+        raise ProtocolError(f"--folds {cfg.protocol.folds}: protocol {name} has fixed lists (one "
+                            f"split), not a number of folds")
+    if "seed" in accepted:
+        opts["seed"] = cfg.protocol.seed
+    return opts
+
+
+@dataclass
+class Plan:
+    protocol: object
+    table: pd.DataFrame  # the clips in the plan: usable and used by the protocol, index 0..n-1
+    rows: np.ndarray  # their row numbers in the manifest
+    folds: np.ndarray  # fold id per clip of `table`
+    splits: list[Split]
+    left_out: list[str]  # usable clips the protocol does not use (fixed lists)
+    duplicates: pd.DataFrame  # set, clip, class, fold: clips whose audio is identical to another's
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def leaky(self) -> bool:
+        return bool(getattr(self.protocol, "leaky", False))
+
+    def summary(self) -> dict:
+        """What `plan.json` in the run folder records."""
+        return {"protocol": repr(self.protocol), "protocol_name": self.protocol.name,
+                "leaky": self.leaky, "leak_reason": getattr(self.protocol, "leak_reason", None),
+                "group_disjoint": bool(getattr(self.protocol, "group_disjoint", False)),
+                "n_clips": len(self.table), "left_out": len(self.left_out),
+                "splits": [{"split": s.index, "test_fold": s.test_fold, "val_fold": s.val_fold,
+                            "n_train": len(s.train), "n_val": len(s.val), "n_test": len(s.test)}
+                           for s in self.splits],
+                "warnings": self.warnings}
+
+
+def make_plan(cfg: RunConfig, dataset: Dataset, ok: np.ndarray, hashes=None) -> Plan:
+    """The fold plan over the usable clips (`ok`: manifest mask); `hashes`: one per manifest row
+    (None for unusable rows) to find identical audio, or None to skip that check."""
+    rows = np.flatnonzero(ok)
+    table = dataset.table.iloc[rows].reset_index(drop=True)
+    name = protocol_name(cfg, dataset)
+    protocol = create_protocol(name, **protocol_options(cfg, name))
+    folds = np.asarray(protocol.assign(table), dtype=int)
+    used = folds > 0
+    left_out = table.loc[~used, "clip"].tolist()
+    rows, folds, table = rows[used], folds[used], table[used].reset_index(drop=True)
+    splits = plan_splits(protocol, folds, cfg.protocol.val)
+    warnings = check_plan(table, folds, splits, dataset.classes,
+                          groups_must_not_cross=bool(getattr(protocol, "group_disjoint", False)),
+                          every_clip_tested=getattr(protocol, "cross_validated", True))
+    if left_out:
+        warnings.insert(0, f"protocol {name} leaves out {len(left_out)} clip(s) that are in none of "
+                           f"its lists, e.g. {', '.join(left_out[:5])}")
+    dups = duplicate_sets(table, folds, None if hashes is None else np.asarray(hashes, dtype=object)[rows])
+    across = copies_across_folds(dups)
+    if across:
+        warnings.append(across)
+    return Plan(protocol, table, rows, folds, splits, left_out, dups, warnings)
+
+
+# ---- identical audio ----
+
+def waveform_hashes(waves) -> list[str | None]:
+    """A hash per cached clip (samples and scale; None when quarantined): cheap, the cache is built."""
+    ok = waves.ok
+    return [hashlib.sha1(np.ascontiguousarray(waves.data[i]).tobytes()
+                         + waves.scale[i].tobytes()).hexdigest() if ok[i] else None
+            for i in range(len(waves))]
+
+
+def duplicate_sets(table: pd.DataFrame, folds: np.ndarray | None, hashes) -> pd.DataFrame:
+    """set, clip, class, fold for every clip whose hash another clip shares; sets numbered 1.."""
+    columns = ["set", "clip", "class", "fold"]
+    if hashes is None:
+        return pd.DataFrame(columns=columns)
+    df = pd.DataFrame({"hash": hashes, "clip": table["clip"].to_numpy(),
+                       "class": table["class"].to_numpy(),
+                       "fold": folds if folds is not None else np.nan})
+    df = df[df["hash"].notna() & df["hash"].duplicated(keep=False)]
+    df["set"] = df.groupby("hash", sort=False).ngroup() + 1
+    return df.sort_values(["set", "clip"])[columns].reset_index(drop=True)
+
+
+def _describe(group: pd.DataFrame, with_fold: bool) -> str:
+    return " = ".join(f"{c} ({cls}{f', fold {int(f)}' if with_fold and pd.notna(f) else ''})"
+                      for c, cls, f in zip(group["clip"], group["class"], group["fold"]))
+
+
+def label_conflicts(dups: pd.DataFrame) -> str | None:
+    """A message for identical audio under two or more classes, or None."""
+    sets = [g for _, g in dups.groupby("set") if g["class"].nunique() > 1]
+    if not sets:
+        return None
+    return (f"{len(sets)} set(s) of identical audio carry different labels: "
+            + "; ".join(_describe(g, False) for g in sets[:5]) + (" ..." if len(sets) > 5 else ""))
+
+
+def copies_across_folds(dups: pd.DataFrame) -> str | None:
+    """A message for identical audio in two or more folds (one copy trains, one tests), or None."""
+    sets = [g for _, g in dups.groupby("set") if g["fold"].nunique() > 1]
+    if not sets:
+        return None
+    return (f"{len(sets)} set(s) of identical audio sit in more than one fold (a copy in training "
+            f"and a copy in test leak): " + "; ".join(_describe(g, True) for g in sets[:5])
+            + (" ..." if len(sets) > 5 else ""))

@@ -1,0 +1,133 @@
+"""`datasets check` finds every planted fault; `datasets list`; the exit statuses."""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import soundfile as sf
+
+from bench.synth import source_params, synth_clip, write_folder_dataset
+from cli import main
+
+SPEAKERS = ("ann", "bob", "cid", "dan", "eve", "fay")
+
+
+def clean_folder(root):
+    spec = {c: [f"{s}_{j:02d}" for s in SPEAKERS for j in range(2)] for c in ("cat", "dog", "owl")}
+    write_folder_dataset(root, spec, sr=8000, duration=0.5)
+    return root
+
+
+def clip(kind, seconds, sr=8000, seed=0, channels=1):
+    rng = np.random.default_rng(seed)
+    return synth_clip(kind, int(seconds * sr), sr, rng, source_params(rng), channels=channels)
+
+
+@pytest.fixture(scope="module")
+def faulty(tmp_path_factory):
+    """A clean folder dataset with one of each fault planted."""
+    root = clean_folder(tmp_path_factory.mktemp("faulty") / "sounds")
+    (root / "cat" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage, not audio")
+    (root / "cat" / "empty.wav").write_bytes(b"")
+    sf.write(root / "dog" / "quiet.wav", np.zeros(4000, np.float32), 8000)
+    nan = clip(1, 0.5)
+    nan[100] = np.nan
+    sf.write(root / "dog" / "nan.wav", nan, 8000, subtype="FLOAT")
+    sf.write(root / "owl" / "gus_00.wav", clip(2, 0.02, seed=1), 8000)  # very short
+    sf.write(root / "owl" / "hal_00.wav", clip(2, 5.0, seed=2), 8000)  # very long
+    sf.write(root / "owl" / "ivy_00.flac", clip(2, 0.5, sr=16000, seed=3, channels=2), 16000)
+    shutil.copy(root / "cat" / "ann_00.wav", root / "cat" / "zed_00.wav")  # a copy, another fold
+    shutil.copy(root / "dog" / "bob_01.wav", root / "owl" / "bob_09.wav")  # a copy, another class
+    (root / "owl" / "notes.txt").write_text("field notes")
+    (root / "dog" / ".DS_Store").write_bytes(b"x")
+    return root
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_check_finds_every_planted_fault(faulty, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(faulty),
+                           "--cache-dir", str(tmp_path), "--json")
+    assert code == 1
+    report = json.loads(out)
+    assert report["ok"] is False and report["n_clips"] == 45
+    found = {f["check"]: f for f in report["findings"]}
+    expected = {"undecodable": "cat/broken.wav", "empty": "cat/empty.wav", "silent": "dog/quiet.wav",
+                "non-finite": "dog/nan.wav", "very-short": "owl/gus_00.wav", "very-long": "owl/hal_00.wav",
+                "duplicate-labels": "owl/bob_09.wav", "duplicate-across-folds": "cat/zed_00.wav"}
+    for check, clip_ in expected.items():
+        assert check in found and clip_ in found[check]["clips"], check
+    assert found["duplicate-labels"]["level"] == found["duplicate-across-folds"]["level"] == "error"
+    assert found["undecodable"]["level"] == "warning"  # kfold quarantines it and goes on
+    assert "cat/ann_00.wav (cat, fold" in found["duplicate-across-folds"]["message"]
+    skipped = " ".join(f["message"] for f in report["findings"] if f["check"] == "skipped")
+    assert "1 hidden file(s) or folder(s)" in skipped and "1 non-audio file(s)" in skipped
+    assert report["formats"]["sample_rate"] == {"16000": 1, "8000": 42}
+    assert report["formats"]["channels"] == {"1": 42, "2": 1}
+    assert set(report["formats"]["format"]) == {"WAV PCM_16", "WAV FLOAT", "FLAC PCM_16"}
+    assert report["counts"]["cat"] == {"1": 3, "2": 3, "3": 3, "4": 2, "5": 2}  # 13 usable cat clips
+
+
+def test_check_table_for_people(faulty, tmp_path, capsys):
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(faulty),
+                           "--cache-dir", str(tmp_path), "--quiet")
+    assert code == 1
+    assert "clips per class and fold" in out and "fold 5" in out
+    assert "ERROR    duplicate-labels" in out and "WARNING  undecodable" in out
+    assert "2 error(s), 6 warning(s): a kfold run on this dataset would be wrong" in out
+
+
+def test_clean_dataset_passes(tmp_path, capsys):
+    root = clean_folder(tmp_path / "sounds")
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
+                           "--group-regex", "^(?P<group>[a-z]+)_", "--folds", "3", "--quiet")
+    assert code == 0 and "0 error(s), 0 warning(s): ready for kfold" in out
+    assert "StratifiedFolds(n_folds=3, seed=0)" in out and "fold 3" in out and "fold 4" not in out
+
+
+def test_groups_that_cross_folds(tiny_us8k, capsys):
+    meta_csv = tiny_us8k / "metadata" / "UrbanSound8K.csv"
+    meta = pd.read_csv(meta_csv)
+    meta.loc[len(meta) - 1, "fsID"] = meta.loc[0, "fsID"]  # one source in fold 1 and fold 10
+    meta.to_csv(meta_csv, index=False)
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "us8k", "--root", str(tiny_us8k), "--json")
+    found = {f["check"]: f for f in json.loads(out)["findings"]}
+    assert code == 1 and str(meta.loc[0, "fsID"]) in found["groups-cross-folds"]["message"]
+    # The leaky protocol crosses groups by design, and the check says so.
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "us8k", "--root", str(tiny_us8k),
+                           "--protocol", "random", "--json")
+    assert code == 1 and "groups-cross-folds" in {f["check"] for f in json.loads(out)["findings"]}
+
+
+def test_class_with_one_clip(tmp_path, capsys):
+    root = clean_folder(tmp_path / "sounds")
+    (root / "bat").mkdir()
+    shutil.copy(root / "cat" / "ann_00.wav", root / "bat" / "solo.wav")
+    (root / "cat" / "ann_00.wav").unlink()
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root), "--quiet")
+    assert code == 1 and "ERROR    plan" in out and "bat (1 clip)" in out
+    code, _, err = run_cli(capsys, "kfold", "--dataset", "folder", "--root", str(root), "--no-mlflow",
+                           "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and "error: class(es) with fewer clips than the 5 folds: bat (1 clip)" in err
+    assert not (tmp_path / "runs").exists()  # refused before any run folder or decoding
+
+
+def test_loader_errors_exit_2(tmp_path, capsys):
+    root = clean_folder(tmp_path / "sounds")
+    code, _, err = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
+                           "--group-regex", "^(?P<group>[A-Z]+)-")
+    assert code == 2 and "error: --group-regex" in err and "matches none" in err
+
+
+def test_datasets_list(capsys):
+    code, out, _ = run_cli(capsys, "datasets", "list")
+    assert code == 0
+    for text in ("us8k", "demo", "gtzan    default protocol stratified (10 folds)",
+                 "folder   default protocol stratified (5 folds)", "genres/<genre>/<genre>.000NN.{wav,au}",
+                 "<root>/<class>/**/*", "gtzan-filtered", "random          LEAKY"):
+        assert text in out, text
