@@ -5,7 +5,7 @@ fingerprint and the audio settings. It holds `waves.npy` ([N, channels, samples]
 the scale in `scales.npy`: half the disk and memory of float32, and a quantisation floor 96 dB
 below each clip's peak, under AmplitudeToDB's 80 dB floor; the log-mel features stay within 1e-4
 of float32's, where float16 storage gave about 1e-3),
-`scales.npy`, `quarantine.csv` (clips that could not be used, with the reason) and `meta.json`. It is built in a
+`scales.npy`, `hashes.txt` (one hash of each clip's decoded samples, to find copies), `quarantine.csv` (clips that could not be used, with the reason) and `meta.json`. It is built in a
 temporary folder and renamed into place, so a build killed half way leaves nothing a later run
 trusts.
 """
@@ -29,7 +29,7 @@ from .audio import BadAudio, load_clip, n_samples
 from .config import AudioConfig
 from .datasets import Dataset
 
-CACHE_VERSION = 2  # bump when the stored content changes meaning
+CACHE_VERSION = 3  # bump when the stored content changes meaning
 STORE_DTYPE = np.int16
 FULL_SCALE = 32767
 
@@ -38,6 +38,7 @@ FULL_SCALE = 32767
 class Waveforms:
     data: np.ndarray  # [N, channels, samples] int16, memory-mapped; quarantined rows are zero
     scale: np.ndarray  # [N] float32: sample = data * scale
+    hashes: list[str | None]  # sha1 of each clip's stored samples and scale; None when quarantined
     quarantine: pd.DataFrame  # index (row in the manifest), clip, reason
     key: str
     path: Path
@@ -73,7 +74,8 @@ def load_waveforms(dataset: Dataset, audio: AudioConfig, cache_dir: str | Path,
     data = np.load(folder / "waves.npy", mmap_mode="r")
     scale = np.load(folder / "scales.npy")
     quarantine = pd.read_csv(folder / "quarantine.csv", dtype={"clip": str, "reason": str})
-    return Waveforms(data, scale, quarantine, key, folder)
+    hashes = [h or None for h in (folder / "hashes.txt").read_text().split("\n")[:len(data)]]
+    return Waveforms(data, scale, hashes, quarantine, key, folder)
 
 
 def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | None,
@@ -85,13 +87,16 @@ def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | No
         shape = (len(paths), audio.channels, n_samples(audio))
         out = np.lib.format.open_memmap(tmp / "waves.npy", mode="w+", dtype=STORE_DTYPE, shape=shape)
         scales = np.zeros(len(paths), dtype=np.float32)
+        hashes = [""] * len(paths)
         bad: dict[int, str] = {}
 
         def one(i: int) -> None:
             try:
                 clip = load_clip(paths[i], audio)
                 scales[i] = np.abs(clip).max() / FULL_SCALE  # > 0: silent clips raise BadAudio
-                out[i] = np.round(clip / scales[i])
+                stored = np.round(clip / scales[i]).astype(STORE_DTYPE)
+                out[i] = stored
+                hashes[i] = hashlib.sha1(stored.tobytes() + scales[i].tobytes()).hexdigest()
             except BadAudio as e:
                 bad[i] = str(e)
             except MemoryError:
@@ -110,8 +115,8 @@ def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | No
         finally:
             torch.set_num_threads(threads)
         out.flush()
-        del out
         np.save(tmp / "scales.npy", scales)
+        (tmp / "hashes.txt").write_text("\n".join(hashes) + "\n")
         rows = sorted(bad)
         pd.DataFrame({"index": rows, "clip": dataset.table["clip"].iloc[rows].tolist(),
                       "reason": [bad[i] for i in rows]}).to_csv(tmp / "quarantine.csv", index=False)

@@ -17,13 +17,14 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from protocols import Split
+from reports.files import read_split_json
 
 from . import runs
 from .cache import load_waveforms
 from .config import RunConfig, flatten
 from .datasets import DatasetError, create_dataset
 from .features import feature_bank
-from .plan import label_conflicts, make_plan, protocol_options, waveform_hashes  # noqa: F401
+from .plan import label_conflicts, make_plan
 from .tracking import Tracker
 from .train import fit_split, resolve_device
 
@@ -68,7 +69,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         raise DatasetError(f"--strict: {len(quarantine)} file(s) cannot be used:\n  " + "\n  ".join(
             f"{c}: {r}" for c, r in zip(quarantine["clip"].head(20), quarantine["reason"].head(20))))
     # The cheap checks of `datasets check`: fold plan, invariants, identical audio in the cache.
-    plan = make_plan(cfg, dataset, waves.ok, waveform_hashes(waves))
+    plan = make_plan(cfg, dataset, waves.ok, waves.hashes)
     conflict = label_conflicts(plan.duplicates)
     if conflict:
         raise DatasetError(f"{conflict}; keep one copy, under its right class")
@@ -102,7 +103,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     try:
         for split in tqdm(chosen, desc=f"splits ({cfg.name})", unit="split", disable=not progress):
             if resume and runs.is_done(run_dir, split.index):
-                info = runs.read_split_json(run_dir, split.index)
+                info = read_split_json(run_dir, split.index)
             else:
                 info = _run_split(cfg, split, bank, labels, keep, table, dataset.classes, run_dir,
                                   score_test, tracker, parent_run, progress)

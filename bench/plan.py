@@ -9,7 +9,6 @@ a warning to `kfold` and an error to `datasets check`.
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
 from dataclasses import dataclass, field
 
@@ -101,14 +100,6 @@ def make_plan(cfg: RunConfig, dataset: Dataset, ok: np.ndarray, hashes=None) -> 
 
 
 # ---- identical audio ----
-
-def waveform_hashes(waves) -> list[str | None]:
-    """A hash per cached clip (samples and scale; None when quarantined): cheap, the cache is built."""
-    ok = waves.ok
-    return [hashlib.sha1(np.ascontiguousarray(waves.data[i]).tobytes()
-                         + waves.scale[i].tobytes()).hexdigest() if ok[i] else None
-            for i in range(len(waves))]
-
 
 def duplicate_sets(table: pd.DataFrame, folds: np.ndarray | None, hashes) -> pd.DataFrame:
     """set, clip, class, fold for every clip whose hash another clip shares; sets numbered 1.."""

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from reports.files import atomic_write_csv, atomic_write_text, read_split_json
+from reports.files import atomic_write_csv, atomic_write_text
 
 from .config import RunConfig, dump_yaml, flatten, load_yaml
 
