@@ -71,9 +71,13 @@ _KEEP = 2  # feature banks kept in memory (a tune study alternates between a few
 
 
 def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
-                 batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """Log-mel decibels [N, channels, n_mels, frames] of every cached clip, on `device`."""
+                 batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Log-mel decibels [N, channels, n_mels, frames] of every cached clip, on `device`.
+
+    Default batches: 8 clips on CPU, where the STFT's intermediates then stay in cache (1.6-1.9x
+    faster than 64 on one core), 64 elsewhere."""
     check_features(audio, feat)
+    batch_size = batch_size or (8 if torch.device(device).type == "cpu" else 64)
     key = (waves.key, astuple(feat), str(device))
     if key in _BANKS:
         return _BANKS[key]
