@@ -1,20 +1,16 @@
 """`python cli.py speed`: how fast each stage of the pipeline runs on this machine, beside the targets.
 
-Stages, in the order a kfold run meets them: the waveform cache (decode + mix + resample + pad,
-built into a fresh temporary folder so it is really measured), the log-mel feature bank, training
-steps (gather + normalise + augment, then forward + backward + step: the loop's own `train_step`),
-evaluation, and the model alone on random tensors of the same shape (no data handling). Then the
-per-item pipeline of the common tutorials (`PerItemDataset`: every clip decoded, rechannelled,
-resampled, padded, shifted and turned into a log-mel at every step; DataLoader batch 16) trains the
-same model, and the ratio of the two training throughputs is the point of the design.
-
-Throughput loops are time-boxed and repeated (best of `repeats`, alternating stages so that a noisy
-neighbour hurts them alike). Nothing here asserts a target: figures and targets are printed side
-by side, with the full UrbanSound8K run times they imply.
+The stages a kfold run meets: the waveform cache (built into a fresh temporary folder, so really
+measured), the log-mel bank, training steps (the loop's own `training_batch` + `train_step`),
+evaluation; then the same step on random tensors (the model alone, no data handling) and the
+common tutorials' per-item pipeline (`PerItemDataset`, DataLoader batch 16) training the same model.
+Loops are time-boxed and repeated, alternating, best kept. Figures and targets are printed side by
+side with the full UrbanSound8K run times they imply; nothing here asserts a target.
 """
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import os
 import platform
@@ -78,40 +74,37 @@ class PerItemDataset(torch.utils.data.Dataset):
         return spec, self.labels[i]
 
 
-class PeakMemory:
-    """Samples this process's anonymous resident memory (Linux: RssAnon), a memory map's pages
-    excluded, in a background thread; `ru_maxrss` gives the peak of everything resident."""
+class PeakMemory(threading.Thread):
+    """Peak anonymous resident memory of this process (Linux: RssAnon + RssShmem, sampled every
+    20 ms): what it holds beyond the memory-mapped cache, whose pages are file-backed."""
 
-    def __init__(self, every: float = 0.02):
-        self.anon, self._every, self._stop = 0, every, threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+    def __init__(self):
+        super().__init__(daemon=True)
+        self.peak, self.done = 0, threading.Event()
 
-    def _sample(self) -> None:
+    def sample(self) -> None:
         try:
             with open("/proc/self/status") as f:
-                now = sum(int(line.split()[1]) * 1024 for line in f
-                          if line.startswith(("RssAnon:", "RssShmem:")))
-            self.anon = max(self.anon, now)
+                now = sum(int(line.split()[1]) * 1024 for line in f if line.startswith(("RssAnon:", "RssShmem:")))
+            self.peak = max(self.peak, now)
         except (OSError, ValueError, IndexError):
             pass
 
-    def _run(self) -> None:
-        while not self._stop.wait(self._every):
-            self._sample()
+    def run(self) -> None:
+        while not self.done.wait(0.02):
+            self.sample()
 
-    def __enter__(self):
-        self._thread.start()
-        return self
+    def stop(self) -> int:
+        self.done.set()
+        self.join()
+        self.sample()
+        return self.peak
 
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-        self._sample()
 
-    @staticmethod
-    def max_rss() -> int:
-        rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        return rss if platform.system() == "Darwin" else rss * 1024
+def max_rss() -> int:
+    """Peak resident memory of this process, memory-mapped pages included (bytes)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss if platform.system() == "Darwin" else rss * 1024
 
 
 def _sync(device: torch.device) -> None:
@@ -148,16 +141,12 @@ def _load() -> float:
 
 def machine(device: torch.device) -> dict:
     cpu = platform.processor() or platform.machine()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    out = {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-           "torch": torch.__version__, "device": str(device),
-           "load_average": _load()}
-    if device.type == "cuda":
-        out["gpu"] = torch.cuda.get_device_name(device)
-    return out
+    if os.path.exists("/proc/cpuinfo"):
+        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                    if line.startswith("model name")), cpu)
+    gpu = {"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
+    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "device": str(device), "load_average": _load(), **gpu}
 
 
 def use_replica(cfg: RunConfig, root: str | Path) -> RunConfig:
@@ -169,93 +158,91 @@ def use_replica(cfg: RunConfig, root: str | Path) -> RunConfig:
     return merge(cfg, {"dataset.name": "us8k", "dataset.root": str(Path(root).expanduser())}, "--replica")
 
 
+def loop_bodies(cfg: RunConfig, dataset, waves, bank: torch.Tensor, device: torch.device) -> dict:
+    """One call of each measured loop; each returns how many clips it handled. Each trains its own
+    copy of the model, built by the training loop's own `setup_training`."""
+    B, ok = cfg.train.batch_size, np.flatnonzero(waves.ok)
+    labels = dataset.table["label"].to_numpy().copy()
+    n_classes, shape = len(dataset.classes), tuple(bank.shape[1:])
+    idx, y = torch.as_tensor(ok, device=device), torch.as_tensor(labels, device=device)
+    mean, std = band_stats(bank, idx)
+    torch.manual_seed(cfg.train.seed)
+    model, augment, opt, sched = setup_training(cfg, shape, n_classes, 10**6, device)
+    pure_model, _, pure_opt, pure_sched = setup_training(cfg, shape, n_classes, 10**6, device)
+    tut_model, _, tut_opt, tut_sched = setup_training(cfg, shape, n_classes, 10**6, device)
+    x_rand, y_rand = torch.randn(B, *shape, device=device), torch.randint(n_classes, (B,), device=device)
+    items = PerItemDataset(dataset.table["path"].iloc[ok], labels[ok], cfg.audio, cfg.features, cfg.augment)
+    loader = torch.utils.data.DataLoader(items, batch_size=16, shuffle=True, num_workers=0)
+    train_batches, eval_batches, tut_batches = _cycle(idx, B), _cycle(idx, 256), itertools.chain.from_iterable(itertools.repeat(loader))
+
+    def training() -> int:  # the kfold loop's step: gather, normalise, augment; forward, backward, step
+        batch = next(train_batches)
+        train_step(model, opt, sched, training_batch(bank, batch, mean, std, augment), y[batch])
+        return len(batch)
+
+    def model_compute() -> int:  # the same step on a ready random batch: no data handling at all
+        train_step(pure_model, pure_opt, pure_sched, x_rand, y_rand)
+        return B
+
+    def per_item() -> int:  # the tutorials' loop: a DataLoader batch, normalised by its own statistics
+        x, target = next(tut_batches)
+        x = x.to(device)
+        train_step(tut_model, tut_opt, tut_sched, (x - x.mean()) / x.std(), target.to(device))
+        return len(target)
+
+    def evaluation() -> int:
+        batch = next(eval_batches)
+        predict(model, bank, batch, mean, std)
+        return len(batch)
+
+    return {"training": training, "model_compute": model_compute, "per_item": per_item,
+            "evaluation": evaluation}
+
+
 def run_speed(cfg: RunConfig, *, time_box: float = 10.0, repeats: int = 2, threads: int | None = None,
               progress: bool = True, log=None) -> dict:
     """Measure every stage on `cfg`'s dataset; the figures, targets and estimates as a dict.
     What it is doing goes to `log` (default: stderr, so that stdout holds the table only)."""
     log = log or functools.partial(print, file=sys.stderr, flush=True)
-    load_start = _load()
+    load_start, fig = _load(), {}
     if threads:
         torch.set_num_threads(threads)
     device = resolve_device(cfg.train.device)
     dataset = create_dataset(cfg.dataset, cfg.cache_dir)
-    B, fig = cfg.train.batch_size, {}
     Path(cfg.cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="speed-", dir=Path(cfg.cache_dir).expanduser()))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    mem = PeakMemory()
+    mem.start()
     try:
-        with PeakMemory() as mem:
-            log(f"cache build: {len(dataset.table)} clips into a fresh {tmp}")
-            start = time.perf_counter()
-            waves = load_waveforms(dataset, cfg.audio, tmp, progress=progress)
-            fig["cache_build_s"] = time.perf_counter() - start
-            fig["cache_build"] = len(waves) / fig["cache_build_s"]
-            fig["cache_gb"] = sum(f.stat().st_size for f in waves.path.glob("*.npy")) / GB
+        log(f"cache build: {len(dataset.table):,} clips into a fresh {tmp}")
+        start = time.perf_counter()
+        waves = load_waveforms(dataset, cfg.audio, tmp, progress=progress)
+        fig["cache_build_s"] = time.perf_counter() - start
+        fig["cache_build"] = len(waves) / fig["cache_build_s"]
+        fig["cache_gb"] = sum(f.stat().st_size for f in waves.path.glob("*.npy")) / GB
 
-            log("feature bank")
-            _BANKS.clear()  # a bank left by an earlier call in this process would not be measured
-            start = time.perf_counter()
-            bank = feature_bank(waves, cfg.audio, cfg.features, device, progress=progress)
-            _sync(device)
-            fig["feature_bank"] = len(waves) / (time.perf_counter() - start)
+        log("feature bank")
+        _BANKS.clear()  # a bank left by an earlier call in this process would not be measured
+        start = time.perf_counter()
+        bank = feature_bank(waves, cfg.audio, cfg.features, device, progress=progress)
+        _sync(device)
+        fig["feature_bank"] = len(waves) / (time.perf_counter() - start)
 
-            ok = np.flatnonzero(waves.ok)
-            labels = dataset.table["label"].to_numpy()
-            n_classes, shape = len(dataset.classes), tuple(bank.shape[1:])
-            idx = torch.as_tensor(ok, device=device)
-            y = torch.as_tensor(np.array(labels), device=device)
-            mean, std = band_stats(bank, idx)
-            torch.manual_seed(cfg.train.seed)
-
-            model, augment, opt, sched = setup_training(cfg, shape, n_classes, 10**6, device)
-            batches = _cycle(idx, B)
-
-            def train_one() -> int:
-                batch = next(batches)
-                train_step(model, opt, sched, training_batch(bank, batch, mean, std, augment), y[batch])
-                return len(batch)
-
-            pure = setup_training(cfg, shape, n_classes, 10**6, device)
-            x_rand = torch.randn(B, *shape, device=device)
-            y_rand = torch.randint(n_classes, (B,), device=device)
-
-            def compute_one() -> int:
-                train_step(pure[0], pure[2], pure[3], x_rand, y_rand)
-                return B
-
-            tut = setup_training(cfg, shape, n_classes, 10**6, device)
-            items = PerItemDataset(dataset.table["path"].iloc[ok], labels[ok], cfg.audio, cfg.features,
-                                   cfg.augment)
-            loader = torch.utils.data.DataLoader(items, batch_size=16, shuffle=True, num_workers=0)
-            tut_batches = (b for _ in iter(int, 1) for b in loader)  # endless
-
-            def per_item_one() -> int:
-                x, target = next(tut_batches)
-                x = x.to(device)
-                x = (x - x.mean()) / x.std()  # the tutorials normalise each batch by its own statistics
-                train_step(tut[0], tut[2], tut[3], x, target.to(device))
-                return len(target)
-
-            eval_batches = _cycle(idx, min(256, len(idx)))
-
-            def eval_one() -> int:
-                batch = next(eval_batches)
-                predict(model, bank, batch, mean, std)
-                return len(batch)
-
-            stages = {"training": train_one, "model_compute": compute_one, "per_item": per_item_one}
-            for r in range(repeats):
-                for name, step in stages.items():
-                    log(f"{name} (round {r + 1}/{repeats}, {time_box:g} s)")
-                    fig[name] = max(fig.get(name, 0.0), rate(step, device, time_box))
-            log("evaluation")
-            fig["evaluation"] = rate(eval_one, device, time_box / 2)
-        fig["peak_host_gb"] = PeakMemory.max_rss() / GB
-        fig["peak_host_anon_gb"] = mem.anon / GB if mem.anon else fig["peak_host_gb"]
+        loops = loop_bodies(cfg, dataset, waves, bank, device)
+        for r in range(repeats):  # alternating, so that a busy neighbour slows them alike
+            for name in ("training", "model_compute", "per_item"):
+                log(f"{name} (round {r + 1}/{repeats}, {time_box:g} s)")
+                fig[name] = max(fig.get(name, 0.0), rate(loops[name], device, time_box))
+        log("evaluation")
+        fig["evaluation"] = rate(loops["evaluation"], device, time_box / 2)
+        fig["peak_host_anon_gb"] = (mem.stop() or max_rss()) / GB
+        fig["peak_host_gb"] = max_rss() / GB
         if device.type == "cuda":
             fig["peak_gpu_gb"] = torch.cuda.max_memory_allocated(device) / GB
     finally:
+        mem.done.set()
         shutil.rmtree(tmp, ignore_errors=True)
 
     fig["per_item_ratio"] = fig["training"] / fig["per_item"]
