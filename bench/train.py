@@ -72,8 +72,10 @@ def model_input(x: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def predict(model, bank, idx, mean, std, batch_size: int = 256) -> torch.Tensor:
-    """Class probabilities for the clips `idx`, in order."""
+def predict(model, bank, idx, mean, std, batch_size: int | None = None) -> torch.Tensor:
+    """Class probabilities for the clips `idx`, in order; batches of 64 on CPU (1.5-2x faster
+    there than 256, which stays in cache less), 256 elsewhere."""
+    batch_size = batch_size or (64 if bank.device.type == "cpu" else 256)
     model.eval()
     out = []
     for s in range(0, len(idx), batch_size):
