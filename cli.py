@@ -140,7 +140,8 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-box", type=float, default=10.0, metavar="S",
                    help="seconds per throughput measurement (default: 10)")
     g.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept (default: 2)")
-    g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's own)")
+    g.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's own; 1 is steadier on a shared machine)")
     speed.set_defaults(func=cmd_speed)
     return parser
 

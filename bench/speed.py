@@ -309,11 +309,13 @@ def render(result: dict) -> str:
     a, f, t = c["audio"], c["features"], c["train"]
     load = (f"load average {result['load_start']:.1f} at the start, {m['load_average']:.1f} at the end")
     if max(result["load_start"], m["load_average"]) > m["cpus"]:
-        load += " (more than the CPUs: a shared machine, so the figures are low and noisy)"
+        load += " (more than the CPUs: a shared machine, so the figures are low and noisy"
+        load += "; with several torch threads they swing widely, --threads 1 is steadier)" \
+            if m["torch_threads"] > 1 else ")"
     lines = [f"foldbench speed: {result['dataset']} ({result['clips']:,} clips); {a['sample_rate']} Hz, "
              f"{a['channels']} ch, {a['duration']:g} s; {f['n_mels']} mels, n_fft {f['n_fft']}, hop "
              f"{f['hop_length']}; {c['model']['name']}, batch {t['batch_size']}",
-             f"machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} ({m['torch_threads']} threads), "
+             f"machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s), "
              f"device {m.get('gpu', m['device'])}", load, "",
              f"{'figure':<42}{'value':>12}  {'unit':<8}{'target':<48}{'':>4}", "-" * 116]
     for key, label, unit, fmt in ROWS:
