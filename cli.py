@@ -59,6 +59,8 @@ def config_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--epochs", type=int, help="training epochs per split (default: 20)")
     g.add_argument("--batch-size", type=int, help="clips per step (default: 16)")
     g.add_argument("--device", help="auto (CUDA when present, default), cpu or cuda")
+    g.add_argument("--threads", type=int, dest="train_threads", metavar="N",
+                   help="torch CPU threads (default: one per core; 1 is steadier when other jobs share the CPU)")
     g.add_argument("--seed", type=int, help="training seed; split k uses seed + k (default: 0)")
     g = parser.add_argument_group("output")
     g.add_argument("--name", help="run folder name under --runs-dir (default: <dataset>-<timestamp>)")
@@ -79,7 +81,7 @@ FLAG_FIELDS = {  # flag -> config field it sets
     "protocol": "protocol.name", "val": "protocol.val", "folds": "protocol.folds",
     "group_regex": "dataset.group_regex", "groups_csv": "dataset.groups_csv", "splits": "splits", "model": "model.name",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
-    "seed": "train.seed", "name": "name", "runs_dir": "runs_dir", "cache_dir": "cache_dir",
+    "seed": "train.seed", "train_threads": "train.threads", "name": "name", "runs_dir": "runs_dir", "cache_dir": "cache_dir",
     "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
 }
 
@@ -171,7 +173,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     if args.replica:
         cfg = use_replica(cfg, args.replica)
-    result = run_speed(cfg, time_box=args.time_box, repeats=args.repeats, threads=args.threads,
+    result = run_speed(cfg, time_box=args.time_box, repeats=args.repeats, threads=cfg.train.threads or None,
                        progress=not args.quiet)
     print(render(result))
     if args.json:
@@ -215,8 +217,6 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--time-box", type=float, default=10.0, metavar="S",
                    help="seconds per throughput measurement (default: 10)")
     g.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept (default: 2)")
-    g.add_argument("--threads", type=int,
-                   help="torch CPU threads (default: torch's own; 1 is steadier on a shared machine)")
     speed.set_defaults(func=cmd_speed)
     return parser
 

@@ -72,6 +72,7 @@ class TrainConfig:
     weight_decay: float = 0.0  # Adam weight decay
     seed: int = 0  # split k trains with seed + k
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
+    threads: int = 0  # torch CPU threads; 0: torch's default (one per core); 1 is steadier on a busy machine
 
 
 @dataclass

@@ -14,6 +14,7 @@ from typing import Callable
 
 import numpy as np
 import pandas as pd
+import torch
 from tqdm.auto import tqdm
 
 from protocols import Split
@@ -85,6 +86,8 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         raise DatasetError(f"--splits {cfg.splits}: no such split (1..{len(splits)})")
 
     device = resolve_device(cfg.train.device)
+    if cfg.train.threads > 0:
+        torch.set_num_threads(cfg.train.threads)
     bank = feature_bank(waves, cfg.audio, cfg.features, device, progress=progress)
     labels = dataset.table["label"].to_numpy(copy=True)
 

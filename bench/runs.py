@@ -19,7 +19,7 @@ from .config import RunConfig, dump_yaml, flatten, load_yaml
 
 # Sections that decide the results: a resumed run must match them exactly.
 RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
-NOT_RESULT_KEYS = ("train.device",)
+NOT_RESULT_KEYS = ("train.device", "train.threads")
 
 
 class RunFolderError(ValueError):
