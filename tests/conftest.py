@@ -5,6 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from bench.config import RunConfig, merge
 from bench.synth import US8K_CLASSES, write_us8k
@@ -16,6 +17,15 @@ FAST = {
     "train.epochs": 3, "train.batch_size": 8, "train.device": "cpu",
     "tracking.mlflow": False,
 }
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The tests' models are tiny: one torch thread is as fast, and steady when the CPU is shared."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
 
 
 def fast_config(tmp_path: Path, root: Path | None = None, name: str = "test", **overrides) -> RunConfig:

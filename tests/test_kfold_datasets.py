@@ -3,7 +3,6 @@ import json
 
 import pandas as pd
 import pytest
-import torch
 from torchaudio.datasets import gtzan as ta_gtzan
 
 from bench.synth import write_folder_dataset, write_gtzan
@@ -11,15 +10,6 @@ from cli import main
 from conftest import FAST
 
 N_PER_GENRE = 40  # excerpts 0..39: every genre has clips in torchaudio's filtered training list
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two shared cores: torch's thread pool only slows these small models down."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def fast_flags(tmp_path, name, epochs=1):

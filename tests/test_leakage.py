@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from bench import cv
 from bench.synth import write_folder_dataset
@@ -16,14 +15,6 @@ from reports.compare import CompareError, compare_runs, render_comparison
 
 SPEAKERS, CLIPS = 6, 8  # per class
 REGEX = r"^(?P<group>[a-z]\d+)_"
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
