@@ -66,14 +66,12 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     `parent_run` nests the split runs under an MLflow run the caller owns; otherwise this job
     creates its own parent run (reopened by `resume`).
     """
-    run_dir = runs.claim(cfg, resume)
     dataset = create_dataset(cfg.dataset, cfg.cache_dir)
     waves = load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)
     quarantine = waves.quarantine.drop(columns="index")
     if len(quarantine) and cfg.dataset.strict:
         raise DatasetError(f"--strict: {len(quarantine)} file(s) cannot be used:\n  " + "\n  ".join(
             f"{c}: {r}" for c, r in zip(quarantine["clip"].head(20), quarantine["reason"].head(20))))
-    runs.atomic_write_csv(run_dir / "quarantine.csv", quarantine)
     keep = np.flatnonzero(waves.ok)  # manifest rows that have audio; splits index into `table`
     table = dataset.table.iloc[keep].reset_index(drop=True)
 
@@ -81,6 +79,8 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     folds = protocol.assign(table)
     splits = make_splits(folds, cfg.protocol.val)
     warnings = check_plan(table, folds, splits, dataset.classes)
+    run_dir = runs.claim(cfg, resume)  # only once the data and the plan are known to be usable
+    runs.atomic_write_csv(run_dir / "quarantine.csv", quarantine)
     runs.write_folds(run_dir, table, folds, resume)
     chosen = [s for s in splits if cfg.splits is None or s.index in cfg.splits]
     if not chosen:
@@ -88,7 +88,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
 
     device = resolve_device(cfg.train.device)
     bank = feature_bank(waves, cfg.audio, cfg.features, device, progress=progress)
-    labels = dataset.table["label"].to_numpy()
+    labels = dataset.table["label"].to_numpy(copy=True)
 
     tracker = tracker or Tracker(cfg.tracking, experiment=dataset.name)
     own_parent = parent_run is None

@@ -28,6 +28,7 @@ import yaml
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it over `path` on success, delete it on error."""
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp

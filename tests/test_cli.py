@@ -1,0 +1,109 @@
+"""The kfold command end to end on a tiny dataset: run folder, report, MLflow, resume, errors."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import cli
+from bench import cv as cv_mod
+from bench.cv import run_cv
+from tests.conftest import FAST, fast_config
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def fast_flags(tmp_path, root):
+    flags = ["--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
+             "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    for key, value in FAST.items():
+        if key != "tracking.mlflow":
+            flags += ["--set", f"{key}={value}"]
+    return flags
+
+
+def test_kfold_end_to_end_with_mlflow(tiny_us8k_master, tmp_path, capsys):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = cli.main(["kfold", *fast_flags(tmp_path, tiny_us8k_master), "--name", "e2e",
+                     "--epochs", "2", "--tracking-uri", uri, "--experiment", "tiny"])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "over 10 folds" in out and "report:" in out
+    run = tmp_path / "runs" / "e2e"
+    for name in ("config.yaml", "folds.csv", "report.md", "scores.json", "confusion_counts.png",
+                 "confusion_normalized.csv", "learning_curves.png", "per_class.csv"):
+        assert (run / name).is_file(), name
+    for k in range(1, 11):
+        assert (run / "splits" / str(k) / "DONE").exists()
+        pred = pd.read_csv(run / "splits" / str(k) / "predictions.csv")
+        assert set(pred["fold"]) == {k}
+        assert list(pred.columns[4:]) == ["prob_air_conditioner", "prob_car_horn", "prob_children_playing"]
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["n_splits"] == 10 and 0 <= scores["acc_mean"] <= 1
+
+    import mlflow
+    mlflow.set_tracking_uri(uri)
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    parent = runs[runs["tags.mlflow.parentRunId"].isna()]
+    children = runs[runs["tags.mlflow.parentRunId"].notna()]
+    assert len(parent) == 1 and len(children) == 10
+    assert (children["tags.mlflow.parentRunId"] == parent["run_id"].iloc[0]).all()
+    assert parent["params.features.n_mels"].iloc[0] == "32"
+    assert parent["metrics.acc_mean"].iloc[0] == pytest.approx(scores["acc_mean"])
+    assert sorted(children["params.test_fold"].astype(int)) == list(range(1, 11))
+    assert children["metrics.test_acc"].notna().all() and children["metrics.val_acc"].notna().all()
+    client = mlflow.tracking.MlflowClient(uri)
+    history = client.get_metric_history(children["run_id"].iloc[0], "train_loss")
+    assert [m.step for m in history] == [1, 2]
+    artifacts = {a.path for a in client.list_artifacts(parent["run_id"].iloc[0])}
+    assert {"report.md", "folds.csv", "config.yaml", "confusion_counts.png"} <= artifacts
+
+
+def test_killed_run_resumes_to_the_same_scores(tiny_us8k_master, tmp_path, monkeypatch):
+    full = run_cv(fast_config(tmp_path, tiny_us8k_master, name="full"), progress=False)
+
+    def kill_after_split_3(split, info):
+        if split.index == 3:
+            raise KeyboardInterrupt
+
+    cfg = fast_config(tmp_path, tiny_us8k_master, name="killed")
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(cfg, on_split=kill_after_split_3, progress=False)
+    done = sorted(p.parent.name for p in (tmp_path / "runs" / "killed").glob("splits/*/DONE"))
+    assert done == ["1", "2", "3"]
+
+    trained = []
+    real = cv_mod.fit_split
+    monkeypatch.setattr(cv_mod, "fit_split", lambda *a, **kw: trained.append(1) or real(*a, **kw))
+    resumed = run_cv(cfg, resume=True, progress=False)
+    assert len(trained) == 7  # splits 1-3 were not trained again
+    assert resumed.scores["per_fold"] == full.scores["per_fold"]
+    assert resumed.scores["acc_mean"] == full.scores["acc_mean"]
+
+
+def test_resume_refuses_changed_settings_and_a_second_run_refuses_the_folder(tiny_us8k_master, tmp_path):
+    cfg = fast_config(tmp_path, tiny_us8k_master, name="r", splits=[1], **{"train.epochs": 1})
+    run_cv(cfg, progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        run_cv(cfg, progress=False)
+    changed = fast_config(tmp_path, tiny_us8k_master, name="r", splits=[1],
+                          **{"train.epochs": 1, "features.n_mels": 16})
+    with pytest.raises(ValueError, match=r"features\.n_mels: 32 -> 16"):
+        run_cv(changed, resume=True, progress=False)
+
+
+def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
+    code = cli.main(["kfold", "--dataset", "us8k", "--root", str(tmp_path / "missing"), "--no-mlflow",
+                     "--runs-dir", str(tmp_path / "runs")])
+    assert code == 2
+    assert "error:" in capsys.readouterr().err
+    assert cli.main(["kfold", "--set", "features.nmels=3", "--no-mlflow"]) == 2
+
+
+def test_help_explains_the_commands():
+    out = subprocess.run([sys.executable, "cli.py", "kfold", "--help"], cwd=REPO,
+                         capture_output=True, text=True, check=True).stdout
+    for text in ("--resume", "--preset", "--set KEY=VALUE", "mlflow ui", "--val", "--strict"):
+        assert text in out
