@@ -126,14 +126,18 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
 
 # ---- objective ------------------------------------------------------------------------------
 
+def check_validation(cfg: RunConfig) -> None:
+    if cfg.protocol.val != "next":
+        raise ConfigError("tune optimises validation accuracy: it needs --val next")
+
+
 class Objective:
     """`objective(trial)`: mean validation accuracy of `cfg` + the trial's suggestions, one
     `run_cv(score_test=False)` in `<folder>/trials/<number>/`, mirrored to an MLflow run."""
 
     def __init__(self, cfg: RunConfig, space: dict[str, Any], folder: Path, study: str,
                  tracker: Tracker | None = None, study_run: str | None = None, progress: bool = False):
-        if cfg.protocol.val != "next":
-            raise ConfigError("tune optimises validation accuracy: it needs --val next")
+        check_validation(cfg)
         self.cfg, self.space, self.folder, self.study = cfg, space, Path(folder), study
         self.tracker = tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
         self.study_run, self.progress = study_run, progress
@@ -289,6 +293,7 @@ class StudyResult:
 def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyResult:
     """Run (or continue) the study until it holds `tune.trials` counted trials (or times out)."""
     cfg = merge(cfg, {"splits": cfg.splits or DEFAULT_SPLITS})
+    check_validation(cfg)
     space = load_space(tune.space)
     check_space(space, cfg)
     name = tune.study or cfg.dataset.name
