@@ -39,7 +39,9 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                      "val_acc_mean": t.value if complete else None,
                      "splits_done": len(reports), "running_mean": reports[-1] if reports else None,
                      "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
-                     **t.user_attrs.get("config", {}), "reason": t.user_attrs.get("reason", "")})
+                     **t.user_attrs.get("config", {}), "reason": t.user_attrs.get("reason") or (
+                         "no result: its process stopped (killed?) and its heartbeat ran out"
+                         if t.state == optuna.trial.TrialState.FAIL else "")})
     return pd.DataFrame(rows, columns=None if rows else ["number", "state", "val_acc_mean", "reason"])
 
 
