@@ -126,7 +126,7 @@ def tune_options(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from bench.tune import TuneConfig, parse_duration, run_study
+    from bench.tune import TuneConfig, best_trial, parse_duration, run_study
     if args.name or args.resume:
         raise C.ConfigError("tune names its own folders (<runs-dir>/tune-<study>/trials/<n>) and always "
                             "continues its study: use --study instead of --name/--resume")
@@ -142,9 +142,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         return 130
     print(f"study {result.study.study_name}: {result.added} trial(s) added; "
           f"report: {result.folder / 'report.md'}")
-    if (result.folder / "best.yaml").exists():
-        print(f"best config: {result.folder / 'best.yaml'}  (score it on every test fold: "
-              f"python cli.py kfold --config {result.folder / 'best.yaml'})")
+    best = best_trial(result.study)
+    if best is not None:
+        print(f"best: trial {best.number}, val_acc_mean {best.value:.4f}; config "
+              f"{result.folder / 'best.yaml'}\nscore it on every test fold: "
+              f"python cli.py kfold --config {result.folder / 'best.yaml'}")
     return 0
 
 
