@@ -88,7 +88,7 @@ def check_space(space: dict[str, Any], cfg: RunConfig) -> None:
     """Refuse unknown keys, malformed ranges, values the config rejects, and Mel band counts that no
     FFT size in the space resolves; other bad pairs are excluded per trial, before training."""
     for key, spec in space.items():
-        if key not in flatten(cfg) or key.split(".")[0] not in SEARCHABLE or key == "train.device":
+        if key not in flatten(cfg) or key.split(".")[0] not in SEARCHABLE or key in runs.NOT_RESULT_KEYS:
             raise ConfigError(f"search space: {key!r} is not a searchable config key "
                               f"(sections {', '.join(SEARCHABLE)})")
         if isinstance(spec, dict) and (set(spec) - {"low", "high", "log", "step"}
@@ -249,7 +249,7 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
     # Seeded, and offset by the trials already there: a re-run must not replay the same suggestions.
     study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.get_trials(deepcopy=False)))
     fixed = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] in runs.RESULT_KEYS
-             and k not in space and k not in ("train.device", "dataset.root")}
+             and k not in space and k not in (*runs.NOT_RESULT_KEYS, "dataset.root")}
     settings = json.loads(json.dumps({**fixed, **{f"search {k}": v for k, v in space.items()}}))
     saved = study.user_attrs.get("settings")
     if saved is None:
