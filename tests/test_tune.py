@@ -34,17 +34,6 @@ GOOD = {"features.n_mels": 16, "features.n_fft": 256, "features.hop_length": "1/
 RESULT_SECTIONS = ("dataset", "protocol", "audio", "features", "augment", "model", "train")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from a second intra-op thread, and on a busy machine its spinning
-    makes them several times slower."""
-    import torch
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def write_space(path: Path, space: dict) -> str:
     path.write_text(yaml.safe_dump(space))
     return str(path)
