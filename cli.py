@@ -5,6 +5,7 @@
   python cli.py kfold --dataset folder --root ~/data/my_sounds --group-regex '^(?P<group>[a-z]+)_'
   python cli.py datasets check --dataset gtzan --root ~/data/gtzan
   python cli.py compare runs/us8k-random runs/us8k-honest
+  python cli.py tune --dataset demo --trials 8
 """
 from __future__ import annotations
 
@@ -181,6 +182,55 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def tune_options(parser: argparse.ArgumentParser) -> None:
+    """The study's own options (bench.tune.TuneConfig); the config options come first."""
+    g = parser.add_argument_group("search")
+    g.add_argument("--trials", type=int, default=20,
+                   help="trials in the study in total: running the same command again continues "
+                        "the study up to this count (default: 20)")
+    g.add_argument("--study", help="study name; results go to <runs-dir>/tune-<study>/ "
+                                   "(default: the dataset name)")
+    g.add_argument("--storage", metavar="URL",
+                   help="Optuna storage URL, e.g. postgresql://host/db, so workers on several machines "
+                        "share one study (default: sqlite:///<runs-dir>/tune-<study>/study.db)")
+    g.add_argument("--timeout", metavar="DURATION",
+                   help="start no new trial after this long, e.g. 3h, 90m, 600 (seconds)")
+    g.add_argument("--space", metavar="FILE",
+                   help="YAML search-space entries replacing the defaults, e.g. "
+                        "'features.n_mels: [64, 128]', 'train.max_lr: {low: 1.0e-4, high: 1.0e-2, "
+                        "log: true}', 'augment.time_shift: null' (not searched)")
+    g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0)")
+    g.add_argument("--prune-startup", type=int, default=3,
+                   help="trials that must complete before MedianPruner prunes any (default: 3)")
+    g.add_argument("--prune-warmup", type=int, default=0,
+                   help="splits a trial finishes before it can be pruned (default: 0)")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from bench.tune import TuneConfig, best_trial, parse_duration, run_study
+    if args.name or args.resume:
+        raise C.ConfigError("tune names its own folders (<runs-dir>/tune-<study>/trials/<n>) and always "
+                            "continues its study: use --study instead of --name/--resume")
+    cfg = build_config(args)
+    tune = TuneConfig(trials=args.trials, study=args.study, storage=args.storage,
+                      timeout=parse_duration(args.timeout), space=args.space, seed=args.sampler_seed,
+                      prune_startup=args.prune_startup, prune_warmup=args.prune_warmup)
+    try:
+        result = run_study(cfg, tune, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished trials are kept; run the same command to continue the study",
+              file=sys.stderr)
+        return 130
+    print(f"study {result.study.study_name}: {result.added} trial(s) added; "
+          f"report: {result.folder / 'report.md'}")
+    best = best_trial(result.study)
+    if best is not None:
+        print(f"best: trial {best.number}, val_acc_mean {best.value:.4f}; config "
+              f"{result.folder / 'best.yaml'}\nscore it on every test fold: "
+              f"python cli.py kfold --config {result.folder / 'best.yaml'}")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cli.py", description="foldbench: honest cross-validation for audio classification.",
@@ -218,6 +268,17 @@ def make_parser() -> argparse.ArgumentParser:
                    help="seconds per throughput measurement (default: 10)")
     g.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept (default: 2)")
     speed.set_defaults(func=cmd_speed)
+    tune = sub.add_parser(
+        "tune", help="search the Mel front end and SpecAugment masking with Optuna",
+        description="An Optuna study (TPE, MedianPruner) whose objective is the mean validation "
+                    "accuracy over the chosen splits (default 1,2,3), through the same "
+                    "cross-validation as kfold; test folds are never scored. Writes "
+                    "<runs-dir>/tune-<study>/: best.yaml (for kfold --config), trials.csv, plots, "
+                    "report.md.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_options(tune)
+    tune_options(tune)
+    tune.set_defaults(func=cmd_tune)
     return parser
 
 

@@ -5,6 +5,7 @@ under it, and a tune trial with its splits under it. Training code never imports
 """
 from __future__ import annotations
 
+import copy
 import logging
 import math
 import time
@@ -22,6 +23,7 @@ class Tracker:
         self.enabled = cfg.mlflow
         self.experiment = cfg.experiment or experiment
         self.uri = cfg.tracking_uri
+        self.tags: dict[str, Any] = {}  # added to every run this tracker starts (see `tagged`)
         if not self.enabled:
             return
         for noisy in ("alembic", "mlflow"):
@@ -33,6 +35,12 @@ class Tracker:
             self.client.restore_experiment(exp.experiment_id)
         self.experiment_id = exp.experiment_id if exp else self.client.create_experiment(self.experiment)
 
+    def tagged(self, tags: dict[str, Any]) -> "Tracker":
+        """A tracker on the same store that adds `tags` to every run it starts (tune: study, trial)."""
+        other = copy.copy(self)
+        other.tags = {**self.tags, **tags}
+        return other
+
     def start(self, name: str, params: dict | None = None, tags: dict | None = None,
               parent: str | None = None, run_id: str | None = None) -> str | None:
         """A new run (nested under `parent`), or the existing `run_id` reopened; returns its id."""
@@ -41,7 +49,7 @@ class Tracker:
         if run_id and self._exists(run_id):
             self.client.update_run(run_id, status="RUNNING")
         else:
-            all_tags = {"mlflow.runName": name, **(tags or {})}
+            all_tags = {"mlflow.runName": name, **self.tags, **(tags or {})}
             if parent:
                 all_tags["mlflow.parentRunId"] = parent
             run_id = self.client.create_run(self.experiment_id, tags=_strings(all_tags),

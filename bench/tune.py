@@ -1,0 +1,344 @@
+"""`tune`: an Optuna study over the Mel front end and SpecAugment masking, each trial one `run_cv`.
+
+search space (defaults below, overridable from YAML) -> objective(trial) = mean validation accuracy
+of `run_cv(config + suggestions, score_test=False)` over the chosen splits; after each split the
+running mean is reported with the split index as step, and MedianPruner may stop the trial ->
+study (SQLite in runs/tune-<study>/ unless --storage; TPE, seeded; a re-run continues up to
+--trials in total) -> runs/tune-<study>/: trials/<n>/ (run folders), trials.csv, best.yaml, plots,
+report.md. MLflow: a study run, a run per trial under it, the trial's split runs under that.
+Test folds are never scored here: the objective only ever sees validation accuracy.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import optuna
+import yaml
+
+from . import runs
+from .cache import load_waveforms
+from .config import ConfigError, RunConfig, dump_yaml, flatten, merge
+from .cv import code_version, run_cv
+from .datasets import create_dataset
+from .features import FeatureError, check_features, max_mels
+from .models import MODELS
+from .tracking import Tracker
+
+# ---- search space: config key -> choices (a list), a range ({low, high[, log][, step]}), or None (off)
+
+DEFAULT_SPACE: dict[str, Any] = {
+    "features.n_mels": [32, 64, 96, 128],  # Mel bands
+    "features.n_fft": [512, 1024, 2048],  # FFT size (samples)
+    "features.hop_length": ["1/4", "1/2"],  # a fraction of n_fft ("1/4"), or samples (256)
+    "augment.freq_masks": {"low": 0, "high": 3},  # SpecAugment frequency masks per clip
+    "augment.freq_mask_width": {"low": 0.05, "high": 0.3},  # their max width, fraction of n_mels
+    "augment.time_masks": {"low": 0, "high": 3},  # SpecAugment time masks per clip
+    "augment.time_mask_width": {"low": 0.05, "high": 0.3},  # their max width, fraction of frames
+    "augment.time_shift": {"low": 0.0, "high": 0.5},  # max circular shift, fraction of the clip
+    "train.max_lr": None,  # off; e.g. {low: 1.0e-4, high: 1.0e-2, log: true} (OneCycleLR peak)
+}
+SEARCHABLE = ("features", "augment", "model", "train")  # audio would rebuild the cache per trial
+DEFAULT_SPLITS = [1, 2, 3]  # tune's splits unless --splits: all 10 would train 10 models a trial
+
+
+def load_space(path: str | Path | None = None) -> dict[str, Any]:
+    """DEFAULT_SPACE with the entries of a YAML file (dotted keys or sections) replacing its own."""
+    space = dict(DEFAULT_SPACE)
+    if path:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as e:
+            raise ConfigError(f"search space {path}: {e}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"search space {path}: expected a mapping of config keys")
+        for key, spec in data.items():
+            if isinstance(spec, dict) and "low" not in spec:  # a section: {features: {n_mels: [...]}}
+                space.update({f"{key}.{k}": v for k, v in spec.items()})
+            else:
+                space[key] = spec
+    for spec in space.values():
+        if isinstance(spec, dict):  # PyYAML reads 1e-4 as a string
+            spec.update({b: float(spec[b]) for b in ("low", "high") if isinstance(spec.get(b), str)})
+    return {k: ([v] if not isinstance(v, (list, dict)) else v) for k, v in space.items() if v is not None}
+
+
+def resolve_hop(hop: Any, n_fft: int) -> int:
+    """"1/4" -> n_fft // 4 samples; an int is samples already."""
+    return max(1, int(n_fft * Fraction(hop))) if isinstance(hop, str) else int(hop)
+
+
+def apply_params(cfg: RunConfig, params: dict[str, Any]) -> RunConfig:
+    """`cfg` with a trial's suggestions set (the hop length resolved against the trial's n_fft)."""
+    params = dict(params)
+    hop = params.pop("features.hop_length", None)
+    cfg = merge(cfg, params, "search space")
+    if hop is not None:
+        cfg = merge(cfg, {"features.hop_length": resolve_hop(hop, cfg.features.n_fft)}, "search space")
+    return cfg
+
+
+def check_space(space: dict[str, Any], cfg: RunConfig) -> None:
+    """Refuse unknown keys, malformed ranges, values the config rejects, and Mel band counts that no
+    FFT size in the space resolves; other bad pairs are excluded per trial, before training."""
+    for key, spec in space.items():
+        if key not in flatten(cfg) or key.split(".")[0] not in SEARCHABLE or key in runs.NOT_RESULT_KEYS:
+            raise ConfigError(f"search space: {key!r} is not a searchable config key "
+                              f"(sections {', '.join(SEARCHABLE)})")
+        if isinstance(spec, dict) and (set(spec) - {"low", "high", "log", "step"}
+                                       or not spec.get("low", 0) < spec.get("high", 0)):
+            raise ConfigError(f"search space: {key}: a range is {{low, high[, log][, step]}} "
+                              f"with low < high, got {spec}")
+        for value in [spec["low"], spec["high"]] if isinstance(spec, dict) else spec or [None]:
+            if key == "features.hop_length":
+                value = resolve_hop(value, cfg.features.n_fft)
+            if value is None or (key == "model.name" and value not in MODELS):
+                raise ConfigError(f"search space: {key}: {value!r} is not a valid choice")
+            merge(cfg, {key: value}, f"search space: {key}")
+    ffts = space.get("features.n_fft", [cfg.features.n_fft])
+    for n_mels in space.get("features.n_mels", [cfg.features.n_mels]):
+        if max(max_mels(cfg.audio.sample_rate, n, cfg.features.f_min, cfg.features.f_max) for n in ffts) < n_mels:
+            raise ConfigError(f"search space: features.n_mels={n_mels} leaves empty Mel filters with "
+                              f"every n_fft in {ffts} at {cfg.audio.sample_rate} Hz; remove it")
+    check_features(cfg.audio, merge(cfg, {"features.n_fft": max(ffts), "features.n_mels": 1}).features)
+
+
+def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
+    """One value per space entry, under the config key's own name."""
+    out = {}
+    for key, spec in space.items():
+        if isinstance(spec, list):
+            out[key] = trial.suggest_categorical(key, spec)
+        elif all(isinstance(spec[b], int) and not isinstance(spec[b], bool) for b in ("low", "high")):
+            out[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1),
+                                         log=spec.get("log", False))
+        else:
+            out[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
+                                           step=spec.get("step"), log=spec.get("log", False))
+    return out
+
+
+# ---- objective ------------------------------------------------------------------------------
+
+def check_validation(cfg: RunConfig) -> None:
+    if cfg.protocol.val != "next":
+        raise ConfigError("tune optimises validation accuracy: it needs --val next")
+
+
+class Objective:
+    """`objective(trial)`: mean validation accuracy of `cfg` + the trial's suggestions, one
+    `run_cv(score_test=False)` in `<folder>/trials/<number>/`, mirrored to an MLflow run."""
+
+    def __init__(self, cfg: RunConfig, space: dict[str, Any], folder: Path, study: str,
+                 tracker: Tracker | None = None, study_run: str | None = None, progress: bool = False):
+        check_validation(cfg)
+        self.cfg, self.space, self.folder, self.study = cfg, space, Path(folder), study
+        self.tracker = tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
+        self.study_run, self.progress = study_run, progress
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
+                    {"name": str(trial.number), "runs_dir": str(self.folder / "trials")})
+        trial.set_user_attr("config", {k: flatten(cfg)[k] for k in self.space})
+        tracker = self.tracker.tagged({"study": self.study, "trial": trial.number})
+        run = tracker.start(f"trial-{trial.number}", params=flatten(cfg), parent=self.study_run, tags={
+            "state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())})
+        shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # numbers are never reused
+        seen: list[float] = []
+
+        def report(split, info) -> None:
+            seen.append(info["val_acc"])
+            mean = float(np.mean(seen))
+            trial.report(mean, split.index)
+            tracker.log_metrics(run, {"val_acc_mean": mean}, step=split.index)
+            if trial.should_prune():
+                raise optuna.TrialPruned(f"pruned after split {split.index}: running mean val_acc "
+                                         f"{mean:.3f} is below the median of earlier trials")
+
+        try:
+            try:
+                check_features(cfg.audio, cfg.features)
+            except FeatureError as e:
+                trial.set_user_attr("excluded", True)
+                raise optuna.TrialPruned(f"excluded before training: {e}") from None
+            result = run_cv(cfg, report, score_test=False, tracker=tracker, parent_run=run,
+                            progress=self.progress)
+        except optuna.TrialPruned as e:
+            self._finish(trial, tracker, run, "pruned", str(e))
+            raise
+        except BaseException as e:
+            interrupted = isinstance(e, KeyboardInterrupt)
+            self._finish(trial, tracker, run, "failed", "interrupted" if interrupted else
+                         f"{type(e).__name__}: {e}", "KILLED" if interrupted else "FAILED")
+            raise
+        self._finish(trial, tracker, run, "complete")
+        return result.val_acc_mean
+
+    @staticmethod
+    def _finish(trial, tracker, run, state: str, reason: str = "", status: str = "FINISHED") -> None:
+        if reason:
+            trial.set_user_attr("reason", reason)
+        tracker.set_tags(run, {"state": state, **({"reason": reason[:5000]} if reason else {})})
+        tracker.end(run, status)
+
+
+# ---- study ----------------------------------------------------------------------------------
+
+@dataclass
+class TuneConfig:
+    trials: int = 20  # trials in the study in total; a re-run adds trials up to this count
+    study: str | None = None  # study name; None: the dataset's name
+    storage: str | None = None  # Optuna storage URL; None: SQLite in runs/tune-<study>/study.db
+    timeout: float | None = None  # seconds after which this invocation starts no new trial
+    space: str | None = None  # YAML file of search-space entries replacing DEFAULT_SPACE's
+    seed: int = 0  # TPE seed (plus the number of trials already in the study, so none repeat)
+    prune_startup: int = 3  # trials that must complete before any trial is pruned
+    prune_warmup: int = 0  # splits a trial finishes before it can be pruned
+
+
+# What may fail one trial while the study goes on: NaN loss (TrainingError), out of memory, a bad
+# combination that slipped through. Anything else (bad data, a bug) stops the study.
+FAILURES = (RuntimeError, MemoryError, FeatureError, FloatingPointError)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
+            optuna.trial.TrialState.FAIL)
+
+
+def parse_duration(text: str | None) -> float | None:
+    """'3h', '90m', '45s' or plain seconds -> seconds."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = float(text[:-1]) * units[text[-1]] if text[-1:] in units else float(text)
+    except ValueError:
+        seconds = 0.0
+    if not seconds > 0:
+        raise ConfigError(f"--timeout {text!r}: expected a positive number of seconds, or 90m, 3h, 1d")
+    return seconds
+
+
+def counted(study: optuna.Study) -> int:
+    """Trials that count towards --trials: finished ones, except those excluded before training."""
+    return sum(t.state in FINISHED and not t.user_attrs.get("excluded")
+               for t in study.get_trials(deepcopy=False))
+
+
+def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: Path) -> optuna.Study:
+    """Create or continue the study; a continued study must have been started with the same settings."""
+    url = tune.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+            # Heartbeats: a trial whose process was killed is marked failed when the study next runs.
+            storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+    except Exception as e:  # a malformed URL, a missing driver, a server that refuses
+        raise ConfigError(f"--storage {url}: {type(e).__name__}: {e}") from None
+    # Steps are split indices: the first prune_warmup splits of a trial are never pruned.
+    steps = sorted(cfg.splits)
+    warmup = steps[tune.prune_warmup] if tune.prune_warmup < len(steps) else steps[-1] + 1
+    pruner = optuna.pruners.MedianPruner(n_startup_trials=tune.prune_startup, n_warmup_steps=warmup)
+    name = tune.study or cfg.dataset.name
+    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                load_if_exists=True, pruner=pruner)
+    # Seeded, and offset by the trials already there: a re-run must not replay the same suggestions.
+    study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.get_trials(deepcopy=False)))
+    fixed = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] in runs.RESULT_KEYS
+             and k not in space and k not in (*runs.NOT_RESULT_KEYS, "dataset.root")}
+    settings = json.loads(json.dumps({**fixed, **{f"search {k}": v for k, v in space.items()}}))
+    saved = study.user_attrs.get("settings")
+    if saved is None:
+        study.set_user_attr("settings", settings)
+    elif saved != settings:
+        diff = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
+                if saved.get(k) != settings.get(k)]
+        raise ConfigError(f"study {name!r} was started with other settings, so its trials would not "
+                          f"be comparable; use another --study, or the same settings:\n  " + "\n  ".join(diff))
+    return study
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return max(complete, key=lambda t: t.value) if complete else None  # ties: the earlier trial
+
+
+def best_config(cfg: RunConfig, trial: optuna.trial.FrozenTrial) -> RunConfig:
+    """The whole config of `trial`, for `kfold --config`: every split, a fresh run name."""
+    return merge(apply_params(cfg, trial.params), {"name": None, "splits": None})
+
+
+def write_outputs(study: optuna.Study, folder: Path, cfg: RunConfig, plots: bool) -> list[Path]:
+    """trials.csv and best.yaml (after every trial); the plots and report.md too (at the end)."""
+    from reports.study import write_study
+    best = best_trial(study)
+    best_yaml = best and (f"# best trial {best.number} of study {study.study_name}: val_acc_mean "
+                          f"{best.value:.4f} over splits {','.join(map(str, cfg.splits))}\n# score it on "
+                          f"every test fold: python cli.py kfold --config {folder / 'best.yaml'}\n"
+                          + dump_yaml(best_config(cfg, best)))
+    return write_study(study, folder, cfg, best, best_yaml, plots)
+
+
+@dataclass
+class StudyResult:
+    study: optuna.Study
+    folder: Path
+    added: int  # trials this invocation added towards --trials
+
+
+def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyResult:
+    """Run (or continue) the study until it holds `tune.trials` counted trials (or times out)."""
+    cfg = merge(cfg, {"splits": cfg.splits or DEFAULT_SPLITS})
+    check_validation(cfg)
+    space = load_space(tune.space)
+    check_space(space, cfg)
+    name = tune.study or cfg.dataset.name
+    folder = Path(cfg.runs_dir) / f"tune-{name}"
+    folder.mkdir(parents=True, exist_ok=True)
+    study = open_study(cfg, tune, space, folder)
+
+    dataset = create_dataset(cfg.dataset, cfg.cache_dir)
+    load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)  # once, for every trial
+    tracker = Tracker(cfg.tracking, experiment=dataset.name).tagged({"study": name})
+    study_run = tracker.start(f"tune-{name}", run_id=runs.read_json(folder / "mlflow.json").get("study"),
+                              tags={"kind": "study", "code_version": code_version(),
+                                    "run_folder": str(folder.resolve())})
+    if study_run:
+        runs.atomic_write_text(folder / "mlflow.json", json.dumps({"study": study_run}) + "\n")
+    objective = Objective(cfg, space, folder, name, tracker, study_run, progress)
+
+    def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        write_outputs(study, folder, cfg, plots=False)
+        if counted(study) >= tune.trials:
+            study.stop()
+
+    before, status = counted(study), "FINISHED"
+    try:
+        if before < tune.trials:
+            study.optimize(objective, timeout=tune.timeout, catch=FAILURES, callbacks=[after_trial])
+    except BaseException as e:
+        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
+        raise
+    finally:
+        files = write_outputs(study, folder, cfg, plots=True)
+        _log_study(tracker, study_run, study, files)
+        tracker.end(study_run, status)
+    return StudyResult(study, folder, counted(study) - before)
+
+
+def _log_study(tracker: Tracker, run: str | None, study: optuna.Study, files: list[Path]) -> None:
+    """Counts, the best value, and the best trial's params (as tags: they change as the study grows)."""
+    states = [t.state.name.lower() for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
+    tracker.log_metrics(run, {"trials": counted(study), "complete": states.count("complete"),
+                              "pruned": states.count("pruned"), "failed": states.count("fail")},
+                        step=len(states))
+    best = best_trial(study)
+    if best is not None:
+        tracker.set_tags(run, {"best_trial": best.number,
+                               **{f"best.{k}": v for k, v in best.user_attrs.get("config", {}).items()}})
+        tracker.log_metrics(run, {"best_val_acc_mean": best.value}, step=len(states))
+    tracker.log_files(run, files)

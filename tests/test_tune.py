@@ -1,0 +1,324 @@
+"""tune: search space, objective (validation only), pruning, continuing a study, failures, MLflow,
+and best.yaml through kfold. Tiny data and features so the whole file runs in well under a minute."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+import yaml
+
+import cli
+from bench import cache as cache_mod
+from bench import cv as cv_mod
+from bench import features as features_mod
+from bench.config import ConfigError, RunConfig, flatten, load_yaml, merge
+from bench.cv import run_cv
+from bench.datasets import create_dataset
+from bench.train import TrainingError
+from bench.tune import Objective, apply_params, check_space, load_space, parse_duration
+from reports.files import read_history, read_split_json
+from tests.conftest import FAST, fast_config
+
+TINY = {**FAST, "audio.duration": 0.5, "features.n_mels": 16, "train.epochs": 2,
+        "train.batch_size": 16, "train.max_lr": 0.01}
+SPACE = {  # small: two feature configs, the rest continuous (so a replayed suggestion would show)
+    "features.n_mels": [16, 32], "features.n_fft": [256], "features.hop_length": ["1/2"],
+    "augment.freq_masks": {"low": 0, "high": 2}, "augment.time_masks": {"low": 0, "high": 2},
+}
+GOOD = {"features.n_mels": 16, "features.n_fft": 256, "features.hop_length": "1/2",
+        "augment.freq_masks": 1, "augment.freq_mask_width": 0.1, "augment.time_masks": 1,
+        "augment.time_mask_width": 0.1, "augment.time_shift": 0.1}
+RESULT_SECTIONS = ("dataset", "protocol", "audio", "features", "augment", "model", "train")
+
+
+def write_space(path: Path, space: dict) -> str:
+    path.write_text(yaml.safe_dump(space))
+    return str(path)
+
+
+def tune_args(tmp: Path, root: Path, space: dict, *extra: str, mlflow: bool = False) -> list[str]:
+    args = ["tune", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp / "runs"),
+            "--cache-dir", str(tmp / "cache"), "--space", write_space(tmp / "space.yaml", space),
+            "--splits", "1,2", "--quiet"]
+    for key, value in TINY.items():
+        if key != "tracking.mlflow":
+            args += ["--set", f"{key}={value}"]
+    if mlflow:
+        return args + ["--tracking-uri", f"sqlite:///{tmp / 'mlflow.db'}", "--experiment", "tiny", *extra]
+    return args + ["--no-mlflow", *extra]
+
+
+def tiny_config(tmp: Path, root: Path, **kw) -> RunConfig:
+    return fast_config(tmp, root, **{**TINY, **kw})
+
+
+def load(tmp: Path, study: str) -> optuna.Study:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{tmp / 'runs' / f'tune-{study}' / 'study.db'}")
+
+
+# ---- one study, run three times, then its best trial through kfold: shared by the tests below ----
+
+@pytest.fixture(scope="module")
+def study(tiny_us8k_master, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("tune")
+    calls = {"fit": [], "log_mel": 0, "decoded": 0}
+    real_fit, real_log_mel, real_clip = cv_mod.fit_split, features_mod.log_mel, cache_mod.load_clip
+
+    def fit(*a, **kw):
+        calls["fit"][-1].append(a[4])  # test_idx
+        return real_fit(*a, **kw)
+
+    def log_mel(*a, **kw):
+        calls["log_mel"] += 1
+        return real_log_mel(*a, **kw)
+
+    def load_clip(*a, **kw):
+        calls["decoded"] += 1
+        return real_clip(*a, **kw)
+
+    folder = tmp / "runs" / "tune-s"
+    folder.mkdir(parents=True)  # trial 0 takes the other Mel band count, so two feature configs show
+    optuna.create_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}",
+                        direction="maximize").enqueue_trial({"features.n_mels": 16})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(cv_mod, "fit_split", fit)
+        mp.setattr(features_mod, "log_mel", log_mel)
+        mp.setattr(features_mod, "_BANKS", {})
+        mp.setattr(cache_mod, "load_clip", load_clip)
+        codes = []
+        for trials in (3, 4, 4):  # start, continue to 4, then nothing left to add
+            calls["fit"].append([])
+            codes.append(cli.main(tune_args(tmp, tiny_us8k_master, SPACE, "--trials", str(trials),
+                                            "--study", "s", "--prune-startup", "10", mlflow=True)))
+        tuned_log_mel = calls["log_mel"]
+        calls["fit"].append([])
+        kfold = cli.main(["kfold", "--config", str(folder / "best.yaml"), "--splits", "1",
+                          "--name", "best", "--quiet", "--experiment", "tiny"])
+    return dict(tmp=tmp, folder=folder, codes=codes, kfold=kfold, calls=calls,
+                tuned_log_mel=tuned_log_mel, root=tiny_us8k_master)
+
+
+def test_rerunning_continues_the_count_and_adds_no_duplicate_trials(study):
+    assert study["codes"] == [0, 0, 0]
+    trials = load(study["tmp"], "s").get_trials()
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    fits = study["calls"]["fit"]
+    assert [len(f) for f in fits[:3]] == [3 * 2, 1 * 2, 0]  # the second run trained trial 3 only
+    params = [tuple(sorted(t.params.items())) for t in trials]
+    assert len(set(params)) == len(params)  # the seeded sampler did not replay trials 0.. on re-run
+    table = pd.read_csv(study["folder"] / "trials.csv")
+    assert table["number"].tolist() == [0, 1, 2, 3] and (table["state"] == "complete").all()
+    assert sorted(p.name for p in (study["folder"] / "trials").iterdir()) == ["0", "1", "2", "3"]
+
+
+def test_tune_never_passes_test_indices_and_shares_cache_and_banks(study, tiny_us8k_master):
+    *tuning, kfold = study["calls"]["fit"]
+    assert all(test_idx is None for run in tuning for test_idx in run)
+    assert kfold[0] is not None  # (the spy does see test indices when kfold passes them)
+    n_clips = len(pd.read_csv(tiny_us8k_master / "metadata" / "UrbanSound8K.csv"))
+    assert study["calls"]["decoded"] == n_clips  # the waveform cache was built once for all trials
+    trials = load(study["tmp"], "s").get_trials()
+    feature_configs = {t.params["features.n_mels"] for t in trials}  # the only searched feature
+    assert study["tuned_log_mel"] == len(feature_configs) == 2  # 4 trials, 2 feature banks
+
+
+def test_a_changed_setting_does_not_continue_the_study(study, capsys):
+    code = cli.main(tune_args(study["tmp"], study["root"], SPACE, "--trials", "5", "--study", "s",
+                              "--epochs", "3"))
+    assert code == 2
+    assert "train.epochs: 2 -> 3" in capsys.readouterr().err
+    assert len(load(study["tmp"], "s").get_trials()) == 4
+
+
+def test_best_yaml_round_trips_through_kfold(study):
+    assert study["kfold"] == 0
+    best = load(study["tmp"], "s").best_trial
+    trial_dir, kfold_dir = study["folder"] / "trials" / str(best.number), study["tmp"] / "runs" / "best"
+
+    def settings(run_dir):
+        return {k: v for k, v in flatten(load_yaml(run_dir / "config.yaml")).items()
+                if k.split(".")[0] in RESULT_SECTIONS}
+    assert settings(kfold_dir) == settings(trial_dir)
+    assert settings(kfold_dir)["features.n_mels"] == best.params["features.n_mels"]
+    assert load_yaml(study["folder"] / "best.yaml").splits is None  # kfold scores every test fold
+    # Same settings, same seed: split 1 trains exactly as it did in the trial.
+    pd.testing.assert_frame_equal(read_history(kfold_dir, 1)[["train_loss", "val_acc"]],
+                                  read_history(trial_dir, 1)[["train_loss", "val_acc"]])
+    assert read_split_json(kfold_dir, 1)["test_acc"] is not None
+
+
+def test_mlflow_holds_a_run_per_trial_with_its_split_runs(study):
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{study['tmp'] / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    trials = runs[runs["tags.mlflow.runName"].str.startswith("trial-")]
+    assert sorted(trials["tags.trial"].astype(int)) == [0, 1, 2, 3]
+    assert (trials["tags.study"] == "s").all() and (trials["tags.state"] == "complete").all()
+    values = {t.number: t.value for t in load(study["tmp"], "s").get_trials()}
+    for _, trial in trials.iterrows():
+        splits = runs[runs["tags.mlflow.parentRunId"] == trial["run_id"]]
+        assert sorted(splits["params.test_fold"].astype(int)) == [1, 2]
+        assert (splits["tags.trial"] == trial["tags.trial"]).all() and (splits["tags.study"] == "s").all()
+        assert trial["metrics.val_acc_mean"] == pytest.approx(values[int(trial["tags.trial"])])
+    # The same param names as a kfold run, so the compare view lines trials and kfold runs up.
+    kfold = runs[runs["tags.mlflow.runName"] == "best"]
+    param_names = {c for c in runs.columns if c.startswith("params.") and kfold[c].notna().any()}
+    assert len(kfold) == 1 and "params.features.n_mels" in param_names
+    assert all(trials[c].notna().all() for c in param_names)
+    assert trials["params.features.n_mels"].nunique() == 2
+    # The study run: trial runs nest under it; it carries the best params and the plots.
+    study_run = runs[runs["tags.kind"] == "study"]
+    assert len(study_run) == 1 and (trials["tags.mlflow.parentRunId"] == study_run["run_id"].iloc[0]).all()
+    best = load(study["tmp"], "s").best_trial
+    assert study_run["tags.best_trial"].iloc[0] == str(best.number)
+    assert study_run["tags.best.features.n_mels"].iloc[0] == str(best.params["features.n_mels"])
+    artifacts = {a.path for a in mlflow.tracking.MlflowClient().list_artifacts(study_run["run_id"].iloc[0])}
+    assert {"best.yaml", "trials.csv", "report.md", "optimization_history.png",
+            "param_importances.png", "parallel_coordinate.png"} <= artifacts
+
+
+# ---- pruning, failures, exclusions -----------------------------------------------------------
+
+@pytest.mark.parametrize("warmup", [0, 1])
+def test_an_aggressive_pruner_prunes_a_poor_trial(tiny_us8k_master, tmp_path, warmup):
+    storage = f"sqlite:///{tmp_path / 'runs' / 'tune-p' / 'study.db'}"
+    (tmp_path / "runs" / "tune-p").mkdir(parents=True)
+    queued = optuna.create_study(study_name="p", storage=storage, direction="maximize")
+    space = {**SPACE, "train.max_lr": {"low": 1e-9, "high": 0.1, "log": True}}
+    queued.enqueue_trial({**GOOD, "train.max_lr": 0.01})
+    queued.enqueue_trial({**GOOD, "train.max_lr": 1e-9})  # barely trains: near chance
+    assert cli.main(tune_args(tmp_path, tiny_us8k_master, space, "--trials", "2", "--study", "p",
+                              "--prune-startup", "1", "--prune-warmup", str(warmup))) == 0
+    good, poor = load(tmp_path, "p").get_trials()
+    assert good.state == optuna.trial.TrialState.COMPLETE
+    assert poor.state == optuna.trial.TrialState.PRUNED
+    # Steps are split indices (1, 2); warm-up w: the first w splits are never pruned.
+    assert list(poor.intermediate_values) == [1, 2][:warmup + 1]
+    assert f"pruned after split {warmup + 1}" in poor.user_attrs["reason"]
+    assert (tmp_path / "runs" / "tune-p" / "trials" / "1" / "splits" / "2").exists() == (warmup == 1)
+    table = pd.read_csv(tmp_path / "runs" / "tune-p" / "trials.csv")
+    assert table["state"].tolist() == ["complete", "pruned"]
+
+
+def test_failed_and_excluded_trials_are_recorded_and_the_study_goes_on(tiny_us8k_master, tmp_path,
+                                                                       monkeypatch):
+    real_fit, trained = cv_mod.fit_split, []
+
+    def fit(bank, labels, train_idx, val_idx, test_idx, n_classes, cfg, **kw):
+        trained.append(cfg.features.n_mels)
+        if cfg.train.max_lr > 1:
+            raise TrainingError("training loss became nan at epoch 1; try a lower train.lr / train.max_lr")
+        return real_fit(bank, labels, train_idx, val_idx, test_idx, n_classes, cfg, **kw)
+
+    monkeypatch.setattr(cv_mod, "fit_split", fit)
+    storage = f"sqlite:///{tmp_path / 'runs' / 'tune-f' / 'study.db'}"
+    (tmp_path / "runs" / "tune-f").mkdir(parents=True)
+    queued = optuna.create_study(study_name="f", storage=storage, direction="maximize")
+    space = {**SPACE, "features.n_mels": [16, 128], "features.n_fft": [256, 512],
+             "train.max_lr": {"low": 0.001, "high": 10.0, "log": True}}
+    queued.enqueue_trial({**GOOD, "features.n_mels": 128, "features.n_fft": 256, "train.max_lr": 0.01})
+    queued.enqueue_trial({**GOOD, "train.max_lr": 5.0})
+    queued.enqueue_trial({**GOOD, "train.max_lr": 0.01})
+    args = tune_args(tmp_path, tiny_us8k_master, space, "--trials", "2", "--study", "f",
+                     "--splits", "1", mlflow=True)
+    assert cli.main(args) == 0
+    excluded, failed, complete = load(tmp_path, "f").get_trials()
+    # 128 Mel bands at n_fft 256, 8 kHz: empty filters. Excluded before any training, not counted.
+    assert excluded.state == optuna.trial.TrialState.PRUNED and excluded.user_attrs["excluded"]
+    assert excluded.user_attrs["reason"].startswith("excluded before training: 128 Mel bands")
+    assert 128 not in trained
+    assert failed.state == optuna.trial.TrialState.FAIL
+    assert failed.user_attrs["reason"].startswith("TrainingError: training loss became nan")
+    assert complete.state == optuna.trial.TrialState.COMPLETE  # the study went on
+    import mlflow
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = mlflow.search_runs(experiment_names=["tiny"])
+    runs = runs[runs["tags.mlflow.runName"].str.startswith("trial-")].sort_values("tags.trial")
+    assert runs["tags.state"].tolist() == ["pruned", "failed", "complete"]
+    assert runs["status"].tolist() == ["FINISHED", "FAILED", "FINISHED"]
+    assert runs["tags.reason"].iloc[1].startswith("TrainingError")
+    report = (tmp_path / "runs" / "tune-f" / "report.md").read_text()
+    assert "1 failed, 1 excluded before training" in report
+
+
+# ---- the objective sees validation folds only ------------------------------------------------
+
+def test_objective_is_the_validation_figure_never_the_test_fold(tiny_us8k, tmp_path, monkeypatch):
+    # Relabel the clips of fold 1 (split 1's test fold): a model that learned the classes scores
+    # well on the validation fold (2) and badly on the test fold, by construction.
+    meta_csv = tiny_us8k / "metadata" / "UrbanSound8K.csv"
+    meta = pd.read_csv(meta_csv)
+    names = meta.groupby("classID")["class"].first()
+    rows = meta["fold"] == 1
+    meta.loc[rows, "classID"] = (meta.loc[rows, "classID"] + 1) % len(names)
+    meta.loc[rows, "class"] = names[meta.loc[rows, "classID"]].to_numpy()
+    meta.to_csv(meta_csv, index=False)
+
+    seen = []
+    real_fit = cv_mod.fit_split
+    monkeypatch.setattr(cv_mod, "fit_split", lambda *a, **kw: seen.append(a[4]) or real_fit(*a, **kw))
+    cfg = tiny_config(tmp_path, tiny_us8k, splits=[1])
+    objective = Objective(cfg, load_space(write_space(tmp_path / "space.yaml", SPACE)),
+                          tmp_path / "runs" / "tune-fixed", "fixed")
+    value = objective(optuna.trial.FixedTrial(GOOD, number=7))
+    assert seen == [None]  # fit_split was never handed the test fold
+
+    scored = run_cv(merge(apply_params(cfg, GOOD), {"name": "scored"}), progress=False)
+    info = read_split_json(tmp_path / "runs" / "scored", 1)
+    assert seen[1] is not None  # (the spy does see test indices when kfold passes them)
+    assert value == info["val_acc"] == scored.val_acc[1]
+    assert info["val_acc"] >= info["test_acc"] + 0.4  # the two figures differ by design
+    assert read_split_json(tmp_path / "runs" / "tune-fixed" / "trials" / "7", 1)["test_acc"] is None
+
+    # Poison the test fold's features: the objective does not move, so no test clip reaches
+    # the normalisation statistics, training or the epoch choice.
+    folds = create_dataset(cfg.dataset, cfg.cache_dir).table["fold"].to_numpy()
+    real_bank = cv_mod.feature_bank
+
+    def poisoned(*a, **kw):
+        bank = real_bank(*a, **kw).clone()
+        bank[np.flatnonzero(folds == 1)] = float("nan")
+        return bank
+
+    monkeypatch.setattr(cv_mod, "feature_bank", poisoned)
+    assert objective(optuna.trial.FixedTrial(GOOD, number=8)) == value
+
+
+# ---- the search space --------------------------------------------------------------------------
+
+def test_space_defaults_yaml_overrides_and_checks(tmp_path):
+    space = load_space()
+    assert space["features.n_mels"] == [32, 64, 96, 128] and "train.max_lr" not in space
+    path = tmp_path / "space.yaml"
+    path.write_text("features:\n  n_mels: [64, 128]\naugment.time_shift: null\n"
+                    "train.max_lr: {low: 1e-4, high: 1e-2, log: true}\nmodel.name: wide_cnn\n")
+    space = load_space(path)
+    assert space["features.n_mels"] == [64, 128] and "augment.time_shift" not in space
+    assert space["train.max_lr"] == {"low": 1e-4, "high": 1e-2, "log": True}
+    assert space["model.name"] == ["wide_cnn"]
+    cfg = RunConfig()
+    check_space(space, cfg)
+    assert apply_params(cfg, {"features.n_fft": 2048, "features.hop_length": "1/4"}).features.hop_length == 512
+    assert apply_params(cfg, {"features.hop_length": 300}).features.hop_length == 300
+    for bad, message in [({"dataset.root": ["x"]}, "not a searchable"),
+                         ({"features.n_mels": {"low": 5, "high": 1}}, "low < high"),
+                         ({"augment.freq_masks": ["two"]}, "not a valid int"),
+                         ({"model.name": ["resnet9000"]}, "not a valid choice"),
+                         ({"features.n_mels": [32, 128], "features.n_fft": [256]}, "n_mels=128")]:
+        with pytest.raises(ConfigError, match=message):
+            check_space(bad, merge(cfg, {"audio.sample_rate": 8000}))
+    assert parse_duration("3h") == 10800 and parse_duration("90m") == 5400 and parse_duration("45") == 45
+    with pytest.raises(ConfigError):
+        parse_duration("soon")
+
+
+def test_tune_refuses_name_and_runs_without_validation_folds(tmp_path, tiny_us8k_master, capsys):
+    assert cli.main(tune_args(tmp_path, tiny_us8k_master, SPACE, "--name", "x")) == 2
+    assert "--study" in capsys.readouterr().err
+    assert cli.main(tune_args(tmp_path, tiny_us8k_master, SPACE, "--val", "none")) == 2
+    assert "--val next" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()  # refused before any study or folder was made
