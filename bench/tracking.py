@@ -26,9 +26,9 @@ class Tracker:
         self.tags: dict[str, Any] = {}  # added to every run this tracker starts (see `tagged`)
         if not self.enabled:
             return
+        from mlflow.tracking import MlflowClient  # importing mlflow sets its loggers' levels: quiet them after
         for noisy in ("alembic", "mlflow"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
-        from mlflow.tracking import MlflowClient
         self.client = MlflowClient(tracking_uri=cfg.tracking_uri)
         exp = self.client.get_experiment_by_name(self.experiment)
         if exp is not None and exp.lifecycle_stage == "deleted":
