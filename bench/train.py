@@ -142,11 +142,12 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
     for epoch in tqdm(range(1, tc.epochs + 1), disable=not progress, desc="epochs", leave=False):
         model.train()
         order = train[torch.randperm(len(train), generator=gen).to(device)]
-        total, seen = torch.zeros((), device=device), 0
+        total, seen, lr = torch.zeros((), device=device), 0, float("nan")
         for start in range(0, len(order), tc.batch_size):
             batch = order[start:start + tc.batch_size]
             if len(batch) < 2:  # BatchNorm cannot train on a single clip
                 continue
+            lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (logged per epoch)
             loss = train_step(model, optimizer, scheduler,
                               training_batch(bank, batch, mean, std, augment), y[batch])
             total += loss * len(batch)
@@ -158,7 +159,7 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
 
         val_acc = accuracy(predict(model, bank, val, mean, std), y[val]) if val is not None else None
         history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc,
-                        "lr": scheduler.get_last_lr()[0]})
+                        "lr": lr})
         if val is None or val_acc > best_acc:  # ties keep the earlier epoch
             best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
             best_acc = val_acc if val is not None else best_acc
