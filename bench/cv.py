@@ -76,14 +76,18 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         raise DatasetError(f"{conflict}; keep one copy, under its right class")
     keep, table, folds, splits = plan.rows, plan.table, plan.folds, plan.splits  # splits index `table`
     warnings, protocol = plan.warnings, plan.protocol
+    unknown = sorted(set(cfg.splits or []) - {s.index for s in splits})
+    if unknown:
+        raise DatasetError(f"--splits: no split {', '.join(map(str, unknown))} in this plan (1..{len(splits)})")
     run_dir = runs.claim(cfg, resume)  # only once the data and the plan are known to be usable
+    fingerprint = dataset.fingerprint()
+    if resume:
+        runs.check_same_data(run_dir, table, folds, fingerprint)
     runs.atomic_write_csv(run_dir / "quarantine.csv", quarantine)
-    runs.write_folds(run_dir, table, folds, resume)
+    runs.write_folds(run_dir, table, folds)
     runs.atomic_write_text(run_dir / "plan.json", json.dumps(
-        {**plan.summary(), "notes": dataset.notes}, indent=1) + "\n")
+        {**plan.summary(), "notes": dataset.notes, "dataset_fingerprint": fingerprint}, indent=1) + "\n")
     chosen = [s for s in splits if cfg.splits is None or s.index in cfg.splits]
-    if not chosen:
-        raise DatasetError(f"--splits {cfg.splits}: no such split (1..{len(splits)})")
 
     device = resolve_device(cfg.train.device)
     if cfg.train.threads > 0:
@@ -96,7 +100,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     if own_parent:
         ids = runs.read_json(run_dir / "mlflow.json")
         parent_run = tracker.start(cfg.name, params=flatten(cfg), run_id=ids.get("parent"), tags={
-            "dataset": dataset.name, "dataset_fingerprint": dataset.fingerprint(),
+            "dataset": dataset.name, "dataset_fingerprint": fingerprint,
             "protocol": repr(protocol), "leaky": plan.leaky, "code_version": code_version(),
             "run_folder": str(run_dir.resolve()), "quarantined": len(quarantine)})
         if parent_run:

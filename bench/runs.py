@@ -68,16 +68,25 @@ def claim(cfg: RunConfig, resume: bool) -> Path:
     return run_dir
 
 
-def write_folds(run_dir: Path, table: pd.DataFrame, folds: np.ndarray, resume: bool) -> None:
-    """folds.csv, before any training; a resumed run must find the same plan."""
-    plan = table[["clip", "path", "label", "class"]].assign(fold=folds, group=table.get("group"))
+def check_same_data(run_dir: Path, table: pd.DataFrame, folds: np.ndarray, fingerprint: str) -> None:
+    """A resumed run must see the clips, labels, folds and audio files its finished splits saw."""
+    old_plan = read_json(run_dir / "plan.json")
+    if old_plan.get("dataset_fingerprint") not in (None, fingerprint):
+        raise RunFolderError(f"--resume {run_dir}: the dataset changed since this run started (a file, "
+                             f"a label or the clip list differs); start a new run")
     path = run_dir / "folds.csv"
-    if resume and path.exists():
+    if path.exists():
         old = pd.read_csv(path, dtype={"clip": str})
-        if old["clip"].tolist() != plan["clip"].tolist() or old["fold"].tolist() != plan["fold"].tolist():
-            raise RunFolderError(f"{path}: the fold plan changed since this run started "
-                                 f"(dataset files or protocol differ); start a new run")
-    atomic_write_csv(path, plan)
+        for col, new in (("clip", table["clip"]), ("label", table["label"]), ("fold", folds)):
+            if old[col].tolist() != list(new):
+                raise RunFolderError(f"--resume {path}: the fold plan's {col} column changed since "
+                                     f"this run started; start a new run")
+
+
+def write_folds(run_dir: Path, table: pd.DataFrame, folds: np.ndarray) -> None:
+    """folds.csv, before any training."""
+    plan = table[["clip", "path", "label", "class"]].assign(fold=folds, group=table.get("group"))
+    atomic_write_csv(run_dir / "folds.csv", plan)
 
 
 def split_dir(run_dir: Path, index: int) -> Path:

@@ -107,3 +107,20 @@ def test_help_explains_the_commands():
                          capture_output=True, text=True, check=True).stdout
     for text in ("--resume", "--preset", "--set KEY=VALUE", "mlflow ui", "--val", "--strict"):
         assert text in out
+
+
+def test_resume_refuses_a_dataset_whose_labels_or_files_changed(tiny_us8k, tmp_path):
+    cfg = fast_config(tmp_path, tiny_us8k, name="d", splits=[1], **{"train.epochs": 1})
+    run_cv(cfg, progress=False)
+    csv = tiny_us8k / "metadata" / "UrbanSound8K.csv"
+    meta = pd.read_csv(csv)
+    meta.loc[0, ["classID", "class"]] = [1, "car_horn"]  # someone fixes a label in the metadata
+    meta.to_csv(csv, index=False)
+    with pytest.raises(ValueError, match="the dataset changed since this run started"):
+        run_cv(cfg, resume=True, progress=False)
+    assert pd.read_csv(tmp_path / "runs" / "d" / "folds.csv")["label"][0] == 0  # nothing rewritten
+
+
+def test_unknown_split_index_is_an_error(tiny_us8k_master, tmp_path):
+    with pytest.raises(ValueError, match="no split 11"):
+        run_cv(fast_config(tmp_path, tiny_us8k_master, splits=[1, 11]), progress=False)
