@@ -227,7 +227,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if best is not None:
         print(f"best: trial {best.number}, val_acc_mean {best.value:.4f}; config "
               f"{result.folder / 'best.yaml'}\nscore it on every test fold: "
-              f"python cli.py kfold --config {result.folder / 'best.yaml'}")
+              f"python cli.py kfold --config {result.folder / 'best.yaml'}\n(the tuned splits' "
+              f"validation folds chose these settings: their test scores in that run are optimistic)")
     return 0
 
 

@@ -279,6 +279,8 @@ def write_outputs(study: optuna.Study, folder: Path, cfg: RunConfig, plots: bool
     best_yaml = best and (f"# best trial {best.number} of study {study.study_name}: val_acc_mean "
                           f"{best.value:.4f} over splits {','.join(map(str, cfg.splits))}\n# score it on "
                           f"every test fold: python cli.py kfold --config {folder / 'best.yaml'}\n"
+                          f"# (the validation folds of those splits chose it: their test scores are "
+                          f"optimistic; nested CV gives an independent one)\n"
                           + dump_yaml(best_config(cfg, best)))
     return write_study(study, folder, cfg, best, best_yaml, plots)
 
