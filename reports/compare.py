@@ -16,7 +16,7 @@ from pathlib import Path
 from scipy import stats
 
 from reports.aggregate import fold_scores, load_predictions, summary
-from reports.files import dataset_name, read_plan, run_name
+from reports.files import dataset_name, missing_splits, read_plan, run_name
 
 
 class CompareError(ValueError):
@@ -35,14 +35,14 @@ def _run(run_dir) -> dict:
     folds = fold_scores(pred)
     return {"dir": run_dir, "name": run_name(run_dir), "dataset": dataset_name(run_dir),
             "protocol": plan.get("protocol", "?"), "leaky": bool(plan.get("leaky", False)),
-            "pred": pred, "folds": folds, "summary": summary(folds)}
+            "pred": pred, "folds": folds, "summary": summary(folds), "missing": missing_splits(run_dir)}
 
 
 def _public(run: dict) -> dict:
     s = run["summary"]
     return {"run": run["name"], "dir": str(run["dir"]), "protocol": run["protocol"],
             "leaky": run["leaky"], "acc_mean": s["acc_mean"], "acc_std": s["acc_std"],
-            "n_splits": s["n_splits"], "n_clips": len(run["pred"])}
+            "n_splits": s["n_splits"], "n_clips": len(run["pred"]), "missing_splits": run["missing"]}
 
 
 def compare_runs(run_a, run_b) -> dict:
@@ -102,6 +102,10 @@ def render_comparison(result: dict) -> str:
         lines.append(f"| {key}: {run['run']} | `{run['protocol']}` | {_label(run)} | "
                      f"{run['acc_mean']:.3f} ± {run['acc_std']:.3f} | {run['n_splits']} | {run['n_clips']} |")
     lines += ["", f"**difference of mean accuracy, A - B: {result['diff_acc_mean']:+.3f}**", ""]
+    for key, run in (("A", a), ("B", b)):
+        if run["missing_splits"]:
+            lines += [f"WARNING: run {key} is incomplete (split(s) {', '.join(map(str, run['missing_splits']))} "
+                      f"not finished): its mean covers fewer folds; the per-clip pairing below is fairer.", ""]
     if a["leaky"] != b["leaky"]:
         leaky, honest = (a, b) if a["leaky"] else (b, a)
         gap = leaky["acc_mean"] - honest["acc_mean"]

@@ -133,3 +133,13 @@ def test_compare_refuses_different_data(tmp_path):
         compare_runs(a, elsewhere)
     (tmp_path / "empty").mkdir()
     assert main(["compare", str(a), str(tmp_path / "empty")]) == 2  # error: ..., exit status 2
+
+
+def test_compare_warns_when_a_run_is_incomplete(tmp_path):
+    a = write_run(tmp_path / "a", [(c, f, y, y) for c, f, y in CLIPS_])
+    b = write_run(tmp_path / "b", [(c, f, y, y) for c, f, y in CLIPS_])
+    (b / "splits" / "3" / "DONE").unlink()  # b stopped before finishing split 3
+    r = compare_runs(a, b)
+    assert r["a"]["missing_splits"] == [] and r["b"]["missing_splits"] == [3]
+    text = render_comparison(r)
+    assert "run B is incomplete (split(s) 3 not finished)" in text and "run A is incomplete" not in text
