@@ -1,9 +1,10 @@
 """`datasets check`: what is in a dataset and what would make a kfold run on it wrong (and
 `datasets list`: the kinds and protocols).
 
-Every file is decoded once (soundfile, at its own rate): files that cannot be used (missing, empty,
-undecodable, silent, non-finite: kfold quarantines them), very short or very long ones, the mix
-of sample rates, channel counts and formats, and identical audio (a hash of the decoded samples).
+Every file is decoded once, into the waveform cache that kfold then reuses: files that cannot be
+used (missing, empty, undecodable, silent, non-finite: kfold quarantines them) and identical audio
+(a hash of the cached samples, as kfold sees them) come from there; very short or very long files
+and the mix of sample rates, channel counts and formats come from the file headers.
 Then the fold plan kfold would use (`bench.plan.make_plan`, the same code): clips per class and
 fold, copies of one recording in two folds or under two labels, groups in two folds.
 
@@ -13,21 +14,17 @@ cannot be built), a `warning` when kfold goes on but sets something aside or pad
 """
 from __future__ import annotations
 
-import hashlib
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pandas as pd
 import soundfile as sf
-from tqdm.auto import tqdm
 
 from protocols import ProtocolError
 from protocols.checks import check_groups
 
-from .audio import BadAudio, check, decode
-from .config import RunConfig
+from .cache import load_waveforms
+from .config import AudioConfig, RunConfig
 from .datasets import Dataset, DatasetError, create_dataset
 from .plan import copies_across_folds, duplicate_sets, label_conflicts, make_plan, protocol_name
 
@@ -70,35 +67,32 @@ class CheckResult:
                 "findings": [asdict(f) for f in self.findings]}
 
 
-def scan_file(path: str) -> dict:
-    """Format, duration, content problem and a hash of the decoded samples, for one file."""
-    row: dict = {"sample_rate": None, "channels": None, "format": None, "duration": np.nan,
-                 "problem": None, "reason": None, "hash": None}
+def file_header(path: str) -> dict:
+    """Sample rate, channels, format and duration from the file's header (no decoding)."""
     try:
         info = sf.info(path)
-        row.update(sample_rate=info.samplerate, channels=info.channels,
-                   format=f"{info.format} {info.subtype}")
-    except Exception:  # noqa: BLE001  decode() below says why
-        pass
-    try:
-        samples, rate = decode(path)
-        row["duration"] = samples.shape[1] / rate
-        check(samples)
-        row["hash"] = hashlib.sha1(samples.tobytes()).hexdigest()
-    except BadAudio as e:
-        row["reason"] = str(e)
-        row["problem"] = next((name for prefix, name in PROBLEMS.items() if str(e).startswith(prefix)),
-                              "undecodable")
-    return row
+        return {"sample_rate": info.samplerate, "channels": info.channels,
+                "format": f"{info.format} {info.subtype}", "duration": info.frames / info.samplerate}
+    except Exception:  # noqa: BLE001  the waveform cache says why the file cannot be used
+        return {"sample_rate": None, "channels": None, "format": None, "duration": np.nan}
 
 
-def scan_audio(dataset: Dataset, progress: bool = True) -> pd.DataFrame:
-    """`scan_file` for every clip of the manifest, in manifest order."""
-    paths = dataset.table["path"].tolist()
-    with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:  # libsndfile releases the GIL
-        rows = list(tqdm(pool.map(scan_file, paths), total=len(paths), disable=not progress,
-                         desc=f"checking {dataset.name}", unit="file"))
-    return pd.concat([dataset.table[["clip", "class"]].reset_index(drop=True), pd.DataFrame(rows)], axis=1)
+def _problem(reason: str | None) -> str | None:
+    if reason is None:
+        return None
+    return next((name for prefix, name in PROBLEMS.items() if reason.startswith(prefix)), "undecodable")
+
+
+def scan_audio(dataset: Dataset, audio: AudioConfig, cache_dir, progress: bool = True) -> pd.DataFrame:
+    """Per clip, in manifest order: its header, and from the waveform cache (built here if needed,
+    then reused by kfold, so each file is decoded once) the problem that sets it aside and a hash
+    of its samples."""
+    waves = load_waveforms(dataset, audio, cache_dir, progress=progress)
+    reasons = dict(zip(waves.quarantine["index"].astype(int), waves.quarantine["reason"]))
+    rows = [{**file_header(path), "reason": reasons.get(i), "problem": _problem(reasons.get(i)),
+             "hash": waves.hashes[i]} for i, path in enumerate(dataset.table["path"])]
+    scan = pd.DataFrame(rows)
+    return pd.concat([dataset.table[["clip", "class"]].reset_index(drop=True), scan], axis=1)
 
 
 def _clips(df: pd.DataFrame) -> list[str]:
@@ -133,7 +127,7 @@ def file_findings(scan: pd.DataFrame, strict: bool) -> list[Finding]:
 def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
     """Load, decode and plan `cfg`'s dataset; every finding, none raised (loader errors excepted)."""
     dataset = create_dataset(cfg.dataset, cfg.cache_dir)
-    scan = scan_audio(dataset, progress)
+    scan = scan_audio(dataset, cfg.audio, cfg.cache_dir, progress)
     findings = [Finding("info", "skipped", note) for note in dataset.notes]
     findings += file_findings(scan, cfg.dataset.strict)
     ok = scan["problem"].isna().to_numpy()
