@@ -31,9 +31,16 @@ class Dataset:
     classes: list[str]
     protocol: str  # the protocol used when none is asked for
     notes: list[str] = field(default_factory=list)  # things skipped or odd, for the report
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        """Changes when a clip, its label or its file (size, modification time) changes."""
+        """Changes when a clip, its label or its file (size, modification time) changes; computed
+        once per manifest (it stats every file)."""
+        if self._fingerprint is None:
+            self._fingerprint = self._stat_files()
+        return self._fingerprint
+
+    def _stat_files(self) -> str:
         h = hashlib.sha1()
         for clip, path, label in zip(self.table["clip"], self.table["path"], self.table["label"]):
             try:

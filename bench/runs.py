@@ -42,7 +42,8 @@ def latest_run(runs_dir: str | Path, dataset: str) -> str | None:
     return max(found)[1] if found else None
 
 
-def _result_view(cfg: RunConfig) -> dict:
+def result_view(cfg: RunConfig) -> dict:
+    """The flattened settings that decide results (what a resumed run or study must match)."""
     return {k: v for k, v in flatten(cfg).items()
             if k.split(".")[0] in RESULT_KEYS and k not in NOT_RESULT_KEYS}
 
@@ -55,7 +56,7 @@ def claim(cfg: RunConfig, resume: bool) -> Path:
         if not resume:
             raise RunFolderError(f"{run_dir} already holds a run: pass --resume to continue it, "
                                  f"or --name to start another")
-        old, new = _result_view(load_yaml(saved)), _result_view(cfg)
+        old, new = result_view(load_yaml(saved)), result_view(cfg)
         diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
                 if old.get(k) != new.get(k)]
         if diff:

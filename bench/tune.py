@@ -87,8 +87,9 @@ def apply_params(cfg: RunConfig, params: dict[str, Any]) -> RunConfig:
 def check_space(space: dict[str, Any], cfg: RunConfig) -> None:
     """Refuse unknown keys, malformed ranges, values the config rejects, and Mel band counts that no
     FFT size in the space resolves; other bad pairs are excluded per trial, before training."""
+    flat = flatten(cfg)
     for key, spec in space.items():
-        if key not in flatten(cfg) or key.split(".")[0] not in SEARCHABLE or key in runs.NOT_RESULT_KEYS:
+        if key not in flat or key.split(".")[0] not in SEARCHABLE or key in runs.NOT_RESULT_KEYS:
             raise ConfigError(f"search space: {key!r} is not a searchable config key "
                               f"(sections {', '.join(SEARCHABLE)})")
         if isinstance(spec, dict) and (set(spec) - {"low", "high", "log", "step"}
@@ -145,9 +146,10 @@ class Objective:
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
                     {"name": str(trial.number), "runs_dir": str(self.folder / "trials")})
-        trial.set_user_attr("config", {k: flatten(cfg)[k] for k in self.space})
+        flat = flatten(cfg)
+        trial.set_user_attr("config", {k: flat[k] for k in self.space})
         tracker = self.tracker.tagged({"study": self.study, "trial": trial.number})
-        run = tracker.start(f"trial-{trial.number}", params=flatten(cfg), parent=self.study_run, tags={
+        run = tracker.start(f"trial-{trial.number}", params=flat, parent=self.study_run, tags={
             "state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())})
         shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # numbers are never reused
         seen: list[float] = []
@@ -248,8 +250,7 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
                                 load_if_exists=True, pruner=pruner)
     # Seeded, and offset by the trials already there: a re-run must not replay the same suggestions.
     study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.get_trials(deepcopy=False)))
-    fixed = {k: v for k, v in flatten(cfg).items() if k.split(".")[0] in runs.RESULT_KEYS
-             and k not in space and k not in (*runs.NOT_RESULT_KEYS, "dataset.root")}
+    fixed = {k: v for k, v in runs.result_view(cfg).items() if k not in space and k != "dataset.root"}
     settings = json.loads(json.dumps({**fixed, **{f"search {k}": v for k, v in space.items()}}))
     saved = study.user_attrs.get("settings")
     if saved is None:
