@@ -170,7 +170,8 @@ def add_datasets_command(sub) -> None:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from bench.speed import render, run_speed, use_replica, write_json
+    from bench.speed import render, run_speed, use_replica
+    from reports.files import atomic_write_json
     cfg = build_config(args)
     if args.replica:
         cfg = use_replica(cfg, args.replica)
@@ -178,7 +179,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
                        progress=not args.quiet)
     print(render(result))
     if args.json:
-        write_json(result, args.json)
+        atomic_write_json(args.json, result)
     return 0
 
 

@@ -151,14 +151,14 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
         counts = table.groupby("class").size().reindex(dataset.classes, fill_value=0).to_frame("clips")
     conflict = label_conflicts(dups)
     if conflict:
-        findings.append(Finding("error", "duplicate-labels", conflict, dups["clip"].head(20).tolist()))
+        findings.append(Finding("error", "duplicate-labels", conflict, _clips(dups)))
     across = copies_across_folds(dups) if folds is not None else None
     if across:
-        findings.append(Finding("error", "duplicate-across-folds", across, dups["clip"].head(20).tolist()))
+        findings.append(Finding("error", "duplicate-across-folds", across, _clips(dups)))
     elif len(dups) and not conflict:
         findings.append(Finding("warning", "duplicates", f"{dups['set'].nunique()} set(s) of identical "
                                 f"audio ({len(dups)} clips): {_examples(dups['clip'].tolist())}",
-                                dups["clip"].head(20).tolist()))
+                                _clips(dups)))
     usable = scan[ok]
     formats = {col: {str(k): int(v) for k, v in scan[col].dropna().astype(str if col == "format" else int)
                      .value_counts().sort_index().items()}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import functools
 import itertools
-import json
 import os
 import platform
 import resource
@@ -329,10 +328,3 @@ def render(result: dict) -> str:
               f"per split): 10-fold run {e['kfold_hours']:.1f} h; {e['tune_trials']}-trial tune over 10 "
               f"splits, no pruning: {e['tune_hours']:.1f} h"]
     return "\n".join(lines)
-
-
-def write_json(result: dict, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(result, indent=1))
-    os.replace(tmp, path)

@@ -76,13 +76,17 @@ def done_splits(run_dir) -> list[int]:
     return [k for k, d in split_dirs(run_dir).items() if (d / "DONE").exists()]
 
 
-def read_plan(run_dir) -> dict:
-    """plan.json (protocol, leaky, splits, warnings, notes), or {} when the run has none."""
-    path = Path(run_dir) / "plan.json"
+def _read_mapping(path: Path, parse) -> dict:
+    """A JSON or YAML mapping, or {} when the file is absent or holds something else."""
     if not path.exists():
         return {}
-    plan = json.loads(path.read_text(encoding="utf-8"))
-    return plan if isinstance(plan, dict) else {}
+    data = parse(path.read_text(encoding="utf-8"))
+    return data if isinstance(data, dict) else {}
+
+
+def read_plan(run_dir) -> dict:
+    """plan.json (protocol, leaky, splits, warnings, notes), or {} when the run has none."""
+    return _read_mapping(Path(run_dir) / "plan.json", json.loads)
 
 
 def expected_splits(run_dir) -> list[int]:
@@ -127,11 +131,7 @@ def read_quarantine(run_dir) -> pd.DataFrame:
 
 
 def read_config(run_dir) -> dict:
-    path = Path(run_dir) / "config.yaml"
-    if not path.exists():
-        return {}
-    cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
-    return cfg if isinstance(cfg, dict) else {}
+    return _read_mapping(Path(run_dir) / "config.yaml", yaml.safe_load)
 
 
 def run_name(run_dir) -> str:

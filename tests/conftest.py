@@ -20,6 +20,12 @@ FAST = {
 
 
 @pytest.fixture(autouse=True)
+def private_cache(tmp_path, monkeypatch):
+    """Generated data and waveform caches go under the test's tmp_path, never ~/.cache."""
+    monkeypatch.setenv("FOLDBENCH_CACHE", str(tmp_path / "foldbench-cache"))
+
+
+@pytest.fixture(autouse=True)
 def one_thread():
     """The tests' models are tiny: one torch thread is as fast, and steady when the CPU is shared."""
     n = torch.get_num_threads()
