@@ -47,6 +47,10 @@ class _Seeded:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(n_folds={self.n_folds}, seed={self.seed})"
 
+    def _stratified(self, table: pd.DataFrame) -> np.ndarray:
+        """Seeded StratifiedKFold fold ids, groups ignored."""
+        return _fold_ids(StratifiedKFold(self.n_folds, shuffle=True, random_state=self.seed), table)
+
 
 @register_protocol("stratified")
 class StratifiedFolds(_Seeded):
@@ -58,8 +62,7 @@ class StratifiedFolds(_Seeded):
         check_class_sizes(table, self.n_folds)
         if not has_groups(table):
             self.group_disjoint = False
-            splitter = StratifiedKFold(self.n_folds, shuffle=True, random_state=self.seed)
-            return _fold_ids(splitter, table)
+            return self._stratified(table)
         groups = table["group"]
         if groups.isna().any():
             clips = table.loc[groups.isna(), "clip"].head(5).tolist()
@@ -85,4 +88,4 @@ class RandomFolds(_Seeded):
 
     def assign(self, table: pd.DataFrame) -> np.ndarray:
         check_class_sizes(table, self.n_folds)
-        return _fold_ids(StratifiedKFold(self.n_folds, shuffle=True, random_state=self.seed), table)
+        return self._stratified(table)
