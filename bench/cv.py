@@ -161,8 +161,7 @@ def _run_split(cfg, split, bank, labels, keep, table, classes, run_dir, score_te
 
 
 def _log_split_confusion(tracker, child, predictions, run_dir, index) -> None:
-    if not tracker.enabled:
-        return
+    """The split's confusion matrix in its folder, mirrored to its MLflow run."""
     from reports.confusion import confusion_counts
     path = runs.split_dir(run_dir, index) / "confusion_counts.csv"
     runs.atomic_write_text(path, confusion_counts(predictions).to_csv())
