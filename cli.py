@@ -50,6 +50,9 @@ def config_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", choices=list_models(), help="model (default: tutorial_cnn)")
     g.add_argument("--strict", action="store_true", default=None,
                    help="a file that cannot be used is an error instead of being quarantined")
+    g.add_argument("--allow-leaky", action="store_true", default=None,
+                   help="run even though identical audio sits in two folds, recording the run as "
+                        "leaky (scores.json, report.md, MLflow); without it kfold refuses")
     g = parser.add_argument_group("config")
     g.add_argument("--preset", choices=sorted(C.PRESETS),
                    help="seed: the common tutorial pipeline (44.1 kHz stereo 4 s, 64 mels, n_fft 1024, "
@@ -78,7 +81,7 @@ def config_options(parser: argparse.ArgumentParser) -> None:
 
 
 FLAG_FIELDS = {  # flag -> config field it sets
-    "dataset": "dataset.name", "root": "dataset.root", "strict": "dataset.strict",
+    "dataset": "dataset.name", "root": "dataset.root", "strict": "dataset.strict", "allow_leaky": "dataset.allow_leaky",
     "protocol": "protocol.name", "val": "protocol.val", "folds": "protocol.folds",
     "group_regex": "dataset.group_regex", "groups_csv": "dataset.groups_csv", "splits": "splits", "model": "model.name",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
@@ -103,9 +106,9 @@ def build_config(args: argparse.Namespace) -> C.RunConfig:
 
 def cmd_kfold(args: argparse.Namespace) -> int:
     from bench.cv import run_cv
-    from bench.runs import default_name, latest_run
+    from bench.runfolder import default_name, latest_run
     from reports import summary_table
-    cfg = build_config(args)
+    cfg = C.validate(build_config(args))
     if cfg.name is None:
         cfg.name = latest_run(cfg.runs_dir, cfg.dataset.name) if args.resume else default_name(cfg)
         if cfg.name is None:

@@ -21,6 +21,7 @@ class DatasetConfig:
     strict: bool = False  # True: a bad file is an error instead of being quarantined
     group_regex: str | None = None  # groups from file names: a regex with a named group `group`
     groups_csv: str | None = None  # groups from a CSV (path,group), path relative to root
+    allow_leaky: bool = False  # True: identical audio in two folds is recorded as leaky, not refused
 
 
 @dataclass
@@ -211,6 +212,72 @@ def load_yaml(path: str | os.PathLike, base: RunConfig | None = None) -> RunConf
 
 def dump_yaml(cfg: RunConfig) -> str:
     return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+# ---- validation: every field's range, before anything is read or written ----
+
+DEVICES = ("auto", "cpu", "cuda")
+ANNEALS = ("linear", "cos")
+VALS = ("next", "none")
+
+
+def plain_name(value: str, what: str) -> str:
+    """`value` if it is one plain path component (no separator, not `.`/`..`, not hidden)."""
+    bad = (not value or value in (".", "..") or value.startswith(".") or "/" in value
+           or "\\" in value or any(ord(c) < 32 for c in value) or len(value) > 200)
+    if bad:
+        raise ConfigError(f"{what} {value!r}: must be a plain name (letters, digits, '-', '_', '.'; "
+                          f"no '/', not starting with '.'), e.g. {what} us8k-seed")
+    return value
+
+
+def _need(ok: bool, key: str, value: Any, rule: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}={value!r}: {rule}; fix it with --set {key}=<value>")
+
+
+def validate(cfg: RunConfig) -> RunConfig:
+    """Refuse any field out of its range, with the key and the rule; returns `cfg`."""
+    if cfg.name is not None:
+        plain_name(cfg.name, "--name")
+    if cfg.splits is not None:
+        _need(all(k >= 1 for k in cfg.splits) and len(set(cfg.splits)) == len(cfg.splits),
+              "splits", cfg.splits, "split numbers are distinct and start at 1")
+    p, a, f, g, t = cfg.protocol, cfg.audio, cfg.features, cfg.augment, cfg.train
+    _need(p.val in VALS, "protocol.val", p.val, f"must be one of {', '.join(VALS)}")
+    _need(p.folds is None or p.folds >= 2, "protocol.folds", p.folds, "needs at least 2 folds")
+    _need(1000 <= a.sample_rate <= 384000, "audio.sample_rate", a.sample_rate, "must be 1000..384000 Hz")
+    _need(1 <= a.channels <= 8, "audio.channels", a.channels, "must be 1..8")
+    _need(0 < a.duration <= 600, "audio.duration", a.duration, "must be > 0 and at most 600 seconds")
+    _need(f.n_mels >= 1, "features.n_mels", f.n_mels, "must be at least 1")
+    _need(f.n_fft >= 16, "features.n_fft", f.n_fft, "must be at least 16")
+    _need(f.hop_length >= 1, "features.hop_length", f.hop_length, "must be at least 1")
+    _need(f.f_min >= 0, "features.f_min", f.f_min, "must be >= 0")
+    _need(f.f_max is None or f.f_max > f.f_min, "features.f_max", f.f_max, "must be above f_min")
+    _need(f.top_db > 0, "features.top_db", f.top_db, "must be > 0 (dB below each clip's peak)")
+    _need(0 <= g.time_shift < 1, "augment.time_shift", g.time_shift, "must be in [0, 1)")
+    for key in ("freq_masks", "time_masks"):
+        _need(getattr(g, key) >= 0, f"augment.{key}", getattr(g, key), "must be >= 0")
+    for key in ("freq_mask_width", "time_mask_width"):
+        _need(0 <= getattr(g, key) <= 1, f"augment.{key}", getattr(g, key), "must be in [0, 1]")
+    _need(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
+    _need(t.batch_size >= 2, "train.batch_size", t.batch_size,
+          "must be at least 2 (BatchNorm cannot train on one clip)")
+    for key in ("lr", "max_lr"):
+        value = getattr(t, key)
+        _need(value > 0 and value == value and value != float("inf"), f"train.{key}", value,
+              "must be a positive number")
+    _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
+    _need(t.anneal in ANNEALS, "train.anneal", t.anneal, f"must be one of {', '.join(ANNEALS)}")
+    _need(t.threads >= 0, "train.threads", t.threads, "must be >= 0 (0: torch's default)")
+    _need(t.device in DEVICES or t.device.startswith("cuda:") and t.device[5:].isdigit(),
+          "train.device", t.device, "must be auto, cpu, cuda or cuda:N")
+    _need(bool(cfg.tracking.tracking_uri), "tracking.tracking_uri", cfg.tracking.tracking_uri,
+          "must not be empty")
+    if cfg.tracking.experiment is not None:
+        _need(bool(cfg.tracking.experiment.strip()), "tracking.experiment", cfg.tracking.experiment,
+              "must not be empty")
+    return cfg
 
 
 def parse_overrides(items: list[str]) -> dict[str, str]:

@@ -6,7 +6,7 @@ from .audio import BadAudio
 from .config import ConfigError
 from .datasets import DatasetError
 from .features import FeatureError
-from .runs import RunFolderError
+from .runfolder import RunFolderError
 from .train import TrainingError
 
 USER_ERRORS = (BadAudio, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,

@@ -5,7 +5,7 @@ the protocol assigns fold ids (refusing classes smaller than the folds, groups i
 the splits follow, `check_plan` checks the invariants, and clips whose audio is identical are
 found from a hash per clip (`kfold` hashes the cached waveforms; `datasets check` the decoded
 files). The same audio under two classes is an error to `kfold`; copies in two folds are leakage,
-a warning to `kfold` and an error to `datasets check`.
+an error to both (`kfold --allow-leaky` records the run as leaky instead).
 """
 from __future__ import annotations
 
@@ -57,15 +57,23 @@ class Plan:
     left_out: list[str]  # usable clips the protocol does not use (fixed lists)
     duplicates: pd.DataFrame  # set, clip, class, fold: clips whose audio is identical to another's
     warnings: list[str] = field(default_factory=list)
+    copies_leak: bool = False  # identical audio in two folds, accepted with --allow-leaky
 
     @property
     def leaky(self) -> bool:
-        return bool(getattr(self.protocol, "leaky", False))
+        return bool(getattr(self.protocol, "leaky", False)) or self.copies_leak
+
+    @property
+    def leak_reason(self) -> str | None:
+        if self.copies_leak:
+            return ("--allow-leaky: identical audio sits in more than one fold (a copy trains, a copy "
+                    "tests)")
+        return getattr(self.protocol, "leak_reason", None)
 
     def summary(self) -> dict:
         """What `plan.json` in the run folder records."""
         return {"protocol": repr(self.protocol), "protocol_name": self.protocol.name,
-                "leaky": self.leaky, "leak_reason": getattr(self.protocol, "leak_reason", None),
+                "leaky": self.leaky, "leak_reason": self.leak_reason,
                 "group_disjoint": bool(getattr(self.protocol, "group_disjoint", False)),
                 "n_clips": len(self.table), "left_out": len(self.left_out),
                 "splits": [{"split": s.index, "test_fold": s.test_fold, "val_fold": s.val_fold,

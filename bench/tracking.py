@@ -78,6 +78,28 @@ class Tracker:
             raise
         self.end(run_id)
 
+    def child_run(self, parent: str | None, tags: dict[str, str]) -> str | None:
+        """An existing run nested under `parent` whose tags match `tags` (a split's run, on resume)."""
+        if not (self.enabled and parent):
+            return None
+        query = " and ".join([f"tags.mlflow.parentRunId = '{parent}'"]
+                             + [f"tags.{k} = '{v}'" for k, v in tags.items()])
+        found = self.client.search_runs([self.experiment_id], query, max_results=1)
+        return found[0].info.run_id if found else None
+
+    def close_running(self, parent: str | None, status: str = "KILLED") -> int:
+        """End the runs under `parent` (recursively) that a killed job left RUNNING; how many."""
+        if not (self.enabled and parent):
+            return 0
+        closed = 0
+        for run in self.client.search_runs([self.experiment_id],
+                                           f"tags.mlflow.parentRunId = '{parent}'"):
+            closed += self.close_running(run.info.run_id, status)
+            if run.info.status == "RUNNING":
+                self.end(run.info.run_id, status)
+                closed += 1
+        return closed
+
     def log_params(self, run_id: str | None, params: dict[str, Any]) -> None:
         if self.enabled and run_id and params:
             from mlflow.entities import Param

@@ -22,11 +22,11 @@ import numpy as np
 import optuna
 import yaml
 
-from . import runs
-from .cache import load_waveforms
-from .config import ConfigError, RunConfig, dump_yaml, flatten, merge
+from . import runfolder as runs
+from .atomic import atomic_write_text
+from .config import ConfigError, RunConfig, dump_yaml, flatten, merge, plain_name
 from .cv import code_version, run_cv
-from .datasets import create_dataset
+from .prepare import Prepared, prepare
 from .features import FeatureError, check_features, max_mels
 from .models import MODELS
 from .tracking import Tracker
@@ -137,9 +137,11 @@ class Objective:
     `run_cv(score_test=False)` in `<folder>/trials/<number>/`, mirrored to an MLflow run."""
 
     def __init__(self, cfg: RunConfig, space: dict[str, Any], folder: Path, study: str,
-                 tracker: Tracker | None = None, study_run: str | None = None, progress: bool = False):
+                 tracker: Tracker | None = None, study_run: str | None = None, progress: bool = False,
+                 prepared: Prepared | None = None):
         check_validation(cfg)
         self.cfg, self.space, self.folder, self.study = cfg, space, Path(folder), study
+        self.prepared = prepared
         self.tracker = tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
         self.study_run, self.progress = study_run, progress
 
@@ -169,8 +171,10 @@ class Objective:
             except FeatureError as e:
                 trial.set_user_attr("excluded", True)
                 raise optuna.TrialPruned(f"excluded before training: {e}") from None
-            result = run_cv(cfg, report, score_test=False, tracker=tracker, parent_run=run,
-                            progress=self.progress)
+            if self.prepared is None:
+                self.prepared = prepare(self.cfg, progress=self.progress, tracking=False)
+            result = run_cv(cfg, report, prepared=self.prepared, score_test=False, tracker=tracker,
+                            parent_run=run, progress=self.progress)
         except optuna.TrialPruned as e:
             self._finish(trial, tracker, run, "pruned", str(e))
             raise
@@ -299,20 +303,19 @@ def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyR
     check_validation(cfg)
     space = load_space(tune.space)
     check_space(space, cfg)
-    name = tune.study or cfg.dataset.name
+    name = plain_name(tune.study or cfg.dataset.name, "--study")
+    prepared = prepare(cfg, progress=progress)  # checked and decoded once, for every trial
     folder = Path(cfg.runs_dir) / f"tune-{name}"
     folder.mkdir(parents=True, exist_ok=True)
     study = open_study(cfg, tune, space, folder)
 
-    dataset = create_dataset(cfg.dataset, cfg.cache_dir)
-    load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)  # once, for every trial
-    tracker = Tracker(cfg.tracking, experiment=dataset.name).tagged({"study": name})
+    tracker = prepared.tracker.tagged({"study": name})
     study_run = tracker.start(f"tune-{name}", run_id=runs.read_json(folder / "mlflow.json").get("study"),
                               tags={"kind": "study", "code_version": code_version(),
                                     "run_folder": str(folder.resolve())})
     if study_run:
-        runs.atomic_write_text(folder / "mlflow.json", json.dumps({"study": study_run}) + "\n")
-    objective = Objective(cfg, space, folder, name, tracker, study_run, progress)
+        atomic_write_text(folder / "mlflow.json", json.dumps({"study": study_run}) + "\n")
+    objective = Objective(cfg, space, folder, name, tracker, study_run, progress, prepared)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         write_outputs(study, folder, cfg, plots=False)

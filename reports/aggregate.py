@@ -12,7 +12,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from reports.files import done_splits, split_file
+from reports.files import split_file
 
 PROB_PREFIX = "prob_"
 REQUIRED_COLUMNS = ["clip", "fold", "label", "pred"]
@@ -51,7 +51,8 @@ def _check(pred: pd.DataFrame) -> None:
 
 def load_predictions(run_dir) -> pd.DataFrame:
     """All finished splits' predictions concatenated, with a leading `split` column."""
-    splits = done_splits(run_dir)
+    from bench.runfolder import RunFolder
+    splits = RunFolder(run_dir).verified()  # each DONE split checked against its digest and folds.csv
     if not splits:
         raise FileNotFoundError(f"{run_dir}: no finished splits (no splits/<k>/DONE)")
     frames = [_read_split(run_dir, k) for k in splits]

@@ -6,7 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench import cv
+from bench import prepare
+from bench.runfolder import RunFolder
 from bench.synth import write_folder_dataset
 from bench.tracking import Tracker
 from cli import main
@@ -46,7 +47,7 @@ def kfold(tmp_path, root, name, *extra):
 
 
 def test_random_protocol_scores_higher_than_honest_folds(signed, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cv, "Tracker", TagSpy)
+    monkeypatch.setattr(prepare, "Tracker", TagSpy)  # the job's tracker is made in prepare
     TagSpy.tags = []
     assert kfold(tmp_path, signed, "honest", "--group-regex", REGEX) == 0
     assert kfold(tmp_path, signed, "leaky", "--group-regex", REGEX, "--protocol", "random") == 0
@@ -86,12 +87,14 @@ def write_run(run, rows, plan=None, dataset="toy"):
     (run / "splits").mkdir(parents=True)
     (run / "config.yaml").write_text(f"name: {run.name}\ndataset:\n  name: {dataset}\n")
     df = pd.DataFrame(rows, columns=["clip", "fold", "label", "pred"])
+    df[["clip", "fold", "label"]].to_csv(run / "folds.csv", index=False)
     for k, (fold, part) in enumerate(df.groupby("fold"), start=1):
         d = run / "splits" / str(k)
         d.mkdir()
         part = part.assign(prob_x=np.where(part["pred"] == 0, 0.9, 0.1), prob_y=np.where(part["pred"] == 1, 0.9, 0.1))
         part.to_csv(d / "predictions.csv", index=False)
-        (d / "DONE").write_text("")
+        (d / "split.json").write_text(json.dumps({"split": k, "test_fold": int(fold)}))
+        RunFolder(run).seal(k)
     if plan is not None:
         (run / "plan.json").write_text(json.dumps(plan))
     return run

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from bench.runfolder import RunFolder
 from reports import build_report, summary_table
 from reports.aggregate import class_names, fold_scores, load_predictions, per_class, summary
 from reports.confusion import confusion_counts, normalize_rows, plot_confusion
@@ -56,7 +57,7 @@ def write_run(run, done=(1, 2)):
             "split": k, "test_fold": k, "val_fold": None if no_val else k % 3 + 1, "best_epoch": 3 if no_val else 2,
             "val_acc": None if no_val else 0.6, "test_acc": 0.5, "n_train": 6, "n_val": 3, "n_test": len(rows)}))
         if k in done:
-            (d / "DONE").write_text("")
+            RunFolder(run).seal(k)
     return run
 
 
@@ -195,5 +196,32 @@ def test_clip_tested_twice_is_an_error(tmp_path):
     pred = pd.read_csv(path)
     pred.loc[0, "clip"] = "c1"  # c1 is already in split 1's test set
     pred.to_csv(path, index=False)
-    with pytest.raises(ValueError, match="more than once"):
+    with pytest.raises(ValueError, match="split 2 cannot be scored: predictions.csv changed"):
+        load_predictions(run)  # the DONE digest catches the edit
+    RunFolder(run).seal(2)  # sealed anyway (a buggy writer): the check against folds.csv catches it
+    with pytest.raises(ValueError, match="split 2 cannot be scored: predictions.csv holds 5 clips, not "
+                                         "the 5 of test fold 2"):
         load_predictions(run)
+
+
+@pytest.mark.parametrize("edit", ["truncate", "relabel", "drop_done_digest"])
+def test_tampered_split_never_counts(tmp_path, edit):
+    """A finished split whose files were changed afterwards is named, never scored."""
+    run = write_run(tmp_path / "t")
+    scores = build_report(run)
+    path = run / "splits" / "2" / "predictions.csv"
+    pred = pd.read_csv(path)
+    if edit == "truncate":  # the issue's case: cut to 3 rows, the mean moved 0.572 -> 0.617
+        pred.head(3).to_csv(path, index=False)
+    elif edit == "relabel":
+        pred.assign(label=pred["pred"]).to_csv(path, index=False)
+    else:
+        (run / "splits" / "2" / "DONE").write_text("2026-01-01T00:00:00\n")  # an old-style marker
+    with pytest.raises(ValueError, match="split 2 cannot be scored"):
+        build_report(run)
+    RunFolder(run).seal(2)  # even re-sealed, predictions must be exactly fold 2's clips and labels
+    if edit != "drop_done_digest":
+        with pytest.raises(ValueError, match="split 2 cannot be scored: predictions.csv"):
+            build_report(run)
+    else:
+        assert build_report(run)["acc_mean"] == scores["acc_mean"]

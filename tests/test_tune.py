@@ -13,6 +13,7 @@ import yaml
 import cli
 from bench import cache as cache_mod
 from bench import cv as cv_mod
+from bench import prepare as prepare_mod
 from bench import features as features_mod
 from bench.config import ConfigError, RunConfig, flatten, load_yaml, merge
 from bench.cv import run_cv
@@ -281,14 +282,15 @@ def test_objective_is_the_validation_figure_never_the_test_fold(tiny_us8k, tmp_p
     # Poison the test fold's features: the objective does not move, so no test clip reaches
     # the normalisation statistics, training or the epoch choice.
     folds = create_dataset(cfg.dataset, cfg.cache_dir).table["fold"].to_numpy()
-    real_bank = cv_mod.feature_bank
+    real_bank = prepare_mod.feature_bank
 
     def poisoned(*a, **kw):
         bank = real_bank(*a, **kw).clone()
         bank[np.flatnonzero(folds == 1)] = float("nan")
         return bank
 
-    monkeypatch.setattr(cv_mod, "feature_bank", poisoned)
+    monkeypatch.setattr(prepare_mod, "feature_bank", poisoned)
+    objective = Objective(cfg, objective.space, tmp_path / "runs" / "tune-fixed", "fixed")  # a fresh bank
     assert objective(optuna.trial.FixedTrial(GOOD, number=8)) == value
 
 

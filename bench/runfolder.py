@@ -1,0 +1,277 @@
+"""`RunFolder`: the one owner of `runs/<name>/`: claim, atomic writes, DONE with a digest, verified reads.
+
+    runs/<name>/config.yaml                 the full effective config
+    runs/<name>/folds.csv, plan.json        the fold plan, written before any training
+    runs/<name>/quarantine.csv              files that could not be used, with the reason
+    runs/<name>/splits/<k>/predictions.csv  one row per test clip (absent when tests are not scored)
+    runs/<name>/splits/<k>/history.csv, split.json, confusion_counts.csv
+    runs/<name>/splits/<k>/DONE             written last: a digest of the files above and of the
+                                            settings and fold plan they were made with
+
+A claim creates the folder atomically (a new run) and takes an exclusive lock on it (flock), held
+for the whole job, resume included, so two processes never train into one folder. A split counts only when its DONE digest
+matches its files, the saved settings and `folds.csv`, and its predictions are exactly the test
+fold's clips, each once, with their labels; anything else is named, never scored.
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from .atomic import atomic_write_csv, atomic_write_text
+from .config import RunConfig, dump_yaml, flatten, load_yaml, plain_name
+
+# Sections that decide the results: a resumed run must match them exactly.
+RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
+NOT_RESULT_KEYS = ("train.device", "train.threads")
+SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts.csv")
+
+
+class RunFolderError(ValueError):
+    """A run folder that cannot be started, resumed or read as asked."""
+
+
+def result_view(cfg: RunConfig) -> dict:
+    """The flattened settings that decide results (what a resumed run or study must match)."""
+    return {k: v for k, v in flatten(cfg).items()
+            if k.split(".")[0] in RESULT_KEYS and k not in NOT_RESULT_KEYS}
+
+
+def default_name(cfg: RunConfig) -> str:
+    return f"{cfg.dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def latest_run(runs_dir: str | Path, dataset: str) -> str | None:
+    """The newest run folder of this dataset (what `--resume` without `--name` continues)."""
+    found = []
+    for cfg_file in Path(runs_dir).glob("*/config.yaml"):
+        try:
+            if (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset", {}).get("name") == dataset:
+                found.append((cfg_file.stat().st_mtime, cfg_file.parent.name))
+        except (OSError, yaml.YAMLError, AttributeError):
+            continue
+    return max(found)[1] if found else None
+
+
+def read_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text()) if Path(path).exists() else {}
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _sha(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class RunFolder:
+    """`RunFolder(path)` reads a run; `RunFolder.claim(cfg, resume)` owns one for a job."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self._lock_fd: int | None = None
+        self._created = False
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    # ---- claim and release ----
+
+    @classmethod
+    def claim(cls, cfg: RunConfig, resume: bool) -> "RunFolder":
+        """Lock `runs_dir/name` for this job; a new run's folder is created, a resumed one must hold a
+        run with the same settings. Raises RunFolderError, leaving nothing behind, otherwise."""
+        runs_dir = Path(cfg.runs_dir).expanduser()
+        folder = cls(runs_dir / plain_name(cfg.name, "--name"))
+        if not folder.path.resolve().parent == runs_dir.resolve():
+            raise RunFolderError(f"--name {cfg.name!r}: the run folder must lie inside {runs_dir}")
+        runs_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            folder._open(cfg, resume)
+        except BaseException:
+            folder.release(failed=True)
+            raise
+        return folder
+
+    def _lock(self) -> None:
+        """flock on the folder itself: held until `release`, and by nobody else meanwhile."""
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RunFolderError(f"{self.path} is in use by another foldbench process; wait for it to "
+                                 f"finish or pick another --name") from None
+        self._lock_fd = fd
+
+    def _open(self, cfg: RunConfig, resume: bool) -> None:
+        saved = self.path / "config.yaml"
+        if resume:
+            if not saved.is_file():
+                raise RunFolderError(f"--resume: no run at {self.path}")
+            self._lock()
+            old, new = result_view(load_yaml(saved)), result_view(cfg)
+            diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
+                    if old.get(k) != new.get(k)]
+            if diff:
+                raise RunFolderError(f"--resume {self.path}: the settings differ from the saved "
+                                     f"config.yaml ({'; '.join(diff[:5])}), so finished splits would "
+                                     f"not be comparable; resume with the same settings or start a new run")
+            return
+        try:
+            self.path.mkdir()  # atomic: of two jobs with one name, exactly one creates the folder
+        except FileExistsError:
+            what = ("already holds a run: pass --resume to continue it, or --name to start another"
+                    if saved.exists() else "exists and is not a foldbench run; pick another --name or "
+                                           "remove it")
+            raise RunFolderError(f"{self.path} {what}") from None
+        self._created = True
+        self._lock()
+        atomic_write_text(saved, dump_yaml(cfg))
+
+    def release(self, failed: bool = False) -> None:
+        """Unlock; after a failure, a folder this job created that holds no finished split is removed
+        (nothing is lost, and `--resume` never picks a dead folder)."""
+        if failed and self._created and not self.done():
+            shutil.rmtree(self.path, ignore_errors=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def __enter__(self) -> "RunFolder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self.release(failed=exc_type is not None)
+
+    # ---- the plan ----
+
+    def write_plan(self, table: pd.DataFrame, folds, plan: dict, quarantine: pd.DataFrame) -> None:
+        """folds.csv, plan.json and quarantine.csv, before any training; a resumed run must see the
+        same clips, labels, folds and dataset fingerprint its finished splits saw."""
+        fresh = table[["clip", "path", "label", "class"]].assign(fold=folds, group=table.get("group"))
+        path = self.path / "folds.csv"
+        if path.exists():
+            old_plan = read_json(self.path / "plan.json")
+            if old_plan.get("dataset_fingerprint") not in (None, plan.get("dataset_fingerprint")):
+                raise RunFolderError(f"--resume {self.path}: the dataset changed since this run started "
+                                     f"(a file, a label or the clip list differs); start a new run")
+            old = pd.read_csv(path, dtype={"clip": str})
+            for col in ("clip", "label", "fold"):
+                if col not in old or old[col].tolist() != fresh[col].tolist():
+                    raise RunFolderError(f"--resume {path}: the fold plan's {col} column changed since "
+                                         f"this run started; start a new run")
+        else:
+            atomic_write_csv(path, fresh)
+        atomic_write_text(self.path / "plan.json", json.dumps(plan, indent=1) + "\n")
+        atomic_write_csv(self.path / "quarantine.csv", quarantine)
+
+    def settings_digest(self) -> str:
+        """What a DONE marker vouches for besides its files: the saved settings and the fold plan."""
+        cfg = load_yaml(self.path / "config.yaml")
+        text = json.dumps(result_view(cfg), sort_keys=True, default=str)
+        return hashlib.sha256(text.encode() + _sha(self.path / "folds.csv").encode()).hexdigest()
+
+    # ---- splits ----
+
+    def split_dir(self, index: int) -> Path:
+        return self.path / "splits" / str(index)
+
+    def done(self) -> list[int]:
+        root = self.path / "splits"
+        if not root.is_dir():
+            return []
+        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "DONE").is_file())
+
+    def write_split(self, index: int, info: dict, history: pd.DataFrame,
+                    predictions: pd.DataFrame | None, confusion: pd.DataFrame | None = None) -> None:
+        """The split's files, then DONE with their digest, truly last."""
+        folder = self.split_dir(index)
+        (folder / "DONE").unlink(missing_ok=True)  # a retrained split is unfinished until its new DONE
+        for name in SPLIT_FILES:
+            (folder / name).unlink(missing_ok=True)
+        if predictions is not None:
+            atomic_write_csv(folder / "predictions.csv", predictions)
+        if confusion is not None:
+            atomic_write_text(folder / "confusion_counts.csv", confusion.to_csv())
+        atomic_write_csv(folder / "history.csv", history)
+        atomic_write_text(folder / "split.json", json.dumps(info, indent=1))
+        self.seal(index)
+
+    def seal(self, index: int) -> None:
+        """Write split `index`'s DONE: the digest of the files it holds now and of the settings."""
+        folder = self.split_dir(index)
+        files = {n: _sha(folder / n) for n in SPLIT_FILES if (folder / n).is_file()}
+        done = {"split": index, "settings": self.settings_digest(), "files": files,
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        atomic_write_text(folder / "DONE", json.dumps(done, indent=1) + "\n")
+
+    def problem(self, index: int, score_test: bool = True) -> str | None:
+        """Why split `index` does not count (None: it does): no DONE, a digest that does not match
+        its files or the saved settings, or predictions that are not the test fold's clips."""
+        folder = self.split_dir(index)
+        done = read_json(folder / "DONE")
+        if not (folder / "DONE").is_file():
+            return "not finished"
+        if not done.get("files"):
+            return "its DONE marker holds no digest (written by an older foldbench, or damaged)"
+        if done.get("split") != index:
+            return f"its DONE marker is split {done.get('split')}'s"
+        for name in SPLIT_FILES:
+            path = folder / name
+            if (name in done["files"]) != path.is_file():
+                return f"{name} is {'missing' if name in done['files'] else 'not in its DONE digest'}"
+            if path.is_file() and _sha(path) != done["files"][name]:
+                return f"{name} changed after the split finished (its digest differs)"
+        if done.get("settings") != self.settings_digest():
+            return "it was made with other settings or another fold plan"
+        if score_test:
+            if "predictions.csv" not in done["files"]:
+                return "it has no test predictions"
+            return self._check_predictions(index)
+        return None
+
+    def _check_predictions(self, index: int) -> str | None:
+        info = json.loads((self.split_dir(index) / "split.json").read_text())
+        pred = pd.read_csv(self.split_dir(index) / "predictions.csv", dtype={"clip": str})
+        plan = pd.read_csv(self.path / "folds.csv", dtype={"clip": str})
+        test = plan[plan["fold"] == info.get("test_fold")]
+        if not {"clip", "label", "pred", "fold"} <= set(pred.columns):
+            return "predictions.csv lacks the clip, fold, label or pred column"
+        if pred["clip"].duplicated().any():
+            return "predictions.csv lists a clip twice"
+        if sorted(pred["clip"]) != sorted(test["clip"]):
+            return (f"predictions.csv holds {len(pred)} clips, not the {len(test)} of test fold "
+                    f"{info.get('test_fold')} in folds.csv")
+        labels = dict(zip(test["clip"], test["label"]))
+        if any(labels[c] != lab for c, lab in zip(pred["clip"], pred["label"])):
+            return "predictions.csv gives clips other labels than folds.csv"
+        probs = pred[[c for c in pred.columns if c.startswith("prob_")]]
+        if probs.empty or not probs.notna().all().all():
+            return "predictions.csv has missing class probabilities"
+        return None
+
+    def read_split_info(self, index: int) -> dict:
+        return json.loads((self.split_dir(index) / "split.json").read_text())
+
+    def verified(self, splits: list[int] | None = None, score_test: bool = True) -> list[int]:
+        """The DONE splits (or `splits`), each checked; a split that fails is an error naming it."""
+        for k in splits if splits is not None else self.done():
+            reason = self.problem(k, score_test)
+            if reason is not None:
+                raise RunFolderError(f"{self.path}: split {k} cannot be scored: {reason}; run "
+                                     f"`kfold --name {self.path.name} --resume` to train it again")
+        return splits if splits is not None else self.done()
