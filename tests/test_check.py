@@ -155,3 +155,16 @@ def test_datasets_list(capsys):
                  "folder   default protocol stratified (5 folds)", "genres/<genre>/<genre>.000NN.{wav,au}",
                  "<root>/<class>/**/*", "gtzan-filtered", "random          LEAKY"):
         assert text in out, text
+
+
+def test_check_refuses_what_kfold_refuses_before_decoding(tiny_us8k, tmp_path, capsys):
+    """kfold plans every clip before decoding; check used to plan only the usable ones, and said
+    'ready' when the clips the protocol refuses were all unreadable."""
+    for fold in range(6, 11):
+        shutil.rmtree(tiny_us8k / "audio" / f"fold{fold}")  # folds 6..10: every file missing
+    args = ("--dataset", "us8k", "--root", str(tiny_us8k), "--folds", "5", "--cache-dir", str(tmp_path / "cache"))
+    code, _, err = run_cli(capsys, "kfold", *args, "--no-mlflow", "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "fold missing or outside 1..5" in err
+    code, out, _ = run_cli(capsys, "datasets", "check", *args, "--quiet")
+    assert code == 1 and "ERROR    plan" in out and "fold missing or outside 1..5" in out
+    assert "ready for kfold" not in out
