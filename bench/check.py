@@ -5,11 +5,15 @@ Every file is decoded once, into the waveform cache that kfold then reuses: file
 used (missing, empty, undecodable, silent, non-finite: kfold quarantines them) and identical audio
 (a hash of the cached samples, as kfold sees them) come from there; very short or very long files
 and the mix of sample rates, channel counts and formats come from the file headers.
-Then the fold plan kfold would use (`bench.plan.make_plan`, the same code): clips per class and
-fold, copies of one recording in two folds or under two labels, groups in two folds.
+Structural problems of the layout and the metadata (an empty class folder, a link leaving the
+root, a metadata row with a fold kfold refuses or a classID that contradicts another row, one file
+reached from two rows) are all listed, in one pass: the loader leaves those entries out and the
+rest is checked. Then the fold plan kfold would use (`bench.plan.make_plan`, the same code), over
+every clip as kfold checks it before decoding and over the usable clips: clips per class and fold,
+copies of one recording in two folds or under two labels, groups in two folds.
 
-A finding is an `error` when the kfold run would be wrong (leakage, conflicting labels, a plan that
-cannot be built), a `warning` when kfold goes on but sets something aside or pads/trims a lot, and
+A finding is an `error` when the kfold run would be refused or wrong (a structural problem,
+leakage, conflicting labels, a plan that cannot be built), a `warning` when kfold goes on but sets something aside or pads/trims a lot, and
 `info` otherwise. `datasets check` exits 1 when there is an error.
 """
 from __future__ import annotations
@@ -124,14 +128,29 @@ def file_findings(scan: pd.DataFrame, strict: bool) -> list[Finding]:
     return out
 
 
+def _plan_refused(cfg: RunConfig, dataset: Dataset) -> str | None:
+    """What kfold's check before decoding (the plan over every clip) refuses, or None."""
+    try:
+        make_plan(cfg, dataset, np.ones(len(dataset.table), dtype=bool))
+    except (ProtocolError, DatasetError) as e:
+        return str(e)
+    return None
+
+
 def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
-    """Load, decode and plan `cfg`'s dataset; every finding, none raised (loader errors excepted)."""
-    dataset = create_dataset(cfg.dataset, cfg.cache_dir)
+    """Load, decode and plan `cfg`'s dataset; every finding, none raised (loader errors that leave
+    nothing to check excepted: no root, no metadata, a missing column, bad group settings)."""
+    problems: list[str] = []
+    dataset = create_dataset(cfg.dataset, cfg.cache_dir, problems)
+    findings = [Finding("error", "structure", problem) for problem in problems]
+    name = protocol_name(cfg, dataset)
+    refused = _plan_refused(cfg, dataset)
+    if refused:
+        findings.append(Finding("error", "plan", f"protocol {name}: {refused}"))
     scan = scan_audio(dataset, cfg.audio, cfg.cache_dir, progress)
-    findings = [Finding("info", "skipped", note) for note in dataset.notes]
+    findings += [Finding("info", "skipped", note) for note in dataset.notes]
     findings += file_findings(scan, cfg.dataset.strict)
     ok = scan["problem"].isna().to_numpy()
-    name = protocol_name(cfg, dataset)
     try:
         plan = make_plan(cfg, dataset, ok, scan["hash"].to_numpy())
         protocol, table, folds, dups = repr(plan.protocol), plan.table, plan.folds, plan.duplicates
@@ -145,7 +164,8 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
             findings.append(Finding("error", "groups-cross-folds", warning))
     except (ProtocolError, DatasetError) as e:
         protocol, folds = name, None
-        findings.append(Finding("error", "plan", f"protocol {name}: {e}"))
+        if str(e) != refused:
+            findings.append(Finding("error", "plan", f"protocol {name}: {e}"))
         table = dataset.table[ok].reset_index(drop=True)
         dups = duplicate_sets(table, None, scan["hash"][ok].to_numpy())
         counts = table.groupby("class").size().reindex(dataset.classes, fill_value=0).to_frame("clips")
@@ -198,7 +218,7 @@ def render_text(result: CheckResult, duration: float | None = None) -> str:
     n_err = sum(f.level == "error" for f in result.findings)
     n_warn = sum(f.level == "warning" for f in result.findings)
     lines += ["", f"{n_err} error(s), {n_warn} warning(s): "
-              + ("a kfold run on this dataset would be wrong" if n_err else "ready for kfold")]
+              + ("a kfold run on this dataset would be refused or wrong" if n_err else "ready for kfold")]
     return "\n".join(lines)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import ProtocolError, Split
+from .base import ProtocolError, Split
 
 
 def check_plan(table: pd.DataFrame, folds: np.ndarray, splits: list[Split], classes: list[str],

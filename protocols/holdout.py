@@ -11,21 +11,18 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import ProtocolError, Split, register_protocol
+from .base import Protocol, ProtocolError, Split, register_protocol
 
 TEST, VAL, TRAIN, LEFT_OUT = 1, 2, 3, 0
 
 
-class FixedSplit:
+class FixedSplit(Protocol):
     """Base: `lists()` gives {TEST: ids, VAL: ids, TRAIN: ids}; a clip's id is its file stem."""
 
     cross_validated = False  # one split: each clip is in exactly one part, not tested once per fold
 
     def lists(self) -> dict[int, list[str]]:
         raise NotImplementedError
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}()"
 
     def assign(self, table: pd.DataFrame) -> np.ndarray:
         role = {clip_id: fold for fold, ids in self.lists().items() for clip_id in ids}

@@ -4,11 +4,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import ProtocolError, register_protocol
+from .base import Protocol, ProtocolError, register_protocol
 
 
 @register_protocol("predefined")
-class PredefinedFolds:
+class PredefinedFolds(Protocol):
     """Use the manifest's `fold` column as it is; refuse missing or out-of-range values."""
 
     def __init__(self, n_folds: int = 10, column: str = "fold"):
@@ -16,9 +16,6 @@ class PredefinedFolds:
             raise ProtocolError(f"n_folds must be at least 2, got {n_folds}")
         self.n_folds = n_folds
         self.column = column
-
-    def __repr__(self) -> str:
-        return f"PredefinedFolds(n_folds={self.n_folds}, column={self.column!r})"
 
     def assign(self, table: pd.DataFrame) -> np.ndarray:
         if self.column not in table.columns:

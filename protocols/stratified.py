@@ -11,7 +11,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 
-from . import ProtocolError, register_protocol
+from .base import Protocol, ProtocolError, register_protocol
 
 
 def has_groups(table: pd.DataFrame) -> bool:
@@ -37,15 +37,12 @@ def _fold_ids(splitter, table: pd.DataFrame, groups=None) -> np.ndarray:
     return folds
 
 
-class _Seeded:
+class _Seeded(Protocol):
     def __init__(self, n_folds: int = 10, seed: int = 0):
         if n_folds < 2:
             raise ProtocolError(f"n_folds must be at least 2, got {n_folds}")
         self.n_folds = n_folds
         self.seed = seed
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}(n_folds={self.n_folds}, seed={self.seed})"
 
     def _stratified(self, table: pd.DataFrame) -> np.ndarray:
         """Seeded StratifiedKFold fold ids, groups ignored."""
@@ -56,9 +53,8 @@ class _Seeded:
 class StratifiedFolds(_Seeded):
     """Stratified k folds, seeded; group-aware (no group in two folds) when the clips have groups."""
 
-    group_disjoint = False  # set by assign: True when groups were used
-
     def assign(self, table: pd.DataFrame) -> np.ndarray:
+        """Fold ids; sets `group_disjoint` (True when the clips' groups were used)."""
         check_class_sizes(table, self.n_folds)
         if not has_groups(table):
             self.group_disjoint = False

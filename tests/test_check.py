@@ -79,7 +79,31 @@ def test_check_table_for_people(faulty, tmp_path, capsys):
     assert code == 1
     assert "clips per class and fold" in out and "fold 5" in out
     assert "ERROR    duplicate-labels" in out and "WARNING  undecodable" in out
-    assert "2 error(s), 6 warning(s): a kfold run on this dataset would be wrong" in out
+    assert "2 error(s), 6 warning(s): a kfold run on this dataset would be refused or wrong" in out
+
+
+def test_structural_problems_and_file_faults_in_one_pass(tmp_path, capsys):
+    root = clean_folder(tmp_path / "sounds")
+    (root / "bat").mkdir()  # an empty class folder
+    outside = tmp_path / "elsewhere.wav"
+    shutil.copy(root / "cat" / "ann_00.wav", outside)
+    (root / "dog" / "zed_00.wav").symlink_to(outside)  # a link leaving the root
+    (root / "owl" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage, not audio")
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
+                           "--cache-dir", str(tmp_path / "cache"), "--json")
+    report = json.loads(out)
+    found = [(f["level"], f["check"], f["message"]) for f in report["findings"]]
+    assert code == 1 and report["ok"] is False and report["n_clips"] == 37  # 36 clean + broken.wav
+    assert [f[:2] for f in found if f[0] == "error"] == [("error", "structure")] * 2
+    assert any("bat: class folder holds no audio files" in f[2] for f in found)
+    assert any("zed_00.wav: symbolic link points outside the dataset root" in f[2] for f in found)
+    assert any(f[:2] == ("warning", "undecodable") and "owl/broken.wav" in f[2] for f in found)
+    # kfold refuses with one error naming both structural problems, before any run folder.
+    code, _, err = run_cli(capsys, "kfold", "--dataset", "folder", "--root", str(root), "--no-mlflow",
+                           "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    assert code == 2 and err.startswith("error: 2 problems in the dataset")
+    assert "bat: class folder holds no audio files" in err and "symbolic link points outside" in err
+    assert not (tmp_path / "runs").exists()
 
 
 def test_clean_dataset_passes(tmp_path, capsys):
@@ -131,3 +155,16 @@ def test_datasets_list(capsys):
                  "folder   default protocol stratified (5 folds)", "genres/<genre>/<genre>.000NN.{wav,au}",
                  "<root>/<class>/**/*", "gtzan-filtered", "random          LEAKY"):
         assert text in out, text
+
+
+def test_check_refuses_what_kfold_refuses_before_decoding(tiny_us8k, tmp_path, capsys):
+    """kfold plans every clip before decoding; check used to plan only the usable ones, and said
+    'ready' when the clips the protocol refuses were all unreadable."""
+    for fold in range(6, 11):
+        shutil.rmtree(tiny_us8k / "audio" / f"fold{fold}")  # folds 6..10: every file missing
+    args = ("--dataset", "us8k", "--root", str(tiny_us8k), "--folds", "5", "--cache-dir", str(tmp_path / "cache"))
+    code, _, err = run_cli(capsys, "kfold", *args, "--no-mlflow", "--runs-dir", str(tmp_path / "runs"))
+    assert code == 2 and "fold missing or outside 1..5" in err
+    code, out, _ = run_cli(capsys, "datasets", "check", *args, "--quiet")
+    assert code == 1 and "ERROR    plan" in out and "fold missing or outside 1..5" in out
+    assert "ready for kfold" not in out

@@ -13,8 +13,8 @@ from bench.synth import GTZAN_GENRES, write_folder_dataset, write_gtzan
 SPEAKERS = ("ann", "bob", "cid", "dan", "eve", "fay")
 
 
-def load(root, tmp_path, name="folder", **kw):
-    return create_dataset(DatasetConfig(name, str(root), **kw), tmp_path / "cache")
+def load(root, tmp_path, name="folder", problems=None, **kw):
+    return create_dataset(DatasetConfig(name, str(root), **kw), tmp_path / "cache", problems)
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +207,40 @@ def test_groups_from_regex_apply_to_us8k_too(tiny_us8k_master, tmp_path):
     meta = pd.read_csv(tiny_us8k_master / "metadata" / "UrbanSound8K.csv")
     assert ds.table["group"].tolist() == meta["fsID"].astype(str).tolist()
     assert np.all(ds.table["fold"].to_numpy() == meta["fold"].to_numpy())
+
+
+def test_every_structural_problem_in_one_pass(sounds, tmp_path):
+    (sounds / "bat").mkdir()  # an empty class folder
+    (sounds / "bat" / "readme.txt").write_text("clips to come")
+    outside = tmp_path / "elsewhere.wav"
+    shutil.copy(sounds / "cat" / "ann_00.wav", outside)
+    (sounds / "cat" / "zed_00.wav").symlink_to(outside)  # a link leaving the root
+    (sounds / "dog" / "again").symlink_to(sounds / "dog", target_is_directory=True)  # a loop
+    os.link(sounds / "cat" / "bob_00.wav", sounds / "owl" / "bob_09.wav")  # one file, two classes
+    with pytest.raises(DatasetError) as e:
+        load(sounds, tmp_path)
+    lines = str(e.value).splitlines()
+    assert lines[0] == "4 problems in the dataset; fix them (`datasets check` lists every finding):"
+    for text in ("bat: class folder holds no audio files", "zed_00.wav: symbolic link points outside",
+                 "dog/again: symbolic link loop", "cat/bob_00.wav and owl/bob_09.wav are the same file"):
+        assert sum(text in line for line in lines[1:]) == 1, text
+    problems = []
+    ds = load(sounds, tmp_path, problems=problems)  # with a list: the manifest of the rest
+    assert len(problems) == 4 and ds.classes == ["cat", "dog", "owl"] and len(ds.table) == 36
+    assert not {"cat/zed_00.wav", "owl/bob_09.wav"} & set(ds.table["clip"])
+
+
+def test_gtzan_problems_in_one_pass(gtzan_master, tmp_path):
+    root = tmp_path / "gtzan"
+    shutil.copytree(gtzan_master, root)
+    shutil.rmtree(root / "genres" / "metal")
+    pop = next((root / "genres" / "pop").glob("pop.00001.*"))
+    shutil.copy(pop, pop.with_suffix(".au" if pop.suffix == ".wav" else ".wav"))
+    with pytest.raises(DatasetError) as e:
+        load(root, tmp_path, "gtzan")
+    msg = str(e.value)
+    assert msg.startswith("2 problems") and "genre folder(s) missing: metal" in msg
+    assert "two files for GTZAN clip pop.00001" in msg
+    problems = []
+    ds = load(root, tmp_path, "gtzan", problems=problems)
+    assert len(problems) == 2 and len(ds.table) == 27 and ds.classes == list(GTZAN_GENRES)

@@ -5,7 +5,8 @@ import pytest
 
 from bench.config import DatasetConfig
 from bench.datasets import create_dataset
-from protocols import ProtocolError, create_protocol, list_protocols, make_splits
+from protocols import (PROTOCOLS, Protocol, ProtocolError, Split, create_protocol, list_protocols,
+                       make_splits, plan_splits, register_protocol)
 from protocols.checks import check_plan
 
 
@@ -77,3 +78,42 @@ def test_registry_and_repr():
     assert repr(create_protocol("predefined", n_folds=5)) == "PredefinedFolds(n_folds=5, column='fold')"
     with pytest.raises(ProtocolError, match="unknown protocol"):
         create_protocol("nope")
+
+
+def test_every_protocol_subclasses_the_base_with_its_defaults():
+    for name in list_protocols():
+        p = create_protocol(name)
+        assert isinstance(p, Protocol) and p.name == name, name
+        assert isinstance(p.leaky, bool) and isinstance(p.cross_validated, bool)
+        assert isinstance(p.group_disjoint, bool) and (p.leak_reason is None) == (not p.leaky)
+    plain = create_protocol("predefined")
+    assert (plain.leaky, plain.leak_reason, plain.cross_validated, plain.group_disjoint) == (False, None, True, False)
+    assert create_protocol("random").leaky and not create_protocol("gtzan-filtered").cross_validated
+
+
+def test_repr_shows_the_config_and_unknown_options_are_refused():
+    assert repr(create_protocol("stratified")) == "StratifiedFolds(n_folds=10, seed=0)"
+    assert repr(create_protocol("random", seed=7)) == "RandomFolds(n_folds=10, seed=7)"
+    assert repr(create_protocol("gtzan-filtered")) == "GtzanFiltered()"
+    with pytest.raises(ProtocolError, match="protocol predefined takes no option seed; its options: n_folds, column"):
+        create_protocol("predefined", seed=1)
+
+
+def test_splits_come_from_the_protocol():
+    folds = np.repeat([1, 2, 3], 2)
+    assert [s.test_fold for s in plan_splits(create_protocol("predefined"), folds)] == [1, 2, 3]
+    assert len(plan_splits(create_protocol("gtzan-filtered"), folds)) == 1  # its own: one split
+
+    @register_protocol("test-everything-tested-in-one")
+    class OneSplit(Protocol):
+        def assign(self, table):
+            return np.ones(len(table), dtype=int)
+
+        def splits(self, folds, val="next"):
+            return [Split(1, 1, None, np.array([], int), np.array([], int), np.arange(len(folds)))]
+    try:
+        assert len(plan_splits(create_protocol("test-everything-tested-in-one"), folds)) == 1
+        with pytest.raises(TypeError, match="must subclass protocols.Protocol"):
+            register_protocol("not-a-protocol")(type("Loose", (), {}))
+    finally:
+        PROTOCOLS.pop("test-everything-tested-in-one")

@@ -1,0 +1,101 @@
+"""No import cycles: the module-level imports between the project's modules form no loop, and the
+modules that once did (`bench.datasets` <-> `bench.folder_datasets`, `protocols` <-> its protocol
+modules) import first in a fresh interpreter."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PACKAGES = ("bench", "protocols", "reports")
+
+
+def modules() -> dict[str, Path]:
+    found = {}
+    for pkg in PACKAGES:
+        for f in sorted((ROOT / pkg).glob("*.py")):
+            found[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+    return found
+
+
+def top_level_imports(tree: ast.Module):
+    """Import statements run at import time: module level, also inside if/try/with (not in functions)."""
+    stack = list(tree.body)
+    while stack:
+        node = stack.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+        elif isinstance(node, (ast.If, ast.Try, ast.With)):
+            for field in ("body", "orelse", "finalbody", "handlers"):
+                stack += getattr(node, field, [])
+        elif isinstance(node, ast.ExceptHandler):
+            stack += node.body
+
+
+def import_graph() -> dict[str, set[str]]:
+    mods = modules()
+    graph = {}
+    for name, path in mods.items():
+        package = name if path.stem == "__init__" else name.rsplit(".", 1)[0]
+        deps = set()
+        for node in top_level_imports(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+                continue
+            base = node.module or ""
+            if node.level:
+                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
+                                + ([node.module] if node.module else []))
+            deps.add(base)
+            deps |= {f"{base}.{a.name}" for a in node.names}
+        graph[name] = {d for d in deps if d in mods and d != name}
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    state, path = {}, []
+
+    def visit(node):
+        state[node] = "open"
+        path.append(node)
+        for dep in sorted(graph[node]):
+            if state.get(dep) == "open":
+                return path[path.index(dep):] + [dep]
+            if dep not in state and (cycle := visit(dep)):
+                return cycle
+        state[node] = "done"
+        path.pop()
+        return None
+
+    for node in sorted(graph):
+        if node not in state and (cycle := visit(node)):
+            return cycle
+    return None
+
+
+def test_the_graph_sees_imports():
+    graph = import_graph()
+    assert "bench.manifest" in graph["bench.folder_datasets"] and "bench.groups" in graph["bench.datasets"]
+    assert "protocols.base" in graph["protocols.holdout"]
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+
+
+def test_no_import_cycles():
+    cycle = find_cycle(import_graph())
+    assert cycle is None, "import cycle: " + " -> ".join(cycle)
+
+
+def test_leaf_modules_import_nothing_of_the_package_above_them():
+    graph = import_graph()
+    assert graph["bench.manifest"] <= {"bench.config"}
+    assert graph["protocols.base"] == set()
+
+
+@pytest.mark.parametrize("first", ["bench.folder_datasets", "bench.groups", "protocols.holdout"])
+def test_imports_first_in_a_fresh_interpreter(first):
+    code = f"import {first}; import bench.datasets, protocols; print(sorted(bench.datasets.DATASETS))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["['demo',", "'folder',", "'gtzan',", "'us8k']"]
