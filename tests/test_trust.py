@@ -124,6 +124,16 @@ def test_a_tampered_run_is_never_reported(tiny_us8k_master, tmp_path):
         build_report(tmp_path / "runs" / "r")
 
 
+def test_duplicate_metadata_rows_are_refused_before_training(tiny_us8k, tmp_path):
+    """Metadata listing one file twice is refused before training, naming both rows."""
+    meta = pd.read_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv")
+    pd.concat([meta, meta.iloc[[4]]]).to_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv", index=False)
+    from bench.datasets import DatasetError
+    with pytest.raises(DatasetError, match=meta.iloc[4]["slice_file_name"]):
+        run_cv(fast_config(tmp_path, tiny_us8k), progress=False)
+    assert not (tmp_path / "runs").exists()
+
+
 def test_runfolder_refuses_a_second_claim_while_the_first_holds_it(tiny_us8k_master, tmp_path):
     cfg = fast_config(tmp_path, tiny_us8k_master, name="held")
     with RunFolder.claim(cfg, resume=False):
