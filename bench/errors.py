@@ -3,11 +3,12 @@ from protocols import ProtocolError
 from reports.compare import CompareError
 
 from .audio import BadAudio
+from .cache import CacheError
 from .config import ConfigError
 from .datasets import DatasetError
 from .features import FeatureError
 from .runfolder import RunFolderError
 from .train import TrainingError
 
-USER_ERRORS = (BadAudio, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
+USER_ERRORS = (BadAudio, CacheError, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
                TrainingError, CompareError)

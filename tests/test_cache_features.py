@@ -62,7 +62,7 @@ def test_cache_build_killed_half_way_leaves_nothing_trusted(manifest, tmp_path, 
     monkeypatch.setattr(cache_mod, "load_clip", dying)
     with pytest.raises(KeyboardInterrupt):
         load_waveforms(manifest, AUDIO, tmp_path, workers=1, progress=False)
-    assert not list((tmp_path / "waves").iterdir())  # no entry, no temporary folder
+    assert [p.name for p in (tmp_path / "waves").iterdir()] == [cache_mod.LOCK]  # no entry, no temporary folder
     monkeypatch.setattr(cache_mod, "load_clip", real)
     waves = load_waveforms(manifest, AUDIO, tmp_path, workers=1, progress=False)
     assert waves.ok.all() and (np.abs(waves.data).max(axis=(1, 2)) == 32767).all()

@@ -1,10 +1,19 @@
 """`decode` reads integer PCM as integers and scales it itself (faster than libsndfile's float path):
-the samples must be exactly libsndfile's float32 samples, in every format and subtype."""
+the samples must be exactly libsndfile's float32 samples, in every format and subtype. Only regular
+files are opened, a cut file is truncated (not a short clip), a long file is read only as far as
+the clip needs, and an I/O error stays an OSError (not the audio's fault)."""
+import errno
+import os
+import threading
+
 import numpy as np
 import pytest
 import soundfile as sf
 
-from bench.audio import INTEGER_READS, decode
+from bench import audio as audio_mod
+from bench.audio import (INTEGER_READS, BadAudio, decode, fit_length, frames_needed, load_clip, resample,
+                         to_channels)
+from bench.config import AudioConfig
 
 CASES = [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_U8"), ("WAV", "IMA_ADPCM"), ("WAV", "FLOAT"),
          ("WAV", "PCM_32"), ("WAV", "ULAW"), ("AIFF", "PCM_S8"), ("AIFF", "PCM_24"), ("AU", "PCM_16"),
@@ -27,3 +36,91 @@ def test_decode_equals_libsndfile_float_reads(tmp_path, fmt, subtype, channels):
 
 def test_integer_reads_cover_the_common_subtypes():
     assert {"PCM_16", "PCM_24", "PCM_U8"} <= set(INTEGER_READS)
+
+
+# ---- what is opened, what is read ----
+
+def _decode_in_thread(path):
+    """decode(path) in a thread: a FIFO opened for reading would block it forever, not the test."""
+    result = {}
+
+    def run():
+        try:
+            decode(path)
+        except Exception as e:  # noqa: BLE001
+            result["error"] = e
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(20)
+    assert not thread.is_alive(), f"decode({path}) blocked"
+    return result.get("error")
+
+
+def test_only_regular_files_are_opened(tmp_path):
+    os.mkfifo(tmp_path / "fifo.wav")
+    (tmp_path / "folder.wav").mkdir()
+    (tmp_path / "device.wav").symlink_to("/dev/zero")
+    kinds = {"fifo.wav": "a FIFO", "folder.wav": "a directory", "device.wav": "a character device"}
+    for name, kind in kinds.items():
+        error = _decode_in_thread(tmp_path / name)
+        assert isinstance(error, BadAudio) and str(error) == f"not a regular file ({kind})", (name, error)
+
+
+def test_a_cut_wav_is_truncated_not_a_short_clip(tmp_path):
+    path = tmp_path / "cut.wav"
+    sf.write(path, np.full(44100, 0.25, np.float32), 44100, subtype="PCM_16")  # 1 s, 2 bytes a frame
+    path.write_bytes(path.read_bytes()[:44 + 2 * 12000])  # the 44-byte header and 12000 frames
+    with pytest.raises(BadAudio, match=r"^truncated: header says 44100 frames, file holds 12000$"):
+        decode(path)
+    sf.write(path, np.full(44100, 0.25, np.float32), 44100, subtype="PCM_16")
+    assert decode(path)[0].shape == (1, 44100)  # whole again: decodes
+
+
+@pytest.mark.parametrize("rate,channels", [(44100, 2), (48000, 6), (8000, 1)])
+def test_long_files_are_read_only_as_far_as_the_clip_needs(tmp_path, monkeypatch, rate, channels):
+    path = tmp_path / "long.wav"
+    x = np.random.default_rng(1).uniform(-0.5, 0.5, (60 * rate, channels)).astype(np.float32)
+    sf.write(path, x, rate, subtype="PCM_24")
+    audio = AudioConfig(sample_rate=22050, channels=1, duration=4.0)
+    whole, file_rate = decode(path)
+    expected = fit_length(resample(to_channels(whole, 1), file_rate, 22050), 4 * 22050)
+    requested, real_read = [], sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, **kw:
+                        requested.append(frames) or real_read(self, frames, **kw))
+    clip = load_clip(path, audio)
+    assert np.array_equal(clip, expected)  # the same clip as decoding all 60 s and trimming
+    assert sum(requested) == frames_needed(4 * 22050, rate, 22050) < 5 * rate  # not 60 s
+    assert max(requested) <= audio_mod.BLOCK  # read, and mixed down, a block at a time
+
+
+class _FailingDisk:
+    """A file whose reads fail with EIO after the header, as a dying disk's do."""
+
+    def __init__(self, raw):
+        self.raw, self.reads = raw, 0
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.raw.close()
+
+    def readinto(self, buf):
+        self.reads += 1
+        if self.reads > 2:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return self.raw.readinto(buf)
+
+
+def test_an_io_error_is_an_os_error_not_bad_audio(tmp_path, monkeypatch):
+    path = tmp_path / "clip.wav"
+    sf.write(path, np.full((80000, 2), 0.25, np.float32), 16000, subtype="PCM_24")
+    real = audio_mod.open_regular
+    monkeypatch.setattr(audio_mod, "open_regular", lambda p: _FailingDisk(real(p)))
+    with pytest.raises(OSError) as err:
+        decode(path)
+    assert err.value.errno == errno.EIO and not isinstance(err.value, BadAudio)
