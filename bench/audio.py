@@ -11,6 +11,7 @@ kept clip needs are read, so a long file costs no more than a short one.
 from __future__ import annotations
 
 import functools
+import math
 import os
 import re
 import stat
@@ -172,7 +173,23 @@ def to_channels(samples: np.ndarray, channels: int) -> np.ndarray:
 @functools.lru_cache(maxsize=32)
 def _resampler(orig: int, new: int) -> T.Resample:
     """torchaudio's windowed-sinc resampler; its kernel is built once per rate pair."""
-    return T.Resample(orig, new)
+    return T.Resample(kernel_rate(orig, new), new)
+
+
+MAX_KERNEL = 4_000_000  # (orig/gcd) x (new/gcd) taps: 16 MB of float32 at most
+
+
+def kernel_rate(orig: int, new: int) -> int:
+    """The source rate the resampling kernel is built for. torchaudio's kernel has about
+    (orig/gcd) x (new/gcd) taps: 44,101 Hz -> 8 kHz (gcd 1) would need 1.4 GB. Such a rate is read as
+    the nearest multiple of 10, 50, 100, ... Hz whose kernel is small (44,101 -> 44,100: a pitch
+    error of 0.002 %), so memory stays bounded whatever rate a header claims."""
+    for step in (1, 10, 50, 100, 500, 1000):
+        rate = max(step, round(orig / step) * step)
+        g = math.gcd(rate, new)
+        if (rate // g) * (new // g) <= MAX_KERNEL:
+            return rate
+    return new
 
 
 def frames_needed(length: int, orig: int, new: int) -> int:

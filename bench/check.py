@@ -30,12 +30,15 @@ from protocols.checks import check_groups
 from .cache import load_waveforms
 from .config import AudioConfig, RunConfig
 from .datasets import Dataset, DatasetError, create_dataset
+from .errors import USER_ERRORS
 from .plan import copies_across_folds, duplicate_sets, label_conflicts, make_plan, protocol_name
+from .prepare import check_config, prepare
 
 SHORT, LONG = 0.25, 4.0  # very short / very long: under a quarter / over four times the median
 PROBLEMS = {  # BadAudio message prefix -> check name
     "file not found": "missing", "empty file": "empty", "no audio frames": "empty",
-    "cannot decode": "undecodable", "non-finite": "non-finite", "silent": "silent"}
+    "cannot decode": "undecodable", "non-finite": "non-finite", "silent": "silent",
+    "truncated": "truncated", "not a regular file": "not-a-file"}
 
 
 @dataclass
@@ -71,9 +74,12 @@ class CheckResult:
                 "findings": [asdict(f) for f in self.findings]}
 
 
-def file_header(path: str) -> dict:
-    """Sample rate, channels, format and duration from the file's header (no decoding)."""
+def file_header(path: str, reason: str | None = None) -> dict:
+    """Sample rate, channels, format and duration from the file's header (no decoding); nothing
+    for a file the cache set aside as not a regular file (a FIFO would block the read)."""
     try:
+        if reason and reason.startswith("not a regular file"):
+            raise ValueError(reason)
         info = sf.info(path)
         return {"sample_rate": info.samplerate, "channels": info.channels,
                 "format": f"{info.format} {info.subtype}", "duration": info.frames / info.samplerate}
@@ -93,7 +99,7 @@ def scan_audio(dataset: Dataset, audio: AudioConfig, cache_dir, progress: bool =
     of its samples."""
     waves = load_waveforms(dataset, audio, cache_dir, progress=progress)
     reasons = dict(zip(waves.quarantine["index"].astype(int), waves.quarantine["reason"]))
-    rows = [{**file_header(path), "reason": reasons.get(i), "problem": _problem(reasons.get(i)),
+    rows = [{**file_header(path, reasons.get(i)), "reason": reasons.get(i), "problem": _problem(reasons.get(i)),
              "hash": waves.hashes[i]} for i, path in enumerate(dataset.table["path"])]
     scan = pd.DataFrame(rows)
     return pd.concat([dataset.table[["clip", "class"]].reset_index(drop=True), scan], axis=1)
@@ -137,9 +143,20 @@ def _plan_refused(cfg: RunConfig, dataset: Dataset) -> str | None:
     return None
 
 
+def _kfold_refuses(cfg: RunConfig) -> str | None:
+    """kfold's own checks (`prepare`, on the cache just built), so that check never says "ready"
+    where kfold refuses; the message, or None."""
+    try:
+        prepare(cfg, progress=False, tracking=False)
+    except USER_ERRORS as e:
+        return str(e)
+    return None
+
+
 def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
     """Load, decode and plan `cfg`'s dataset; every finding, none raised (loader errors that leave
     nothing to check excepted: no root, no metadata, a missing column, bad group settings)."""
+    check_config(cfg)  # a config mistake is refused as kfold refuses it
     problems: list[str] = []
     dataset = create_dataset(cfg.dataset, cfg.cache_dir, problems)
     findings = [Finding("error", "structure", problem) for problem in problems]
@@ -179,6 +196,10 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
         findings.append(Finding("warning", "duplicates", f"{dups['set'].nunique()} set(s) of identical "
                                 f"audio ({len(dups)} clips): {_examples(dups['clip'].tolist())}",
                                 _clips(dups)))
+    if not any(f.level == "error" for f in findings):
+        refusal = _kfold_refuses(cfg)
+        if refusal:
+            findings.append(Finding("error", "kfold", f"kfold would refuse this dataset: {refusal}"))
     usable = scan[ok]
     formats = {col: {str(k): int(v) for k, v in scan[col].dropna().astype(str if col == "format" else int)
                      .value_counts().sort_index().items()}

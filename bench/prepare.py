@@ -7,7 +7,7 @@ manifest -> fold plan from the metadata (fails before any decoding) -> waveform 
 """
 from __future__ import annotations
 
-from dataclasses import astuple, dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
@@ -56,7 +56,6 @@ class Prepared:
     quarantine: pd.DataFrame  # clip, reason
     device: torch.device
     tracker: Tracker | None = None
-    _bank: tuple | None = field(default=None, repr=False)  # (key, tensor): the last feature bank
 
     @property
     def fingerprint(self) -> str:
@@ -71,13 +70,9 @@ class Prepared:
         return _chosen(self.plan.splits, splits)
 
     def bank(self, cfg: RunConfig, progress: bool = True) -> torch.Tensor:
-        """The feature bank of `cfg.features` on the device, computed once per feature config."""
-        key = (astuple(cfg.features), str(self.device))
-        if self._bank is None or self._bank[0] != key:
-            self._bank = None  # free the old bank before building the next
-            self._bank = (key, feature_bank(self.waves, cfg.audio, cfg.features, self.device,
-                                            progress=progress))
-        return self._bank[1]
+        """The feature bank of `cfg.features` on the device (computed once per feature config and
+        kept by `features.feature_bank`)."""
+        return feature_bank(self.waves, cfg.audio, cfg.features, self.device, progress=progress)
 
     def plan_record(self) -> dict:
         """What plan.json holds."""

@@ -32,6 +32,7 @@ from .audio import n_samples
 from .cache import load_waveforms
 from .config import AudioConfig, AugmentConfig, FeatureConfig, RunConfig, merge
 from .datasets import create_dataset
+from .prepare import check_config
 from .features import _BANKS, feature_bank, log_mel
 from .train import band_stats, predict, resolve_device, setup_training, train_step, training_batch
 
@@ -203,6 +204,7 @@ def run_speed(cfg: RunConfig, *, time_box: float = 10.0, repeats: int = 2, threa
     """Measure every stage on `cfg`'s dataset; the figures, targets and estimates as a dict.
     What it is doing goes to `log` (default: stderr, so that stdout holds the table only)."""
     log = log or functools.partial(print, file=sys.stderr, flush=True)
+    check_config(cfg)  # speed builds its own cache in a fresh folder (that build is what it times)
     load_start, fig = _load(), {}
     if threads:
         torch.set_num_threads(threads)

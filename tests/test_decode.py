@@ -124,3 +124,18 @@ def test_an_io_error_is_an_os_error_not_bad_audio(tmp_path, monkeypatch):
     with pytest.raises(OSError) as err:
         decode(path)
     assert err.value.errno == errno.EIO and not isinstance(err.value, BadAudio)
+
+
+def test_an_odd_sample_rate_keeps_the_resampling_kernel_small(tmp_path):
+    """44,101 Hz -> 8 kHz shares no factor: torchaudio's kernel would hold 44,101 x 8,000 taps
+    (1.4 GB). The rate is read as 44,100 Hz instead, and the clip decodes like its neighbour's."""
+    from bench.audio import MAX_KERNEL, _resampler, kernel_rate, load_clip
+    from bench.config import AudioConfig
+    assert kernel_rate(44101, 8000) == 44100 and kernel_rate(48000, 22050) == 48000
+    tone = np.sin(2 * np.pi * 440 * np.arange(44101) / 44101).astype(np.float32)
+    sf.write(tmp_path / "odd.wav", tone, 44101, subtype="FLOAT")
+    sf.write(tmp_path / "even.wav", tone, 44100, subtype="FLOAT")
+    audio = AudioConfig(sample_rate=8000, channels=1, duration=1.0)
+    odd, even = load_clip(tmp_path / "odd.wav", audio), load_clip(tmp_path / "even.wav", audio)
+    assert _resampler(44101, 8000).kernel.numel() <= 2 * MAX_KERNEL
+    assert odd.shape == (1, 8000) and np.array_equal(odd, even)
