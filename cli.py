@@ -298,6 +298,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ninterrupted: finished splits are kept; continue with --resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `cli.py datasets list | head`: the reader left; nothing to report
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from protocols import PROTOCOLS, ProtocolError, Split, create_protocol, plan_splits
+from protocols import PROTOCOLS, Protocol, ProtocolError, Split, create_protocol, plan_splits
 from protocols.checks import check_plan
 
 from .config import RunConfig
@@ -49,7 +49,7 @@ def protocol_options(cfg: RunConfig, name: str | None = None) -> dict:
 
 @dataclass
 class Plan:
-    protocol: object
+    protocol: Protocol
     table: pd.DataFrame  # the clips in the plan: usable and used by the protocol, index 0..n-1
     rows: np.ndarray  # their row numbers in the manifest
     folds: np.ndarray  # fold id per clip of `table`
@@ -61,20 +61,20 @@ class Plan:
 
     @property
     def leaky(self) -> bool:
-        return bool(getattr(self.protocol, "leaky", False)) or self.copies_leak
+        return self.protocol.leaky or self.copies_leak
 
     @property
     def leak_reason(self) -> str | None:
         if self.copies_leak:
             return ("--allow-leaky: identical audio sits in more than one fold (a copy trains, a copy "
                     "tests)")
-        return getattr(self.protocol, "leak_reason", None)
+        return self.protocol.leak_reason
 
     def summary(self) -> dict:
         """What `plan.json` in the run folder records."""
         return {"protocol": repr(self.protocol), "protocol_name": self.protocol.name,
                 "leaky": self.leaky, "leak_reason": self.leak_reason,
-                "group_disjoint": bool(getattr(self.protocol, "group_disjoint", False)),
+                "group_disjoint": self.protocol.group_disjoint,
                 "n_clips": len(self.table), "left_out": len(self.left_out),
                 "splits": [{"split": s.index, "test_fold": s.test_fold, "val_fold": s.val_fold,
                             "n_train": len(s.train), "n_val": len(s.val), "n_test": len(s.test)}
@@ -95,8 +95,8 @@ def make_plan(cfg: RunConfig, dataset: Dataset, ok: np.ndarray, hashes=None) -> 
     rows, folds, table = rows[used], folds[used], table[used].reset_index(drop=True)
     splits = plan_splits(protocol, folds, cfg.protocol.val)
     warnings = check_plan(table, folds, splits, dataset.classes,
-                          groups_must_not_cross=bool(getattr(protocol, "group_disjoint", False)),
-                          every_clip_tested=getattr(protocol, "cross_validated", True))
+                          groups_must_not_cross=protocol.group_disjoint,
+                          every_clip_tested=protocol.cross_validated)
     if left_out:
         warnings.insert(0, f"protocol {name} leaves out {len(left_out)} clip(s) that are in none of "
                            f"its lists, e.g. {', '.join(left_out[:5])}")
