@@ -131,16 +131,23 @@ class RunFolder:
                                      f"config.yaml ({'; '.join(diff[:5])}), so finished splits would "
                                      f"not be comparable; resume with the same settings or start a new run")
             return
+        # Creating is one step for other claims: they wait on the parent's lock (held for this block
+        # only), so none sees the new folder before its lock and config.yaml are in place.
+        parent_fd = os.open(self.path.parent, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            self.path.mkdir()  # atomic: of two jobs with one name, exactly one creates the folder
-        except FileExistsError:
-            what = ("already holds a run: pass --resume to continue it, or --name to start another"
-                    if saved.exists() else "exists and is not a foldbench run; pick another --name or "
-                                           "remove it")
-            raise RunFolderError(f"{self.path} {what}") from None
-        self._created = True
-        self._lock()
-        atomic_write_text(saved, dump_yaml(cfg))
+            fcntl.flock(parent_fd, fcntl.LOCK_EX)
+            try:
+                self.path.mkdir()  # atomic: of two jobs with one name, exactly one creates the folder
+            except FileExistsError:
+                what = ("already holds a run: pass --resume to continue it, or --name to start another"
+                        if saved.exists() else "exists and is not a foldbench run; pick another --name or "
+                                               "remove it")
+                raise RunFolderError(f"{self.path} {what}") from None
+            self._created = True
+            self._lock()
+            atomic_write_text(saved, dump_yaml(cfg))
+        finally:
+            os.close(parent_fd)
 
     def release(self, failed: bool = False) -> None:
         """Unlock; after a failure, a folder this job created that holds no finished split is removed
