@@ -7,7 +7,8 @@ from .config import ConfigError
 from .datasets import DatasetError
 from .features import FeatureError
 from .runs import RunFolderError
+from .tracking import TrackingError
 from .train import TrainingError
 
 USER_ERRORS = (BadAudio, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
-               TrainingError, CompareError)
+               TrainingError, TrackingError, CompareError)
