@@ -63,6 +63,28 @@ def test_an_unreachable_server_fails_within_seconds_in_one_line():
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # the quick-check settings are undone
 
 
+def test_a_server_that_is_not_mlflow_is_refused_in_one_line():
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    class NotFound(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(404)
+            self.end_headers()
+        do_POST = do_GET
+
+        def log_message(self, *args):
+            pass
+    server = HTTPServer(("127.0.0.1", 0), NotFound)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with pytest.raises(TrackingError) as e:
+            Tracker(TrackingConfig(tracking_uri=f"http://127.0.0.1:{server.server_port}"), "exp")
+    finally:
+        server.shutdown()
+    assert "refused the check" in one_line(e) and "404" in str(e.value)
+
+
 def test_a_missing_folder_or_a_file_that_is_no_database_is_refused(tmp_path):
     with pytest.raises(TrackingError) as e:
         tracker(tmp_path / "absent" / "mlflow.db")
