@@ -57,8 +57,10 @@ class Tracker:
         try:
             return getattr(self.client, method)(*args, **kw)
         except Exception as e:
-            raise TrackingError(f"MLflow store {self.uri}: cannot {what} ({_reason(e)}); "
-                                f"check the store, {HINT}") from e
+            raise self._error(what, e) from e
+
+    def _error(self, what: str, e: Exception) -> TrackingError:
+        return TrackingError(f"MLflow store {self.uri}: cannot {what} ({_reason(e)}); check the store, {HINT}")
 
     def start(self, name: str, params: dict | None = None, tags: dict | None = None,
               parent: str | None = None, run_id: str | None = None) -> str | None:
@@ -80,10 +82,11 @@ class Tracker:
         from mlflow.exceptions import MlflowException
         try:
             return self.client.get_run(run_id).info.experiment_id == self.experiment_id
-        except MlflowException as e:
-            if e.error_code == "RESOURCE_DOES_NOT_EXIST":  # unknown id in this store: start afresh
-                return False
-            return self._call("read a run", "get_run", run_id) is None  # raises its TrackingError
+        except Exception as e:
+            if isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST",
+                                                                   "INVALID_PARAMETER_VALUE"):
+                return False  # an id this store does not know: start a fresh run instead
+            raise self._error("read a run", e) from e
 
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
         if self.enabled and run_id:
