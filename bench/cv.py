@@ -70,8 +70,9 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
     """Fit one split, save its outputs (DONE last) and mirror them to the split's MLflow run."""
     split, cfg, table, classes = job.split, job.cfg, prepared.plan.table, prepared.dataset.classes
     keep = prepared.plan.rows
-    existing = tracker.child_run(parent_run, {"split": str(split.index)}) if parent_run else None
-    with tracker.run(f"split-{split.index}", params=job.params, parent=parent_run, run_id=existing,
+    name = f"split-{split.index}"
+    existing = tracker.child_run(parent_run, name, {"split": split.index}) if parent_run else None
+    with tracker.run(name, params=job.params, parent=parent_run, run_id=existing,
                      tags={"split": split.index}) as child:
         def on_epoch(epoch, train_loss, val_acc):
             tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch)

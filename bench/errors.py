@@ -8,7 +8,8 @@ from .config import ConfigError
 from .datasets import DatasetError
 from .features import FeatureError
 from .runfolder import RunFolderError
+from .tracking import TrackingError
 from .train import TrainingError
 
 USER_ERRORS = (BadAudio, CacheError, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
-               TrainingError, CompareError)
+               TrainingError, TrackingError, CompareError)

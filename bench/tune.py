@@ -29,7 +29,7 @@ from .cv import code_version, run_cv
 from .prepare import Prepared, prepare
 from .features import FeatureError, check_features, max_mels
 from .models import MODELS
-from .tracking import Tracker
+from .tracking import Tracker, retry_races
 
 # ---- search space: config key -> choices (a list), a range ({low, high[, log][, step]}), or None (off)
 
@@ -235,14 +235,20 @@ def counted(study: optuna.Study) -> int:
                for t in study.get_trials(deepcopy=False))
 
 
+def _storage(url: str) -> optuna.storages.RDBStorage:
+    """The study's storage. Workers creating a fresh database at once race in its schema (a table
+    already exists, the version row is written twice, the file is locked): the loser retries."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
+        # Heartbeats: a trial whose process was killed is marked failed when the study next runs.
+        return retry_races(lambda: optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180))
+
+
 def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: Path) -> optuna.Study:
     """Create or continue the study; a continued study must have been started with the same settings."""
     url = tune.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
-            # Heartbeats: a trial whose process was killed is marked failed when the study next runs.
-            storage = optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180)
+        storage = _storage(url)
     except Exception as e:  # a malformed URL, a missing driver, a server that refuses
         raise ConfigError(f"--storage {url}: {type(e).__name__}: {e}") from None
     # Steps are split indices: the first prune_warmup splits of a trial are never pruned.
@@ -250,8 +256,8 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
     warmup = steps[tune.prune_warmup] if tune.prune_warmup < len(steps) else steps[-1] + 1
     pruner = optuna.pruners.MedianPruner(n_startup_trials=tune.prune_startup, n_warmup_steps=warmup)
     name = tune.study or cfg.dataset.name
-    study = optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                load_if_exists=True, pruner=pruner)
+    study = retry_races(lambda: optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                                    load_if_exists=True, pruner=pruner))
     # Seeded, and offset by the trials already there: a re-run must not replay the same suggestions.
     study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.get_trials(deepcopy=False)))
     fixed = {k: v for k, v in runs.result_view(cfg).items() if k not in space and k != "dataset.root"}
