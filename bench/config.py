@@ -5,6 +5,7 @@ flattened (`features.n_mels`, ...) into MLflow params, and loaded back with `--c
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
@@ -61,6 +62,9 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = "tutorial_cnn"  # a registered model: see `python cli.py kfold --help`
+    # the model's parameters, e.g. {depth: 6} (`--set model.params.depth=6`); a mapping adds to the
+    # entries set so far, an empty one ({}) clears them; unknown names are refused for the model
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -124,28 +128,29 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:
     """`{"features.n_mels": 64, ...}`: the names MLflow params and `--set` use."""
-    out: dict[str, Any] = {}
-    for key, value in to_dict(cfg).items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
+    def walk(prefix: str, data: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):  # a section, or model.params: one key per entry
+                out.update(walk(f"{prefix}{key}.", value))
+            else:
+                out[prefix + key] = value
+        return out
+    return walk("", to_dict(cfg))
 
 
 def merge(cfg: RunConfig, data: dict[str, Any], where: str = "config") -> RunConfig:
     """A copy of `cfg` with the (possibly nested, possibly dotted) keys of `data` replaced."""
-    cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name))
-                                      for f in fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))})
+    cfg = copy.deepcopy(cfg)  # deep: model.params is a dict, changed in place below
     for key, value in (data or {}).items():
-        if "." in key:
-            head, rest = key.split(".", 1)
-            value, key = {rest: value}, head
         _set(cfg, key, value, where)
     return cfg
 
 
 def _set(obj: Any, key: str, value: Any, where: str) -> None:
+    if "." in key:
+        head, rest = key.split(".", 1)
+        return _set(obj, head, {rest: value}, where)
     names = {f.name: f for f in fields(obj)}
     if key not in names:
         raise ConfigError(f"{where}: unknown key {key!r} in {type(obj).__name__}; "
@@ -157,7 +162,28 @@ def _set(obj: Any, key: str, value: Any, where: str) -> None:
         for k, v in value.items():
             _set(current, k, v, f"{where}: {key}")
         return
+    if names[key].type.startswith("dict"):
+        return _set_entries(current, value, f"{where}: {key}")
     setattr(obj, key, _coerce(value, names[key].type, current, f"{where}: {key}"))
+
+
+def _set_entries(entries: dict[str, Any], value: Any, where: str) -> None:
+    """A mapping field (model.params): `{name: value}` sets entries ({} clears them); values given as
+    text are read as YAML (`depth=6` is the int 6, `channels=[32,64]` a list)."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value) if value.strip() else None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameters, or {where.split(': ')[-1]}.<name>=value")
+    if not value:
+        entries.clear()
+    for name, v in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"{where}: {name!r} is not a parameter name")
+        if isinstance(v, str):
+            v = yaml.safe_load(v) if v.strip() else v
+        if isinstance(v, dict):
+            raise ConfigError(f"{where}.{name}: a parameter value is a number, text, bool or list")
+        entries[name] = list(v) if isinstance(v, tuple) else copy.deepcopy(v)
 
 
 def _coerce(value: Any, annotation: str, current: Any, where: str) -> Any:
@@ -269,6 +295,9 @@ def validate(cfg: RunConfig) -> RunConfig:
               "must be a positive number")
     _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _need(t.anneal in ANNEALS, "train.anneal", t.anneal, f"must be one of {', '.join(ANNEALS)}")
+    _need(isinstance(cfg.model.params, dict) and all(isinstance(k, str) and k.isidentifier()
+                                                     for k in cfg.model.params),
+          "model.params", cfg.model.params, "must map parameter names to values")
     _need(t.threads >= 0, "train.threads", t.threads, "must be >= 0 (0: torch's default)")
     _need(t.device in DEVICES or t.device.startswith("cuda:") and t.device[5:].isdigit(),
           "train.device", t.device, "must be auto, cpu, cuda or cuda:N")

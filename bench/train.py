@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .config import RunConfig
 from .features import Augment
-from .models import create_model
+from .models import ModelError, create_model
 
 
 class TrainingError(RuntimeError):
@@ -91,9 +91,13 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
 
 def setup_training(cfg: RunConfig, shape: tuple, n_classes: int, steps_per_epoch: int,
                    device: torch.device):
-    """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, n_mels, frames)."""
+    """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, height, width)."""
     tc = cfg.train
-    model = create_model(cfg.model.name, in_channels=shape[0], n_classes=n_classes).to(device)
+    try:
+        model = create_model(cfg.model.name, tuple(shape), n_classes, **cfg.model.params)
+    except ModelError as e:
+        raise TrainingError(f"{e} (features of shape {tuple(shape)})") from None
+    model = model.to(device)
     if device.type in CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     augment = Augment(cfg.augment, n_mels=shape[1], frames=shape[2])
