@@ -71,10 +71,18 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = 20  # passes over the training folds
     batch_size: int = 16  # clips per step
-    lr: float = 1e-3  # Adam learning rate
+    optimizer: str = "adam"  # "adam", "adamw" (decoupled weight decay) or "sgd"
+    momentum: float = 0.0  # sgd momentum (torch's and Keras' default 0)
+    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum > 0)
+    schedule: str = "onecycle"  # onecycle (max_lr, anneal), constant (lr), cosine (lr to 0 over the
+    #   run, per step), plateau (lr, times plateau_factor when validation accuracy stalls)
+    lr: float = 1e-3  # learning rate of the constant, cosine and plateau schedules (onecycle: max_lr)
     max_lr: float = 1e-3  # OneCycleLR peak learning rate
     anneal: str = "linear"  # OneCycleLR annealing: "linear" or "cos"
-    weight_decay: float = 0.0  # Adam weight decay
+    plateau_factor: float = 0.1  # plateau: lr multiplier when validation accuracy stalls (torch's default)
+    plateau_patience: int = 10  # plateau: epochs without a better validation accuracy before a drop
+    weight_decay: float = 0.0  # weight decay (L2 for adam and sgd, decoupled for adamw)
+    mixup: float = 0.0  # alpha of Beta(alpha, alpha) mixup of each training batch; 0: off
     seed: int = 0  # split k trains with seed + k
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     threads: int = 0  # torch CPU threads; 0: torch's default (one per core); 1 is steadier on a busy machine
@@ -244,6 +252,8 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 DEVICES = ("auto", "cpu", "cuda")
 ANNEALS = ("linear", "cos")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("onecycle", "constant", "cosine", "plateau")
 VALS = ("next", "none")
 
 
@@ -295,6 +305,17 @@ def validate(cfg: RunConfig) -> RunConfig:
               "must be a positive number")
     _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _need(t.anneal in ANNEALS, "train.anneal", t.anneal, f"must be one of {', '.join(ANNEALS)}")
+    _need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
+    _need(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
+    _need(not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov", t.nesterov,
+          "needs train.optimizer=sgd and train.momentum > 0")
+    _need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {', '.join(SCHEDULES)}")
+    _need(0 < t.plateau_factor < 1, "train.plateau_factor", t.plateau_factor, "must be in (0, 1)")
+    _need(t.plateau_patience >= 0, "train.plateau_patience", t.plateau_patience, "must be >= 0")
+    _need(t.schedule != "plateau" or p.val != "none", "train.schedule", t.schedule,
+          "plateau steps on validation accuracy, and protocol.val=none has no validation fold; "
+          "use constant, cosine or onecycle, or protocol.val=next")
+    _need(0 <= t.mixup <= 10, "train.mixup", t.mixup, "must be in [0, 10] (Beta(alpha, alpha); 0: off)")
     _need(isinstance(cfg.model.params, dict) and all(isinstance(k, str) and k.isidentifier()
                                                      for k in cfg.model.params),
           "model.params", cfg.model.params, "must map parameter names to values")
