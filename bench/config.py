@@ -5,6 +5,7 @@ flattened (`features.n_mels`, ...) into MLflow params, and loaded back with `--c
 """
 from __future__ import annotations
 
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field, fields
@@ -61,16 +62,27 @@ class AugmentConfig:
 @dataclass
 class ModelConfig:
     name: str = "tutorial_cnn"  # a registered model: see `python cli.py kfold --help`
+    # the model's parameters, e.g. {depth: 6} (`--set model.params.depth=6`); a mapping adds to the
+    # entries set so far, an empty one ({}) clears them; unknown names are refused for the model
+    params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
 class TrainConfig:
     epochs: int = 20  # passes over the training folds
     batch_size: int = 16  # clips per step
-    lr: float = 1e-3  # Adam learning rate
+    optimizer: str = "adam"  # "adam", "adamw" (decoupled weight decay) or "sgd"
+    momentum: float = 0.0  # sgd momentum (torch's and Keras' default 0)
+    nesterov: bool = False  # sgd: Nesterov momentum (needs momentum > 0)
+    schedule: str = "onecycle"  # onecycle (max_lr, anneal), constant (lr), cosine (lr to 0 over the
+    #   run, per step), plateau (lr, times plateau_factor when validation accuracy stalls)
+    lr: float = 1e-3  # learning rate of the constant, cosine and plateau schedules (onecycle: max_lr)
     max_lr: float = 1e-3  # OneCycleLR peak learning rate
     anneal: str = "linear"  # OneCycleLR annealing: "linear" or "cos"
-    weight_decay: float = 0.0  # Adam weight decay
+    plateau_factor: float = 0.1  # plateau: lr multiplier when validation accuracy stalls (torch's default)
+    plateau_patience: int = 10  # plateau: epochs without a better validation accuracy before a drop
+    weight_decay: float = 0.0  # weight decay (L2 for adam and sgd, decoupled for adamw)
+    mixup: float = 0.0  # alpha of Beta(alpha, alpha) mixup of each training batch; 0: off
     seed: int = 0  # split k trains with seed + k
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
     threads: int = 0  # torch CPU threads; 0: torch's default (one per core); 1 is steadier on a busy machine
@@ -124,28 +136,29 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:
     """`{"features.n_mels": 64, ...}`: the names MLflow params and `--set` use."""
-    out: dict[str, Any] = {}
-    for key, value in to_dict(cfg).items():
-        if isinstance(value, dict):
-            out.update({f"{key}.{k}": v for k, v in value.items()})
-        else:
-            out[key] = value
-    return out
+    def walk(prefix: str, data: dict[str, Any]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in data.items():
+            if isinstance(value, dict):  # a section, or model.params: one key per entry
+                out.update(walk(f"{prefix}{key}.", value))
+            else:
+                out[prefix + key] = value
+        return out
+    return walk("", to_dict(cfg))
 
 
 def merge(cfg: RunConfig, data: dict[str, Any], where: str = "config") -> RunConfig:
     """A copy of `cfg` with the (possibly nested, possibly dotted) keys of `data` replaced."""
-    cfg = dataclasses.replace(cfg, **{f.name: dataclasses.replace(getattr(cfg, f.name))
-                                      for f in fields(cfg) if dataclasses.is_dataclass(getattr(cfg, f.name))})
+    cfg = copy.deepcopy(cfg)  # deep: model.params is a dict, changed in place below
     for key, value in (data or {}).items():
-        if "." in key:
-            head, rest = key.split(".", 1)
-            value, key = {rest: value}, head
         _set(cfg, key, value, where)
     return cfg
 
 
 def _set(obj: Any, key: str, value: Any, where: str) -> None:
+    if "." in key:
+        head, rest = key.split(".", 1)
+        return _set(obj, head, {rest: value}, where)
     names = {f.name: f for f in fields(obj)}
     if key not in names:
         raise ConfigError(f"{where}: unknown key {key!r} in {type(obj).__name__}; "
@@ -157,7 +170,28 @@ def _set(obj: Any, key: str, value: Any, where: str) -> None:
         for k, v in value.items():
             _set(current, k, v, f"{where}: {key}")
         return
+    if names[key].type.startswith("dict"):
+        return _set_entries(current, value, f"{where}: {key}")
     setattr(obj, key, _coerce(value, names[key].type, current, f"{where}: {key}"))
+
+
+def _set_entries(entries: dict[str, Any], value: Any, where: str) -> None:
+    """A mapping field (model.params): `{name: value}` sets entries ({} clears them); values given as
+    text are read as YAML (`depth=6` is the int 6, `channels=[32,64]` a list)."""
+    if isinstance(value, str):
+        value = yaml.safe_load(value) if value.strip() else None
+    if not isinstance(value, dict):
+        raise ConfigError(f"{where}: expected a mapping of parameters, or {where.split(': ')[-1]}.<name>=value")
+    if not value:
+        entries.clear()
+    for name, v in value.items():
+        if not isinstance(name, str) or not name.isidentifier():
+            raise ConfigError(f"{where}: {name!r} is not a parameter name")
+        if isinstance(v, str):
+            v = yaml.safe_load(v) if v.strip() else v
+        if isinstance(v, dict):
+            raise ConfigError(f"{where}.{name}: a parameter value is a number, text, bool or list")
+        entries[name] = list(v) if isinstance(v, tuple) else copy.deepcopy(v)
 
 
 def _coerce(value: Any, annotation: str, current: Any, where: str) -> Any:
@@ -218,6 +252,8 @@ def dump_yaml(cfg: RunConfig) -> str:
 
 DEVICES = ("auto", "cpu", "cuda")
 ANNEALS = ("linear", "cos")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULES = ("onecycle", "constant", "cosine", "plateau")
 VALS = ("next", "none")
 
 
@@ -269,6 +305,20 @@ def validate(cfg: RunConfig) -> RunConfig:
               "must be a positive number")
     _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _need(t.anneal in ANNEALS, "train.anneal", t.anneal, f"must be one of {', '.join(ANNEALS)}")
+    _need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
+    _need(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
+    _need(not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov", t.nesterov,
+          "needs train.optimizer=sgd and train.momentum > 0")
+    _need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {', '.join(SCHEDULES)}")
+    _need(0 < t.plateau_factor < 1, "train.plateau_factor", t.plateau_factor, "must be in (0, 1)")
+    _need(t.plateau_patience >= 0, "train.plateau_patience", t.plateau_patience, "must be >= 0")
+    _need(t.schedule != "plateau" or p.val != "none", "train.schedule", t.schedule,
+          "plateau steps on validation accuracy, and protocol.val=none has no validation fold; "
+          "use constant, cosine or onecycle, or protocol.val=next")
+    _need(0 <= t.mixup <= 10, "train.mixup", t.mixup, "must be in [0, 10] (Beta(alpha, alpha); 0: off)")
+    _need(isinstance(cfg.model.params, dict) and all(isinstance(k, str) and k.isidentifier()
+                                                     for k in cfg.model.params),
+          "model.params", cfg.model.params, "must map parameter names to values")
     _need(t.threads >= 0, "train.threads", t.threads, "must be >= 0 (0: torch's default)")
     _need(t.device in DEVICES or t.device.startswith("cuda:") and t.device[5:].isdigit(),
           "train.device", t.device, "must be auto, cpu, cuda or cuda:N")

@@ -19,7 +19,7 @@ from .cache import Waveforms, load_waveforms
 from .config import ConfigError, RunConfig, validate
 from .datasets import DATASETS, Dataset, DatasetError, create_dataset
 from .features import check_features, feature_bank
-from .models import MODELS
+from .models import check_model_config
 from .plan import Plan, copies_across_folds, label_conflicts, make_plan
 from .tracking import Tracker
 from .train import resolve_device
@@ -31,8 +31,7 @@ def check_config(cfg: RunConfig) -> RunConfig:
     validate(cfg)
     if cfg.dataset.name not in DATASETS:
         raise ConfigError(f"--dataset {cfg.dataset.name!r}: unknown; known: {', '.join(sorted(DATASETS))}")
-    if cfg.model.name not in MODELS:
-        raise ConfigError(f"--model {cfg.model.name!r}: unknown; known: {', '.join(sorted(MODELS))}")
+    check_model_config(cfg.model)  # the name, and parameter names the model takes
     check_features(cfg.audio, cfg.features)
     resolve_device(cfg.train.device)
     return cfg

@@ -3,7 +3,9 @@
 The loop never sees a test clip until the model is chosen: normalisation statistics come from the
 training clips, the epoch kept is the one with the best validation accuracy (the last one when the
 split has no validation fold), and only then is the test fold predicted. Training knows nothing of
-MLflow or Optuna: it calls `on_epoch(epoch, train_loss, val_acc)` after every epoch.
+MLflow or Optuna: it calls `on_epoch(epoch, train_loss, val_acc)` after every epoch. The optimizer,
+the LR schedule (ReduceLROnPlateau steps on the validation accuracy) and mixup (training batches only)
+come from `cfg.train`.
 """
 from __future__ import annotations
 
@@ -17,9 +19,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import RunConfig
+from .config import RunConfig, TrainConfig
 from .features import Augment
-from .models import create_model
+from .models import ModelError, create_model
 
 
 class TrainingError(RuntimeError):
@@ -89,20 +91,55 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
     return float((probs.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
 
 
+def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    """Adam, AdamW or SGD (momentum, Nesterov) at `tc.lr` (OneCycleLR then sets its own rates)."""
+    if tc.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum,
+                               nesterov=tc.nesterov, weight_decay=tc.weight_decay)
+    adam = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
+    return adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
+                fused=device.type == "cuda" or None)
+
+
+class Schedule:
+    """The learning-rate schedule: `step()` after every optimizer step (onecycle, cosine), then
+    `end_epoch(val_acc)` after each epoch's validation (plateau: ReduceLROnPlateau, mode max, on the
+    validation accuracy only). constant keeps `lr` throughout."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, tc: TrainConfig, steps_per_epoch: int):
+        sched = torch.optim.lr_scheduler
+        self.per_step, self.plateau = None, None
+        if tc.schedule == "onecycle":
+            self.per_step = sched.OneCycleLR(optimizer, max_lr=tc.max_lr, epochs=tc.epochs,
+                                             steps_per_epoch=steps_per_epoch, anneal_strategy=tc.anneal)
+        elif tc.schedule == "cosine":
+            self.per_step = sched.CosineAnnealingLR(optimizer, T_max=tc.epochs * steps_per_epoch)
+        elif tc.schedule == "plateau":
+            self.plateau = sched.ReduceLROnPlateau(optimizer, mode="max", factor=tc.plateau_factor,
+                                                   patience=tc.plateau_patience)
+
+    def step(self) -> None:
+        if self.per_step is not None:
+            self.per_step.step()
+
+    def end_epoch(self, val_acc: float | None) -> None:
+        if self.plateau is not None:
+            self.plateau.step(val_acc)
+
+
 def setup_training(cfg: RunConfig, shape: tuple, n_classes: int, steps_per_epoch: int,
                    device: torch.device):
-    """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, n_mels, frames)."""
-    tc = cfg.train
-    model = create_model(cfg.model.name, in_channels=shape[0], n_classes=n_classes).to(device)
+    """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, height, width)."""
+    try:
+        model = create_model(cfg.model.name, tuple(shape), n_classes, **cfg.model.params)
+    except ModelError as e:
+        raise TrainingError(f"{e} (features of shape {tuple(shape)})") from None
+    model = model.to(device)
     if device.type in CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
     augment = Augment(cfg.augment, n_mels=shape[1], frames=shape[2])
-    optimizer = torch.optim.Adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                                 fused=device.type == "cuda" or None)
-    scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=tc.max_lr, epochs=tc.epochs,
-                                                    steps_per_epoch=steps_per_epoch,
-                                                    anneal_strategy=tc.anneal)
-    return model, augment, optimizer, scheduler
+    optimizer = make_optimizer(model, cfg.train, device)
+    return model, augment, optimizer, Schedule(optimizer, cfg.train, steps_per_epoch)
 
 
 def training_batch(bank, batch, mean, std, augment) -> torch.Tensor:
@@ -110,8 +147,19 @@ def training_batch(bank, batch, mean, std, augment) -> torch.Tensor:
     return augment(bank[batch].sub_(mean).div_(std))  # bank[batch] is a copy: normalise it in place
 
 
+def mixup(x: torch.Tensor, target: torch.Tensor, n_classes: int, alpha: float,
+          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mixup (Zhang et al., ICLR 2018) of a training batch, on its device: every clip blended with
+    another clip of the same batch, weight lam ~ Beta(alpha, alpha) for the batch; soft targets."""
+    lam = float(rng.beta(alpha, alpha))
+    perm = torch.as_tensor(rng.permutation(len(x)), device=x.device)
+    soft = F.one_hot(target, n_classes).to(x.dtype)
+    return x.mul(lam).add_(x[perm], alpha=1 - lam), soft.mul(lam).add_(soft[perm], alpha=1 - lam)
+
+
 def train_step(model, optimizer, scheduler, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Forward, backward and one optimizer + LR step on a ready batch; the loss, detached."""
+    """Forward, backward and one optimizer + LR step on a ready batch; the loss, detached.
+    `target`: class indices, or class probabilities [batch, classes] (mixup)."""
     with autocast(x.device):
         loss = F.cross_entropy(model(model_input(x)), target)
     optimizer.zero_grad(set_to_none=True)
@@ -126,15 +174,18 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
               on_epoch: Callable[[int, float, float | None], None] | None = None,
               progress: bool = False) -> SplitResult:
     """Train on `train_idx`, choose the epoch on `val_idx`, then predict `test_idx` (if given)."""
-    device = bank.device
+    tc, device = cfg.train, bank.device
+    if tc.schedule == "plateau" and (val_idx is None or not len(val_idx)):
+        raise TrainingError("train.schedule=plateau steps on validation accuracy, and this split has "
+                            "no validation fold; use constant, cosine or onecycle")
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
+    mix_rng = np.random.default_rng(seed)  # mixup's weights and pairs (drawn only when mixup > 0)
     y = torch.as_tensor(labels, dtype=torch.long, device=device)
     train = torch.as_tensor(train_idx, dtype=torch.long, device=device)
     val = torch.as_tensor(val_idx, dtype=torch.long, device=device) if val_idx is not None and len(val_idx) else None
     mean, std = band_stats(bank, train)
 
-    tc = cfg.train
     model, augment, optimizer, scheduler = setup_training(
         cfg, tuple(bank.shape[1:]), n_classes, math.ceil(len(train) / tc.batch_size), device)
     best_state, best_epoch, best_acc, history = None, 0, -1.0, []
@@ -148,8 +199,10 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
             if len(batch) < 2:  # BatchNorm cannot train on a single clip
                 continue
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (logged per epoch)
-            loss = train_step(model, optimizer, scheduler,
-                              training_batch(bank, batch, mean, std, augment), y[batch])
+            x, target = training_batch(bank, batch, mean, std, augment), y[batch]
+            if tc.mixup > 0:
+                x, target = mixup(x, target, n_classes, tc.mixup, mix_rng)
+            loss = train_step(model, optimizer, scheduler, x, target)
             total += loss * len(batch)
             seen += len(batch)
         train_loss = float(total) / max(seen, 1)
@@ -158,6 +211,7 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
                                 f"try a lower train.lr / train.max_lr")
 
         val_acc = accuracy(predict(model, bank, val, mean, std), y[val]) if val is not None else None
+        scheduler.end_epoch(val_acc)  # plateau: the validation accuracy decides the next epoch's lr
         history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc,
                         "lr": lr})
         if val is None or val_acc > best_acc:  # ties keep the earlier epoch
