@@ -19,6 +19,7 @@ from .cache import Waveforms, load_waveforms
 from .config import ConfigError, RunConfig, validate
 from .datasets import DATASETS, Dataset, DatasetError, create_dataset
 from .features import check_features, feature_bank
+from .frontends import FRONTENDS
 from .models import MODELS
 from .plan import Plan, copies_across_folds, label_conflicts, make_plan
 from .tracking import Tracker
@@ -33,6 +34,9 @@ def check_config(cfg: RunConfig) -> RunConfig:
         raise ConfigError(f"--dataset {cfg.dataset.name!r}: unknown; known: {', '.join(sorted(DATASETS))}")
     if cfg.model.name not in MODELS:
         raise ConfigError(f"--model {cfg.model.name!r}: unknown; known: {', '.join(sorted(MODELS))}")
+    if cfg.features.frontend not in FRONTENDS:
+        raise ConfigError(f"features.frontend={cfg.features.frontend!r}: unknown front end; known: "
+                          f"{', '.join(sorted(FRONTENDS))}; fix it with --set features.frontend=<name>")
     check_features(cfg.audio, cfg.features)
     resolve_device(cfg.train.device)
     return cfg
