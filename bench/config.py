@@ -47,7 +47,11 @@ class FeatureConfig:
     hop_length: int = 512  # hop between frames (samples)
     f_min: float = 0.0  # lowest Mel filter edge (Hz)
     f_max: float | None = None  # highest edge; None = sample_rate / 2
-    top_db: float = 80.0  # AmplitudeToDB floor below each clip's peak
+    top_db: float = 80.0  # dB floor below each clip's peak
+    frontend: str = "logmel"  # a registered front end: logmel, logmel_max, linear_db (bench/frontends.py)
+    mel_scale: str = "htk"  # Mel filterbank scale: "htk" (torchaudio's default) or "slaney" (librosa's)
+    mel_norm: str | None = None  # Mel filter normalisation: None, or "slaney" (area 1, librosa's default)
+    image_size: int | None = None  # None: the map as computed; N: resized to N x N (bilinear), an image
 
 
 @dataclass
@@ -255,6 +259,8 @@ ANNEALS = ("linear", "cos")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULES = ("onecycle", "constant", "cosine", "plateau")
 VALS = ("next", "none")
+MEL_SCALES = ("htk", "slaney")
+MEL_NORMS = (None, "slaney")
 
 
 def plain_name(value: str, what: str) -> str:
@@ -291,6 +297,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     _need(f.f_min >= 0, "features.f_min", f.f_min, "must be >= 0")
     _need(f.f_max is None or f.f_max > f.f_min, "features.f_max", f.f_max, "must be above f_min")
     _need(f.top_db > 0, "features.top_db", f.top_db, "must be > 0 (dB below each clip's peak)")
+    _need(f.mel_scale in MEL_SCALES, "features.mel_scale", f.mel_scale, "must be htk or slaney")
+    _need(f.mel_norm in MEL_NORMS, "features.mel_norm", f.mel_norm, "must be none or slaney")
+    _need(f.image_size is None or 8 <= f.image_size <= 1024, "features.image_size", f.image_size,
+          "must be none (no resize) or 8..1024 pixels")
     _need(0 <= g.time_shift < 1, "augment.time_shift", g.time_shift, "must be in [0, 1)")
     for key in ("freq_masks", "time_masks"):
         _need(getattr(g, key) >= 0, f"augment.{key}", getattr(g, key), "must be >= 0")

@@ -1,8 +1,11 @@
-"""Log-mel features, computed once per feature config on the training device, and on-device augmentation.
+"""The feature bank (a front end's map of every cached clip, computed once per feature config on the
+training device) and on-device augmentation.
 
-`feature_bank` turns the cached waveforms into [N, channels, n_mels, frames] decibels, in batches,
-and keeps the result for every fold, epoch and trial that shares the feature config. `Augment`
-applies a random time shift and SpecAugment masks to a batch, on whatever device the batch is on.
+`feature_bank` turns the cached waveforms into [N, channels, bands, frames] with the front end that
+`feat.frontend` names (the registry and the front ends live in `bench.frontends`), in batches, and
+keeps the result for every fold, epoch and trial that shares the feature config. `check_features`
+refuses configs a front end cannot compute. `Augment` applies a random time shift and SpecAugment
+masks to a batch, on whatever device the batch is on.
 """
 from __future__ import annotations
 
@@ -11,59 +14,72 @@ import warnings
 from dataclasses import astuple
 
 import torch
-import torchaudio.transforms as T
 from torch import nn
 from tqdm.auto import tqdm
 
 from .config import AudioConfig, AugmentConfig, FeatureConfig
+from .frontends import FRONTENDS, FeatureError, create_frontend, list_frontends, log_mel, uses_mel
 
-
-class FeatureError(ValueError):
-    """A feature config that cannot work with this audio config."""
+__all__ = ["Augment", "FeatureError", "check_features", "create_frontend", "feature_bank", "log_mel",
+           "max_mels"]
 
 
 def check_features(audio: AudioConfig, feat: FeatureConfig) -> None:
-    """Refuse configs that would give empty Mel filters or no frames, before any work."""
-    f_max = feat.f_max or audio.sample_rate / 2
+    """Refuse, before any work, configs that the front end cannot compute.
+
+    Every front end: a registered name, positive sizes. Mel front ends (logmel, logmel_max):
+    0 <= f_min < f_max <= sample_rate/2, no empty Mel filter (too many bands for n_fft), and a clip
+    longer than n_fft // 2 samples (the centred STFT reflects that many samples at each end).
+    linear_db has n_fft // 2 + 1 bands whatever n_mels says, and ignores n_mels, f_min, f_max and
+    the Mel settings; it needs hop_length <= n_fft (matplotlib's noverlap = n_fft - hop_length >= 0).
+    A clip shorter than n_fft is zero-padded to one frame there, as matplotlib does."""
+    if feat.frontend not in FRONTENDS:
+        raise FeatureError(f"unknown front end {feat.frontend!r}; known: {', '.join(list_frontends())}")
     if feat.hop_length <= 0 or feat.n_fft <= 0 or feat.n_mels <= 0:
         raise FeatureError("n_fft, hop_length and n_mels must be positive")
+    if not uses_mel(feat.frontend):
+        if feat.hop_length > feat.n_fft:
+            raise FeatureError(f"{feat.frontend}: hop_length={feat.hop_length} is more than "
+                               f"n_fft={feat.n_fft} (matplotlib's noverlap = n_fft - hop_length "
+                               f"must be >= 0)")
+        return
+    samples = int(round(audio.sample_rate * audio.duration))
+    if feat.n_fft // 2 >= samples:
+        raise FeatureError(f"n_fft={feat.n_fft} needs clips longer than {feat.n_fft // 2} samples "
+                           f"(the centred STFT pads each end by n_fft/2), got {samples}; "
+                           f"lower n_fft or raise audio.duration")
+    f_max = feat.f_max or audio.sample_rate / 2
     if not 0 <= feat.f_min < f_max <= audio.sample_rate / 2:
         raise FeatureError(f"need 0 <= f_min < f_max <= sample_rate/2, got {feat.f_min}, {f_max}")
-    if _empty_filters(audio.sample_rate, feat.n_fft, feat.f_min, f_max, feat.n_mels):
+    if _empty_filters(audio.sample_rate, feat.n_fft, feat.f_min, f_max, feat.n_mels, feat.mel_scale):
         raise FeatureError(
             f"{feat.n_mels} Mel bands is more than n_fft={feat.n_fft} at {audio.sample_rate} Hz "
             f"resolves: some filters would be empty (at most "
-            f"{max_mels(audio.sample_rate, feat.n_fft, feat.f_min, f_max)} here)")
+            f"{max_mels(audio.sample_rate, feat.n_fft, feat.f_min, f_max, feat.mel_scale)} here)")
 
 
 @functools.lru_cache(maxsize=256)
-def _empty_filters(sample_rate: int, n_fft: int, f_min: float, f_max: float, n_mels: int) -> bool:
+def _empty_filters(sample_rate: int, n_fft: int, f_min: float, f_max: float, n_mels: int,
+                   mel_scale: str = "htk") -> bool:
     import torchaudio.functional as AF
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchaudio warns about exactly what we test
-        fb = AF.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate)
-    return bool((fb.max(dim=0).values == 0).any())
+        fb = AF.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, mel_scale=mel_scale)
+    return bool((fb.max(dim=0).values == 0).any())  # the norm scales filters: it empties none
 
 
-def max_mels(sample_rate: int, n_fft: int, f_min: float = 0.0, f_max: float | None = None) -> int:
+def max_mels(sample_rate: int, n_fft: int, f_min: float = 0.0, f_max: float | None = None,
+             mel_scale: str = "htk") -> int:
     """The most Mel bands for which no triangular filter falls between two FFT bins."""
     f_max = f_max or sample_rate / 2
     lo, hi = 1, n_fft // 2 + 1  # empty filters only appear as n_mels grows
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        if _empty_filters(sample_rate, n_fft, f_min, f_max, mid):
+        if _empty_filters(sample_rate, n_fft, f_min, f_max, mid, mel_scale):
             hi = mid - 1
         else:
             lo = mid
     return lo
-
-
-def log_mel(audio: AudioConfig, feat: FeatureConfig) -> nn.Module:
-    return nn.Sequential(
-        T.MelSpectrogram(sample_rate=audio.sample_rate, n_fft=feat.n_fft, hop_length=feat.hop_length,
-                         n_mels=feat.n_mels, f_min=feat.f_min, f_max=feat.f_max, power=2.0),
-        T.AmplitudeToDB(stype="power", top_db=feat.top_db),
-    )
 
 
 _BANKS: dict[tuple, torch.Tensor] = {}
@@ -72,7 +88,8 @@ _KEEP = 2  # feature banks kept in memory (a tune study alternates between a few
 
 def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
                  batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-    """Log-mel decibels [N, channels, n_mels, frames] of every cached clip, on `device`.
+    """The front end's map [N, channels, bands, frames] of every cached clip, on `device`, kept per
+    (waveforms, every FeatureConfig field, device).
 
     Default batches: 8 clips on CPU, where the STFT's intermediates then stay in cache (1.6-1.9x
     faster than 64 on one core), 64 elsewhere."""
@@ -81,16 +98,16 @@ def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.d
     key = (waves.key, astuple(feat), str(device))
     if key in _BANKS:
         return _BANKS[key]
-    transform = log_mel(audio, feat).to(device)
+    transform = create_frontend(feat.frontend, audio, feat).to(device)
     n, bank = len(waves), None
     with torch.no_grad():
         for start in tqdm(range(0, n, batch_size), disable=not progress,
-                          desc="log-mel features", unit="batch"):
+                          desc=f"{feat.frontend} features", unit="batch"):
             chunk = torch.from_numpy(waves.get(start, start + batch_size)).to(device)
-            mel = transform(chunk)
+            maps = transform(chunk)
             if bank is None:
-                bank = torch.empty((n, *mel.shape[1:]), dtype=torch.float32, device=device)
-            bank[start:start + len(chunk)] = mel
+                bank = torch.empty((n, *maps.shape[1:]), dtype=torch.float32, device=device)
+            bank[start:start + len(chunk)] = maps
     if bank is None:
         raise FeatureError("no clips to featurise")
     while len(_BANKS) >= _KEEP:

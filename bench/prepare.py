@@ -19,7 +19,9 @@ from .cache import Waveforms, load_waveforms
 from .config import ConfigError, RunConfig, validate
 from .datasets import DATASETS, Dataset, DatasetError, create_dataset
 from .features import check_features, feature_bank
-from .models import check_model_config
+from .frontends import FRONTENDS, frontend_shape
+from .models import check_model_config, create_model
+from .models.registry import ModelError
 from .plan import Plan, copies_across_folds, label_conflicts, make_plan
 from .tracking import Tracker
 from .train import resolve_device
@@ -31,8 +33,16 @@ def check_config(cfg: RunConfig) -> RunConfig:
     validate(cfg)
     if cfg.dataset.name not in DATASETS:
         raise ConfigError(f"--dataset {cfg.dataset.name!r}: unknown; known: {', '.join(sorted(DATASETS))}")
+    if cfg.features.frontend not in FRONTENDS:
+        raise ConfigError(f"features.frontend={cfg.features.frontend!r}: unknown front end; known: "
+                          f"{', '.join(sorted(FRONTENDS))}; fix it with --set features.frontend=<name>")
     check_model_config(cfg.model)  # the name, and parameter names the model takes
     check_features(cfg.audio, cfg.features)
+    try:  # the model on the front end's output shape (a ViT's image size, say), on no memory
+        with torch.device("meta"):
+            create_model(cfg.model.name, frontend_shape(cfg.audio, cfg.features), 2, **cfg.model.params)
+    except ModelError as e:
+        raise ConfigError(f"model {cfg.model.name} on {cfg.features.frontend} features: {e}") from None
     resolve_device(cfg.train.device)
     return cfg
 

@@ -28,6 +28,7 @@ from .config import ConfigError, RunConfig, dump_yaml, flatten, merge, plain_nam
 from .cv import code_version, run_cv
 from .prepare import Prepared, prepare
 from .features import FeatureError, check_features, max_mels
+from .frontends import FRONTENDS, uses_mel
 from .models import MODELS
 from .tracking import Tracker, retry_races
 
@@ -43,6 +44,7 @@ DEFAULT_SPACE: dict[str, Any] = {
     "augment.time_mask_width": {"low": 0.05, "high": 0.3},  # their max width, fraction of frames
     "augment.time_shift": {"low": 0.0, "high": 0.5},  # max circular shift, fraction of the clip
     "train.max_lr": None,  # off; e.g. {low: 1.0e-4, high: 1.0e-2, log: true} (OneCycleLR peak)
+    "features.frontend": None,  # off; e.g. [logmel, logmel_max] (registered front ends)
 }
 SEARCHABLE = ("features", "augment", "model", "train")  # audio would rebuild the cache per trial
 DEFAULT_SPLITS = [1, 2, 3]  # tune's splits unless --splits: all 10 would train 10 models a trial
@@ -85,8 +87,10 @@ def apply_params(cfg: RunConfig, params: dict[str, Any]) -> RunConfig:
 
 
 def check_space(space: dict[str, Any], cfg: RunConfig) -> None:
-    """Refuse unknown keys, malformed ranges, values the config rejects, and Mel band counts that no
-    FFT size in the space resolves; other bad pairs are excluded per trial, before training."""
+    """Refuse unknown keys, malformed ranges, values the config rejects, unregistered front ends,
+    Mel band counts that no FFT size (and Mel scale) in the space resolves when a Mel front end is
+    searched or active, and front ends that cannot work even with the largest FFT; other bad pairs
+    are excluded per trial, before training."""
     flat = flatten(cfg)
     for key, spec in space.items():
         if key not in flat or key.split(".")[0] not in SEARCHABLE or key in runs.NOT_RESULT_KEYS:
@@ -101,13 +105,32 @@ def check_space(space: dict[str, Any], cfg: RunConfig) -> None:
                 value = resolve_hop(value, cfg.features.n_fft)
             if value is None or (key == "model.name" and value not in MODELS):
                 raise ConfigError(f"search space: {key}: {value!r} is not a valid choice")
+            if key == "features.frontend" and value not in FRONTENDS:
+                raise ConfigError(f"search space: {key}: {value!r} is not a registered front end "
+                                  f"(known: {', '.join(sorted(FRONTENDS))})")
             merge(cfg, {key: value}, f"search space: {key}")
     ffts = space.get("features.n_fft", [cfg.features.n_fft])
-    for n_mels in space.get("features.n_mels", [cfg.features.n_mels]):
-        if max(max_mels(cfg.audio.sample_rate, n, cfg.features.f_min, cfg.features.f_max) for n in ffts) < n_mels:
+    frontends = space.get("features.frontend", [cfg.features.frontend])
+    scales = space.get("features.mel_scale", [cfg.features.mel_scale])
+    mel_bands = space.get("features.n_mels", [cfg.features.n_mels])
+    for n_mels in mel_bands if any(uses_mel(name) for name in frontends) else []:  # else n_mels is unused
+        if max(max_mels(cfg.audio.sample_rate, n, cfg.features.f_min, cfg.features.f_max, scale)
+               for n in ffts for scale in scales) < n_mels:
             raise ConfigError(f"search space: features.n_mels={n_mels} leaves empty Mel filters with "
                               f"every n_fft in {ffts} at {cfg.audio.sample_rate} Hz; remove it")
-    check_features(cfg.audio, merge(cfg, {"features.n_fft": max(ffts), "features.n_mels": 1}).features)
+    for name in frontends:  # each front end must work with at least one FFT size of the space
+        problems = [_problem(cfg, {"features.frontend": name, "features.n_fft": n, "features.n_mels": 1})
+                    for n in ffts]
+        if all(problems):
+            raise problems[-1]
+
+
+def _problem(cfg: RunConfig, changes: dict[str, Any]) -> FeatureError | None:
+    try:
+        check_features(cfg.audio, merge(cfg, changes).features)
+    except FeatureError as e:
+        return e
+    return None
 
 
 def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:

@@ -66,7 +66,7 @@ def load(tmp: Path, study: str) -> optuna.Study:
 def study(tiny_us8k_master, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("tune")
     calls = {"fit": [], "log_mel": 0, "decoded": 0, "seeds": []}
-    real_fit, real_log_mel, real_clip = cv_mod.fit_split, features_mod.log_mel, cache_mod.load_clip
+    real_fit, real_log_mel, real_clip = cv_mod.fit_split, features_mod.create_frontend, cache_mod.load_clip
 
     def fit(*a, **kw):
         calls["fit"][-1].append(a[4])  # test_idx
@@ -86,7 +86,7 @@ def study(tiny_us8k_master, tmp_path_factory):
                         direction="maximize").enqueue_trial({"features.n_mels": 16})
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cv_mod, "fit_split", fit)
-        mp.setattr(features_mod, "log_mel", log_mel)
+        mp.setattr(features_mod, "create_frontend", log_mel)  # the bank builds its front end here
         mp.setattr(features_mod, "_BANKS", {})
         mp.setattr(cache_mod, "load_clip", load_clip)
         real_tpe = optuna.samplers.TPESampler
