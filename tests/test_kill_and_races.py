@@ -166,6 +166,7 @@ def kill_held(tmp_path, p: subprocess.Popen) -> None:
     p.send_signal(signal.SIGKILL)
     p.communicate(timeout=DEADLINE)
     assert p.returncode == -signal.SIGKILL
+    (tmp_path / f"held-{p.pid}").unlink()  # only live processes' marks count in `held`
 
 
 def finish(p: subprocess.Popen) -> tuple[int, str, str]:
