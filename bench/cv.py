@@ -97,12 +97,32 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
             confusion = confusion_counts(predictions)
         history = pd.DataFrame(result.history, columns=["epoch", "train_loss", "val_acc", "lr"])
         folder.write_split(split.index, info, history, predictions, confusion)
-        tracker.log_metrics(child, {"test_acc": info["test_acc"], "best_epoch": result.best_epoch,
-                                    "best_val_acc": result.val_acc}, step=cfg.train.epochs)
-        if predictions is not None:
-            names = ("predictions.csv", "confusion_counts.csv")
-            tracker.log_files(child, [folder.split_dir(split.index) / n for n in names])
+        _log_split(tracker, child, job, folder, info)
     return info
+
+
+def _log_split(tracker: Tracker, child: str | None, job: SplitJob, folder: RunFolder, info: dict) -> None:
+    """A finished split's final figures and files on its MLflow run."""
+    tracker.log_metrics(child, {"test_acc": info["test_acc"], "best_epoch": info["best_epoch"],
+                                "best_val_acc": info["val_acc"]}, step=job.cfg.train.epochs)
+    if job.score_test:
+        names = ("predictions.csv", "confusion_counts.csv")
+        tracker.log_files(child, [folder.split_dir(job.split.index) / n for n in names])
+
+
+def _mirror_finished(job: SplitJob, folder: RunFolder, tracker: Tracker, parent_run: str | None,
+                     info: dict) -> None:
+    """On resume, a split finished on disk whose MLflow run is missing or was killed before it
+    was closed (kill -9 right after DONE) gets its figures and files, and ends FINISHED."""
+    if not (tracker.enabled and parent_run):
+        return
+    name = f"split-{job.split.index}"
+    child = tracker.child_run(parent_run, name, {"split": job.split.index})
+    if tracker.finished(child):
+        return
+    with tracker.run(name, params=job.params, parent=parent_run, run_id=child,
+                     tags={"split": job.split.index}) as run:
+        _log_split(tracker, run, job, folder, info)
 
 
 def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None, *,
@@ -137,6 +157,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                 reason = folder.problem(split.index, score_test) if resume else "not finished"
                 if reason is None:
                     info = folder.read_split_info(split.index)
+                    _mirror_finished(SplitJob(split, cfg, score_test), folder, tracker, parent_run, info)
                 else:
                     if resume and reason != "not finished":
                         retrained[split.index] = reason

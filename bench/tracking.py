@@ -160,6 +160,11 @@ class Tracker:
                     closed += 1
         return closed
 
+    def finished(self, run_id: str | None) -> bool:
+        """Whether the run ended FINISHED (a split run a killed job left KILLED is not)."""
+        return bool(self.enabled and run_id
+                    and self._call("read a run", "get_run", run_id).info.status == "FINISHED")
+
     def child_run(self, parent: str | None, name: str, tags_to_match: dict[str, Any]) -> str | None:
         """The newest run under `parent` called `name` whose tags include `tags_to_match`, or None.
 
