@@ -13,6 +13,7 @@ import argparse
 import sys
 
 from bench import config as C
+from bench.presets import PRESETS, apply_preset
 
 EPILOG = """Config precedence: defaults < --preset < --config FILE < --set KEY=VALUE < the flags above.
 Results go to runs/<name>/ (report.md, scores.json, confusion matrices, learning curves) and to
@@ -54,9 +55,9 @@ def config_options(parser: argparse.ArgumentParser) -> None:
                    help="run even though identical audio sits in two folds, recording the run as "
                         "leaky (scores.json, report.md, MLflow); without it kfold refuses")
     g = parser.add_argument_group("config")
-    g.add_argument("--preset", choices=sorted(C.PRESETS),
-                   help="seed: the common tutorial pipeline (44.1 kHz stereo 4 s, 64 mels, n_fft 1024, "
-                        "time shift 40%%, 2+2 masks of 10%%)")
+    g.add_argument("--preset", choices=list(PRESETS),
+                   help="a tutorial's system (seed, seed-librosa-cnn, seed-gtzan-vit, seed-gtzan-cnn) or "
+                        "the strong baseline; `cli.py presets` lists them with their sources")
     g.add_argument("--config", metavar="FILE", help="YAML config (e.g. runs/<name>/config.yaml or a tune best.yaml)")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set features.n_mels=128 (repeatable)")
@@ -93,7 +94,7 @@ FLAG_FIELDS = {  # flag -> config field it sets
 def build_config(args: argparse.Namespace) -> C.RunConfig:
     cfg = C.RunConfig()
     if getattr(args, "preset", None):
-        cfg = C.apply_preset(cfg, args.preset)
+        cfg = apply_preset(cfg, args.preset)
     if getattr(args, "config", None):
         cfg = C.load_yaml(args.config, base=cfg)
     cfg = C.merge(cfg, C.parse_overrides(getattr(args, "set", [])), "--set")
@@ -236,6 +237,37 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_presets(args: argparse.Namespace) -> int:
+    from bench.presets import render_presets
+    print(render_presets())
+    return 0
+
+
+def cmd_suite(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.presets import PRESETS
+    from bench.suite import Entry, render, run_suite
+    entries = []
+    for label in [p for p in (args.presets or "").split(",") if p]:
+        if label not in PRESETS:
+            raise C.ConfigError(f"--presets: unknown preset {label!r}; known: {', '.join(PRESETS)}")
+        args.preset, args.config = label, None
+        entries.append(Entry(label, build_config(args)))
+    for path in [p for p in (args.configs or "").split(",") if p]:
+        args.preset, args.config = None, path
+        entries.append(Entry(Path(path).stem, build_config(args)))
+    if not entries:
+        raise C.ConfigError("suite: give --presets a,b,... and/or --configs x.yaml,y.yaml")
+    name = args.name or f"{entries[0].cfg.dataset.name}"
+    for entry in entries:
+        entry.cfg.name = None
+    table, folder = run_suite(entries, name, resume=args.resume, progress=not args.quiet)
+    print(render(table, name, True).split("\n\nEvery entry")[0])
+    print(f"\ntable: {folder / 'suite.md'} (also suite.csv, suite.json)")
+    return 0
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="cli.py", description="foldbench: honest cross-validation for audio classification.",
@@ -273,6 +305,24 @@ def make_parser() -> argparse.ArgumentParser:
                    help="seconds per throughput measurement (default: 10)")
     g.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept (default: 2)")
     speed.set_defaults(func=cmd_speed)
+    suite = sub.add_parser(
+        "suite", help="several presets or configs over the same folds, one table",
+        description="Cross-validate each preset (or config file) on the same dataset and fold plan, "
+                    "each an ordinary kfold run in <runs-dir>/suite-<name>/<entry>/ with its own MLflow "
+                    "parent run (tag suite=<name>), then one table: accuracy mean ± std and 95 % "
+                    "interval, macro F1, training time, clips/s (suite.md, suite.csv, suite.json).",
+        epilog="  python cli.py suite --dataset demo --presets seed,seed-librosa-cnn,seed-gtzan-vit,"
+               "seed-gtzan-cnn,strong\n  python cli.py suite --dataset demo --presets seed,strong "
+               "--epochs 10 --name quick\n\nOptions such as --epochs, --set and --dataset apply to "
+               "every entry, over its preset.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_options(suite)
+    g = suite.add_argument_group("suite")
+    g.add_argument("--presets", help="comma-separated presets (see `cli.py presets`)")
+    g.add_argument("--configs", help="comma-separated YAML configs, each an entry named after its file")
+    suite.set_defaults(func=cmd_suite)
+    presets = sub.add_parser("presets", help="the presets (tutorial systems, strong baseline) and their sources")
+    presets.set_defaults(func=cmd_presets)
     tune = sub.add_parser(
         "tune", help="search the Mel front end and SpecAugment masking with Optuna",
         description="An Optuna study (TPE, MedianPruner) whose objective is the mean validation "

@@ -116,20 +116,6 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-# Presets are partial configs applied over the defaults, before --config and --set.
-PRESETS: dict[str, dict[str, Any]] = {
-    # The common UrbanSound8K tutorial pipeline, for comparison with what people usually run.
-    "seed": {
-        "audio": {"sample_rate": 44100, "channels": 2, "duration": 4.0},
-        "features": {"n_mels": 64, "n_fft": 1024, "hop_length": 512, "top_db": 80.0},
-        "augment": {"time_shift": 0.4, "freq_masks": 2, "freq_mask_width": 0.1,
-                    "time_masks": 2, "time_mask_width": 0.1},
-        "model": {"name": "tutorial_cnn"},
-        "train": {"lr": 1e-3, "max_lr": 1e-3, "anneal": "linear", "batch_size": 16},
-    },
-}
-
-
 class ConfigError(ValueError):
     """A config key or value that does not fit the schema."""
 
@@ -228,12 +214,6 @@ def _coerce(value: Any, annotation: str, current: Any, where: str) -> Any:
     except (TypeError, ValueError):
         pass
     raise ConfigError(f"{where}: {value!r} is not a valid {annotation}")
-
-
-def apply_preset(cfg: RunConfig, name: str) -> RunConfig:
-    if name not in PRESETS:
-        raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}")
-    return merge(cfg, PRESETS[name], f"preset {name}")
 
 
 def load_yaml(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -77,13 +78,14 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
         def on_epoch(epoch, train_loss, val_acc):
             tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch)
 
-        result = fit_split(prepared.bank(cfg, progress), prepared.labels, keep[split.train],
+        bank, start = prepared.bank(cfg, progress), time.perf_counter()
+        result = fit_split(bank, prepared.labels, keep[split.train],
                            keep[split.val] if len(split.val) else None,
                            keep[split.test] if job.score_test else None, len(classes), cfg,
                            seed=cfg.train.seed + split.index, on_epoch=on_epoch, progress=progress)
         info = {**job.params, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
                 "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
-                "n_test": len(split.test)}
+                "n_test": len(split.test), "fit_seconds": round(time.perf_counter() - start, 2)}
         predictions = confusion = None
         if result.test_probs is not None:
             from reports.confusion import confusion_counts
