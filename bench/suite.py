@@ -32,7 +32,7 @@ def describe(cfg: RunConfig) -> str:
     params = ", ".join(f"{k}={v}" for k, v in sorted(cfg.model.params.items()))
     f, t = cfg.features, cfg.train
     image = f" -> {f.image_size}x{f.image_size}" if f.image_size else ""
-    return (f"{cfg.model.name}({params}); {f.frontend} {f.n_mels if 'mel' in f.frontend else ''}"
+    return (f"{cfg.model.name}({params}); {f.frontend}{f' {f.n_mels}' if 'mel' in f.frontend else ''}"
             f"{image}; {t.optimizer} {t.schedule}, batch {t.batch_size}, {t.epochs} epochs"
             + (f", mixup {t.mixup:g}" if t.mixup else ""))
 
