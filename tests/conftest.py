@@ -1,6 +1,8 @@
 """Shared fixtures: small generated datasets in the real layouts, and a fast config for them."""
 from __future__ import annotations
 
+import errno
+import os
 import shutil
 from pathlib import Path
 
@@ -57,3 +59,25 @@ def tiny_us8k(tiny_us8k_master, tmp_path) -> Path:
     root = tmp_path / "UrbanSound8K"
     shutil.copytree(tiny_us8k_master, root)
     return root
+
+
+class FailingDisk:
+    """A file whose reads fail with EIO after `good_reads` reads (the header), as a dying disk's do."""
+
+    def __init__(self, raw, good_reads: int):
+        self.raw, self.reads, self.good_reads = raw, 0, good_reads
+
+    def __getattr__(self, name):
+        return getattr(self.raw, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.raw.close()
+
+    def readinto(self, buf):
+        self.reads += 1
+        if self.reads > self.good_reads:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return self.raw.readinto(buf)

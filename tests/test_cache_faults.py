@@ -21,6 +21,7 @@ from bench import cache as cache_mod
 from bench.cache import CacheError, clean_stale, load_waveforms
 from bench.config import AudioConfig, DatasetConfig
 from bench.datasets import create_dataset
+from tests.conftest import FailingDisk
 
 AUDIO = AudioConfig(sample_rate=8000, channels=1, duration=1.0)
 REPO = Path(__file__).resolve().parents[1]
@@ -75,34 +76,12 @@ def test_permission_denied_is_an_error_not_a_quarantine(tiny_us8k, tmp_path):
     assert waves.ok.all() and waves.hashes[5] is not None
 
 
-class _DyingDisk:
-    """A file whose reads fail with EIO after the header."""
-
-    def __init__(self, raw):
-        self.raw, self.reads = raw, 0
-
-    def __getattr__(self, name):
-        return getattr(self.raw, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.raw.close()
-
-    def readinto(self, buf):
-        self.reads += 1
-        if self.reads > 1:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return self.raw.readinto(buf)
-
-
 def test_io_error_and_out_of_memory_are_errors_and_cache_nothing(tiny_us8k_master, tmp_path, monkeypatch):
     dataset = _dataset(tiny_us8k_master, tmp_path)
     sick = dataset.table["path"][7]
     real_open = audio_mod.open_regular
     monkeypatch.setattr(audio_mod, "open_regular",
-                        lambda path: _DyingDisk(real_open(path)) if path == sick else real_open(path))
+                        lambda path: FailingDisk(real_open(path), good_reads=1) if path == sick else real_open(path))
     with pytest.raises(CacheError, match=rf"^cannot read {sick}: Input/output error \(not cached"):
         load_waveforms(dataset, AUDIO, tmp_path, progress=False)
     assert _left(tmp_path) == []

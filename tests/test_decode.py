@@ -14,6 +14,7 @@ from bench import audio as audio_mod
 from bench.audio import (INTEGER_READS, BadAudio, decode, fit_length, frames_needed, load_clip, resample,
                          to_channels)
 from bench.config import AudioConfig
+from tests.conftest import FailingDisk
 
 CASES = [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_U8"), ("WAV", "IMA_ADPCM"), ("WAV", "FLOAT"),
          ("WAV", "PCM_32"), ("WAV", "ULAW"), ("AIFF", "PCM_S8"), ("AIFF", "PCM_24"), ("AU", "PCM_16"),
@@ -94,33 +95,11 @@ def test_long_files_are_read_only_as_far_as_the_clip_needs(tmp_path, monkeypatch
     assert max(requested) <= audio_mod.BLOCK  # read, and mixed down, a block at a time
 
 
-class _FailingDisk:
-    """A file whose reads fail with EIO after the header, as a dying disk's do."""
-
-    def __init__(self, raw):
-        self.raw, self.reads = raw, 0
-
-    def __getattr__(self, name):
-        return getattr(self.raw, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.raw.close()
-
-    def readinto(self, buf):
-        self.reads += 1
-        if self.reads > 2:
-            raise OSError(errno.EIO, os.strerror(errno.EIO))
-        return self.raw.readinto(buf)
-
-
 def test_an_io_error_is_an_os_error_not_bad_audio(tmp_path, monkeypatch):
     path = tmp_path / "clip.wav"
     sf.write(path, np.full((80000, 2), 0.25, np.float32), 16000, subtype="PCM_24")
     real = audio_mod.open_regular
-    monkeypatch.setattr(audio_mod, "open_regular", lambda p: _FailingDisk(real(p)))
+    monkeypatch.setattr(audio_mod, "open_regular", lambda p: FailingDisk(real(p), good_reads=2))
     with pytest.raises(OSError) as err:
         decode(path)
     assert err.value.errno == errno.EIO and not isinstance(err.value, BadAudio)
