@@ -184,36 +184,47 @@ def _set_entries(entries: dict[str, Any], value: Any, where: str) -> None:
         entries[name] = list(v) if isinstance(v, tuple) else copy.deepcopy(v)
 
 
+def _int(value: Any) -> int:
+    """An integer, strictly: not a bool, not 1.5, not "x"."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ValueError(value)
+    return int(value.strip()) if isinstance(value, str) else int(value)
+
+
 def _coerce(value: Any, annotation: str, current: Any, where: str) -> Any:
-    """Values from YAML or the command line, checked against the field's type."""
+    """Values from YAML or the command line, checked against the field's type. Text fields take
+    command-line text as written (a '#', a ':' or '010' are not read as YAML)."""
+    base, optional = annotation.split("|")[0].strip(), "None" in annotation
     if isinstance(value, str):
         text = value.strip()
-        if text.lower() in ("none", "null", "~") and "None" in annotation:
-            return None
-        if annotation.startswith("list"):
-            return [int(v) for v in text.split(",") if v.strip()]
-        value = yaml.safe_load(text) if text else text
-    if value is None and "None" in annotation:
+        if optional and text.lower() in ("none", "null", "~") and not where.startswith("command line"):
+            return None  # --set key=none; a flag's text (--name null) stays text
+        if base == "str":
+            return value
+        if base.startswith("list"):
+            value = [v for v in text.split(",")] if text else []
+        else:
+            try:
+                value = yaml.safe_load(text) if text else text
+            except yaml.YAMLError:
+                raise ConfigError(f"{where}: {text!r} is not a valid {annotation}") from None
+    if value is None and optional:
         return None
-    base = annotation.split("|")[0].strip()
     try:
-        if base == "bool":
-            if not isinstance(value, bool):
-                raise ValueError
+        if base == "bool" and isinstance(value, bool):
             return value
         if base == "int":
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value)
-        if base == "float":
+            return _int(value)
+        if base == "float" and not isinstance(value, (bool, str)):
             return float(value)
-        if base == "str":
-            return str(value)
-        if base.startswith("list"):
-            return [int(v) for v in value]
-    except (TypeError, ValueError):
+        if base == "str" and isinstance(value, str):
+            return value
+        if base.startswith("list") and isinstance(value, list):
+            return [_int(v) for v in value]
+    except (TypeError, ValueError, OverflowError):
         pass
-    raise ConfigError(f"{where}: {value!r} is not a valid {annotation}")
+    hint = " (quote it in YAML)" if base == "str" else ""
+    raise ConfigError(f"{where}: {value!r} is not a valid {annotation}{hint}")
 
 
 def load_yaml(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:
@@ -221,8 +232,10 @@ def load_yaml(path: str | os.PathLike, base: RunConfig | None = None) -> RunConf
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: not a valid YAML config: {' '.join(str(e).split())}") from None
+    except OSError as e:
+        raise ConfigError(f"--config {path}: cannot read it ({e.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
     return merge(base or RunConfig(), data, str(path))
@@ -246,7 +259,8 @@ MEL_NORMS = (None, "slaney")
 def plain_name(value: str, what: str) -> str:
     """`value` if it is one plain path component (no separator, not `.`/`..`, not hidden)."""
     bad = (not value or value in (".", "..") or value.startswith(".") or "/" in value
-           or "\\" in value or any(ord(c) < 32 for c in value) or len(value) > 200)
+           or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value)
+           or len(value.encode("utf-8", "replace")) > 200)
     if bad:
         raise ConfigError(f"{what} {value!r}: must be a plain name (letters, digits, '-', '_', '.'; "
                           f"no '/', not starting with '.'), e.g. {what} us8k-seed")
@@ -262,18 +276,21 @@ def validate(cfg: RunConfig) -> RunConfig:
     """Refuse any field out of its range, with the key and the rule; returns `cfg`."""
     if cfg.name is not None:
         plain_name(cfg.name, "--name")
+    for key in ("runs_dir", "cache_dir"):
+        _need(bool(str(getattr(cfg, key)).strip()), key, getattr(cfg, key), "must be a folder, not empty")
     if cfg.splits is not None:
-        _need(all(k >= 1 for k in cfg.splits) and len(set(cfg.splits)) == len(cfg.splits),
-              "splits", cfg.splits, "split numbers are distinct and start at 1")
+        _need(len(cfg.splits) > 0 and all(1 <= k <= 10_000 for k in cfg.splits)
+              and len(set(cfg.splits)) == len(cfg.splits),
+              "splits", cfg.splits, "give distinct split numbers from 1, or none for all")
     p, a, f, g, t = cfg.protocol, cfg.audio, cfg.features, cfg.augment, cfg.train
     _need(p.val in VALS, "protocol.val", p.val, f"must be one of {', '.join(VALS)}")
     _need(p.folds is None or p.folds >= 2, "protocol.folds", p.folds, "needs at least 2 folds")
     _need(1000 <= a.sample_rate <= 384000, "audio.sample_rate", a.sample_rate, "must be 1000..384000 Hz")
     _need(1 <= a.channels <= 8, "audio.channels", a.channels, "must be 1..8")
     _need(0 < a.duration <= 600, "audio.duration", a.duration, "must be > 0 and at most 600 seconds")
-    _need(f.n_mels >= 1, "features.n_mels", f.n_mels, "must be at least 1")
-    _need(f.n_fft >= 16, "features.n_fft", f.n_fft, "must be at least 16")
-    _need(f.hop_length >= 1, "features.hop_length", f.hop_length, "must be at least 1")
+    _need(1 <= f.n_mels <= 1024, "features.n_mels", f.n_mels, "must be 1..1024")
+    _need(16 <= f.n_fft <= 65536, "features.n_fft", f.n_fft, "must be 16..65536")
+    _need(1 <= f.hop_length <= 65536, "features.hop_length", f.hop_length, "must be 1..65536")
     _need(f.f_min >= 0, "features.f_min", f.f_min, "must be >= 0")
     _need(f.f_max is None or f.f_max > f.f_min, "features.f_max", f.f_max, "must be above f_min")
     _need(f.top_db > 0, "features.top_db", f.top_db, "must be > 0 (dB below each clip's peak)")
@@ -283,12 +300,14 @@ def validate(cfg: RunConfig) -> RunConfig:
           "must be none (no resize) or 8..1024 pixels")
     _need(0 <= g.time_shift < 1, "augment.time_shift", g.time_shift, "must be in [0, 1)")
     for key in ("freq_masks", "time_masks"):
-        _need(getattr(g, key) >= 0, f"augment.{key}", getattr(g, key), "must be >= 0")
+        _need(0 <= getattr(g, key) <= 100, f"augment.{key}", getattr(g, key), "must be 0..100")
     for key in ("freq_mask_width", "time_mask_width"):
         _need(0 <= getattr(g, key) <= 1, f"augment.{key}", getattr(g, key), "must be in [0, 1]")
-    _need(t.epochs >= 1, "train.epochs", t.epochs, "must be at least 1")
-    _need(t.batch_size >= 2, "train.batch_size", t.batch_size,
-          "must be at least 2 (BatchNorm cannot train on one clip)")
+    _need(1 <= t.epochs <= 100_000, "train.epochs", t.epochs, "must be 1..100000")
+    _need(2 <= t.batch_size <= 65536, "train.batch_size", t.batch_size,
+          "must be 2..65536 (BatchNorm cannot train on one clip)")
+    _need(0 <= t.seed < 2 ** 31, "train.seed", t.seed, "must be 0..2147483647")
+    _need(0 <= cfg.protocol.seed < 2 ** 31, "protocol.seed", cfg.protocol.seed, "must be 0..2147483647")
     for key in ("lr", "max_lr"):
         value = getattr(t, key)
         _need(value > 0 and value == value and value != float("inf"), f"train.{key}", value,

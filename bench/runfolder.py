@@ -32,6 +32,7 @@ from .config import RunConfig, dump_yaml, flatten, load_yaml, plain_name
 # Sections that decide the results: a resumed run must match them exactly.
 RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
 NOT_RESULT_KEYS = ("train.device", "train.threads")
+PLAN_KEYS = ("protocol", "leaky", "leak_reason", "splits")  # of plan.json, vouched for by each DONE
 SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts.csv")
 
 
@@ -187,10 +188,21 @@ class RunFolder:
         atomic_write_csv(self.path / "quarantine.csv", quarantine)
 
     def settings_digest(self) -> str:
-        """What a DONE marker vouches for besides its files: the saved settings and the fold plan."""
+        """What a DONE marker vouches for besides its files: the saved settings and the fold plan
+        (folds.csv, and what plan.json says of the protocol, its leakage and its splits)."""
         cfg = load_yaml(self.path / "config.yaml")
-        text = json.dumps(result_view(cfg), sort_keys=True, default=str)
+        plan = read_json(self.path / "plan.json")
+        text = json.dumps([result_view(cfg), {k: plan.get(k) for k in PLAN_KEYS}], sort_keys=True,
+                          default=str)
         return hashlib.sha256(text.encode() + _sha(self.path / "folds.csv").encode()).hexdigest()
+
+    def planned(self) -> list[int]:
+        """The split numbers of plan.json (1..n of folds.csv's folds when it has none)."""
+        splits = read_json(self.path / "plan.json").get("splits")
+        if splits:
+            return sorted(int(s["split"]) for s in splits)
+        n = pd.read_csv(self.path / "folds.csv", usecols=["fold"])["fold"].nunique()
+        return list(range(1, n + 1))
 
     # ---- splits ----
 
@@ -276,6 +288,10 @@ class RunFolder:
 
     def verified(self, splits: list[int] | None = None, score_test: bool = True) -> list[int]:
         """The DONE splits (or `splits`), each checked; a split that fails is an error naming it."""
+        extra = sorted(set(self.done()) - set(self.planned()))
+        if extra:
+            raise RunFolderError(f"{self.path}: split(s) {', '.join(map(str, extra))} are not in the "
+                                 f"fold plan (plan.json); remove them or start a new run")
         for k in splits if splits is not None else self.done():
             reason = self.problem(k, score_test)
             if reason is not None:

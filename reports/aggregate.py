@@ -12,6 +12,7 @@ import pandas as pd
 from scipy import stats
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
+from bench.runfolder import RunFolder, RunFolderError
 from reports.files import split_file
 
 PROB_PREFIX = "prob_"
@@ -41,17 +42,17 @@ def _check(pred: pd.DataFrame) -> None:
     for col in ("label", "pred"):
         values = pred[col]
         if values.isna().any() or not values.between(0, n_classes - 1).all():
-            raise ValueError(f"predictions: column {col!r} has values outside class ids 0..{n_classes - 1}")
+            raise RunFolderError(f"predictions: column {col!r} has values outside class ids 0..{n_classes - 1}")
         if not np.all(values == values.round()):
-            raise ValueError(f"predictions: column {col!r} holds non-integer class ids")
+            raise RunFolderError(f"predictions: column {col!r} holds non-integer class ids")
     dup = pred.loc[pred["clip"].duplicated(keep=False), ["split", "clip"]]
     if len(dup):
-        raise ValueError(f"clips tested more than once:\n{dup.head(10).to_string(index=False)}")
+        pairs = ", ".join(f"{c} (split {k})" for k, c in zip(dup["split"].head(6), dup["clip"].head(6)))
+        raise RunFolderError(f"clips tested more than once: {pairs}; the run's splits overlap")
 
 
 def load_predictions(run_dir) -> pd.DataFrame:
     """All finished splits' predictions concatenated, with a leading `split` column."""
-    from bench.runfolder import RunFolder
     splits = RunFolder(run_dir).verified()  # each DONE split checked against its digest and folds.csv
     if not splits:
         raise FileNotFoundError(f"{run_dir}: no finished splits (no splits/<k>/DONE)")

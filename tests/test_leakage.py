@@ -88,6 +88,8 @@ def write_run(run, rows, plan=None, dataset="toy"):
     (run / "config.yaml").write_text(f"name: {run.name}\ndataset:\n  name: {dataset}\n")
     df = pd.DataFrame(rows, columns=["clip", "fold", "label", "pred"])
     df[["clip", "fold", "label"]].to_csv(run / "folds.csv", index=False)
+    if plan is not None:  # the plan is written before any split is sealed
+        (run / "plan.json").write_text(json.dumps(plan))
     for k, (fold, part) in enumerate(df.groupby("fold"), start=1):
         d = run / "splits" / str(k)
         d.mkdir()
@@ -95,8 +97,6 @@ def write_run(run, rows, plan=None, dataset="toy"):
         part.to_csv(d / "predictions.csv", index=False)
         (d / "split.json").write_text(json.dumps({"split": k, "test_fold": int(fold)}))
         RunFolder(run).seal(k)
-    if plan is not None:
-        (run / "plan.json").write_text(json.dumps(plan))
     return run
 
 

@@ -204,6 +204,21 @@ def test_clip_tested_twice_is_an_error(tmp_path):
         load_predictions(run)
 
 
+def test_an_edited_plan_or_an_extra_split_never_counts(tmp_path):
+    """plan.json's protocol, leakage and splits are vouched for by every DONE; a split folder that
+    is not in the plan is refused, not scored."""
+    run = write_run(tmp_path / "p")
+    atomic_write_text(run / "plan.json", json.dumps({"protocol": "X", "leaky": True, "splits": [
+        {"split": 1}, {"split": 2}, {"split": 3}]}))
+    with pytest.raises(ValueError, match="split 1 cannot be scored: it was made with other settings"):
+        build_report(run)
+    run = write_run(tmp_path / "q")
+    import shutil
+    shutil.copytree(run / "splits" / "1", run / "splits" / "11")
+    with pytest.raises(ValueError, match=r"split\(s\) 11 are not in the fold plan"):
+        build_report(run)
+
+
 @pytest.mark.parametrize("edit", ["truncate", "relabel", "drop_done_digest"])
 def test_tampered_split_never_counts(tmp_path, edit):
     """A finished split whose files were changed afterwards is named, never scored."""

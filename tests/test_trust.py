@@ -18,7 +18,14 @@ MISTAKES = [
     (["--set", "train.batch_size=0"], "train.batch_size=0"),
     (["--set", "train.batch_size=1"], "train.batch_size=1"),
     (["--set", "train.max_lr=-1"], "train.max_lr=-1"),
-    (["--set", "train.lr=nan"], "train.lr=nan"),
+    (["--set", "train.lr=nan"], "lr: 'nan' is not a valid float"),
+    (["--set", "train.lr=.nan"], "train.lr=nan"),
+    (["--set", "train.seed=99999999999999999999"], "train.seed=99999999999999999999"),
+    (["--set", "splits="], "splits=[]"),
+    (["--set", "splits=1.9"], "['1.9'] is not a valid list[int]"),
+    (["--set", "augment.freq_masks=1000000"], "augment.freq_masks=1000000"),
+    (["--runs-dir", ""], "runs_dir=''"),
+    (["--name", "é" * 150], "must be a plain name"),
     (["--device", "tpu"], "train.device='tpu'"),
     (["--set", "train.anneal=foo"], "train.anneal='foo'"),
     (["--set", "features.top_db=-5"], "features.top_db=-5"),
@@ -53,6 +60,22 @@ def test_user_mistakes_are_refused_before_anything_is_written(flags, says, tiny_
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
     assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "escape").exists()
     assert not (tmp_path / "abs").exists()
+
+
+@pytest.mark.parametrize("flag,text", [("--name", "010"), ("--name", "null"), ("--experiment", "on"),
+                                       ("--name", "a #1")])
+def test_text_flags_are_taken_as_written(flag, text):
+    """Command-line text is not YAML: `--name 010` is not run 8, `--name null` not the newest run."""
+    cfg = cli.build_config(cli.make_parser().parse_args(["kfold", flag, text]))
+    assert (cfg.name if flag == "--name" else cfg.tracking.experiment) == text
+
+
+def test_a_config_file_that_is_not_yaml_text_is_one_line(tmp_path, capsys):
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00junk")
+    for path in (tmp_path / "bin.yaml", tmp_path):
+        assert cli.main(["kfold", "--config", str(path), "--no-mlflow"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "Traceback" not in err
 
 
 def test_cuda_without_a_gpu_is_refused_up_front(tiny_us8k_master, tmp_path, capsys, monkeypatch):
