@@ -337,8 +337,14 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM (`kill`, a scheduler's stop) ends a job as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
+    import signal
     args = make_parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)
     from bench.errors import USER_ERRORS
     try:
         return args.func(args)

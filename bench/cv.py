@@ -72,9 +72,9 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
     split, cfg, table, classes = job.split, job.cfg, prepared.plan.table, prepared.dataset.classes
     keep = prepared.plan.rows
     name = f"split-{split.index}"
-    existing = tracker.child_run(parent_run, name, {"split": split.index}) if parent_run else None
-    with tracker.run(name, params=job.params, parent=parent_run, run_id=existing,
-                     tags={"split": split.index}) as child:
+    # A killed attempt's run would mix two learning curves: it is replaced, so one run per split.
+    tracker.delete(tracker.child_run(parent_run, name, {"split": split.index}) if parent_run else None)
+    with tracker.run(name, params=job.params, parent=parent_run, tags={"split": split.index}) as child:
         def on_epoch(epoch, train_loss, val_acc):
             tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch)
 

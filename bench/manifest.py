@@ -43,8 +43,8 @@ class Dataset:
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
 
     def fingerprint(self) -> str:
-        """Changes when a clip, its label or its file (size, modification time) changes; computed
-        once per manifest (it stats every file)."""
+        """Changes when a clip, its label or its file (size, modification and change time, inode)
+        changes; computed once per manifest (it stats every file)."""
         if self._fingerprint is None:
             self._fingerprint = self._stat_files()
         return self._fingerprint
@@ -54,7 +54,8 @@ class Dataset:
         for clip, path, label in zip(self.table["clip"], self.table["path"], self.table["label"]):
             try:
                 st = os.stat(path)
-                stamp = f"{st.st_size}:{st.st_mtime_ns}"
+                # ctime too: a same-size rewrite with its mtime set back (os.utime) still changes it
+                stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
             except OSError:
                 stamp = "missing"
             h.update(f"{clip}\t{label}\t{stamp}\n".encode())

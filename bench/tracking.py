@@ -160,6 +160,11 @@ class Tracker:
                     closed += 1
         return closed
 
+    def delete(self, run_id: str | None) -> None:
+        """Delete a run (MLflow's soft delete: it leaves the UI and searches)."""
+        if self.enabled and run_id:
+            self._call("delete a run", "delete_run", run_id)
+
     def finished(self, run_id: str | None) -> bool:
         """Whether the run ended FINISHED (a split run a killed job left KILLED is not)."""
         return bool(self.enabled and run_id
@@ -224,7 +229,9 @@ def _open_store(uri: str, experiment: str):
         existed = path is None or path.exists()
         try:
             client = retry_races(lambda: MlflowClient(tracking_uri=uri))
-            return client, retry_races(lambda: _experiment(client, experiment))
+            # artifacts beside the database, not in whatever folder the command ran from
+            artifacts = (path.parent / "mlruns").resolve().as_uri() if path is not None else None
+            return client, retry_races(lambda: _experiment(client, experiment, artifacts))
         except Exception as e:
             if not existed:  # leave no half-made database behind (others wait on the lock meanwhile)
                 for p in (path, path.with_name(path.name + "-journal")):
@@ -233,12 +240,14 @@ def _open_store(uri: str, experiment: str):
                                 f"check it, {HINT}") from None
 
 
-def _experiment(client, name: str) -> str:
+def _experiment(client, name: str, artifacts: str | None = None) -> str:
+    """The experiment's id, created (its artifacts under `artifacts`, MLflow's choice when None) or
+    restored if it was deleted."""
     from mlflow.exceptions import MlflowException
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name)
+            return client.create_experiment(name, artifact_location=artifacts)
         except MlflowException as e:  # another worker created it meanwhile
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise

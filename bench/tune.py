@@ -273,7 +273,9 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
     try:
         storage = _storage(url)
     except Exception as e:  # a malformed URL, a missing driver, a server that refuses
-        raise ConfigError(f"--storage {url}: {type(e).__name__}: {e}") from None
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ConfigError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
+                          f"{first}); give a reachable database URL, or leave --storage out") from None
     # Steps are split indices: the first prune_warmup splits of a trial are never pruned.
     steps = sorted(cfg.splits)
     warmup = steps[tune.prune_warmup] if tune.prune_warmup < len(steps) else steps[-1] + 1
@@ -335,8 +337,14 @@ def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyR
     name = plain_name(tune.study or cfg.dataset.name, "--study")
     prepared = prepare(cfg, progress=progress)  # checked and decoded once, for every trial
     folder = Path(cfg.runs_dir) / f"tune-{name}"
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
-    study = open_study(cfg, tune, space, folder)
+    try:
+        study = open_study(cfg, tune, space, folder)
+    except BaseException:
+        if created:  # a failed start leaves no study folder behind
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
     tracker = prepared.tracker.tagged({"study": name})
     study_run = tracker.start(f"tune-{name}", run_id=runs.read_json(folder / "mlflow.json").get("study"),

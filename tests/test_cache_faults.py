@@ -230,3 +230,20 @@ def test_concurrent_builds_of_one_entry_agree(tiny_us8k_master, tmp_path):
     assert len(results) == 2 and results[0].path == results[1].path
     _same(*results)
     assert _left(tmp_path) == [results[0].path.name]
+
+
+def test_a_same_size_rewrite_with_its_mtime_restored_is_decoded_again(tiny_us8k, tmp_path):
+    """The cache is keyed by each file's size, mtime and ctime: zeroing a clip's samples in place and
+    setting its mtime back (same size, same mtime) still reaches the new audio."""
+    cfg = DatasetConfig(name="us8k", root=str(tiny_us8k))
+    dataset = create_dataset(cfg, tmp_path / "cache")
+    assert load_waveforms(dataset, AUDIO, tmp_path / "cache", progress=False).ok.all()
+    path = Path(dataset.table["path"][3])
+    st = path.stat()
+    data, rate = sf.read(path, always_2d=True)
+    info = sf.info(path)
+    sf.write(path, np.zeros_like(data), rate, subtype=info.subtype, format=info.format)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert path.stat().st_size == st.st_size and path.stat().st_mtime_ns == st.st_mtime_ns
+    again = load_waveforms(create_dataset(cfg, tmp_path / "cache"), AUDIO, tmp_path / "cache", progress=False)
+    assert not again.ok[3] and "silent" in again.quarantine["reason"].iloc[0]

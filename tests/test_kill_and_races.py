@@ -317,7 +317,7 @@ def test_two_resumes_of_one_killed_run_at_once(tiny_us8k_master, shared_cache, r
 
 def test_mlflow_after_kills_has_no_running_run_and_one_child_per_split(tiny_us8k_master, shared_cache,
                                                                        reference, tmp_path, procs):
-    """Killed during split 2 (its run is retrained and reused), then a resume killed right after split 4's
+    """Killed during split 2 (its run is replaced when the split is retrained), then a resume killed right after split 4's
     DONE (skipped later, so only the cleanup on resume can close its run); a last resume finishes."""
     from mlflow.tracking import MlflowClient
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -341,7 +341,8 @@ def test_mlflow_after_kills_has_no_running_run_and_one_child_per_split(tiny_us8k
     kill_held(tmp_path, start(procs, tmp_path, [*args, "--resume"], "second", FB_HOLD="done:4"))
     assert list(trained(tmp_path, "second").values()) == [[2, 3, 4]]
     assert running() == ["4", "parent"] and sorted(done_markers(run)) == [1, 2, 3, 4]
-    assert split_runs(2) == split2  # the killed split's run was reused, not doubled
+    assert len(split_runs(2)) == 1 and split_runs(2) != split2  # the killed attempt's run replaced
+    split2 = split_runs(2)
 
     code, _, err = finish(start(procs, tmp_path, [*args, "--resume"], "last"))
     assert code == 0, err[-3000:]
@@ -354,8 +355,29 @@ def test_mlflow_after_kills_has_no_running_run_and_one_child_per_split(tiny_us8k
     assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
     assert sorted(int(r.data.tags["split"]) for r in children) == list(range(1, 11))
     assert split_runs(2) == split2
+    history = client.get_metric_history(split2[0], "val_acc")
+    assert sorted(m.step for m in history) == list(range(1, EPOCHS + 1))  # one attempt's curve
     assert all(r.info.status == "FINISHED" for r in children)  # 4 was closed, then mirrored from disk
     split4 = next(r for r in children if r.data.tags["split"] == "4")
     assert split4.data.metrics["test_acc"] == json.loads((run / "splits" / "4" / "split.json").read_text())["test_acc"]
     assert all("test_acc" in r.data.metrics for r in children)
     assert_complete_and_equal(run, reference)
+
+
+def test_sigterm_ends_a_run_like_ctrl_c(tiny_us8k_master, shared_cache, tmp_path, procs):
+    """`kill` (SIGTERM, what schedulers send) is an interruption: exit 130, finished splits kept,
+    no MLflow run left RUNNING; --resume then finishes to the uninterrupted scores."""
+    from mlflow.tracking import MlflowClient
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = kfold_args(tmp_path, tiny_us8k_master, shared_cache, "term", tracking=uri)
+    p = start(procs, tmp_path, args, "first", FB_HOLD="epoch:3")
+    wait_until(lambda: (tmp_path / f"held-{p.pid}").exists(), [p], "the hold point")
+    p.send_signal(signal.SIGTERM)
+    code, _, err = finish(p)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    assert sorted(done_markers(tmp_path / "runs" / "term")) == [1, 2]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("kill").experiment_id])
+    assert runs and not [r for r in runs if r.info.status == "RUNNING"]
+    code, _, err = finish(start(procs, tmp_path, [*args, "--resume"], "resume"))
+    assert code == 0, err[-3000:]

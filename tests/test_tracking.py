@@ -244,3 +244,17 @@ def test_retry_races_retries_only_the_known_races():
     with pytest.raises(ValueError):
         retry_races(broken, wait_s=0.001)
     assert len(calls) == 1
+
+
+def test_artifacts_go_beside_the_sqlite_database_not_the_working_folder(tmp_path, monkeypatch):
+    from bench.config import TrackingConfig
+    from bench.tracking import Tracker
+    work, store = tmp_path / "work", tmp_path / "store"
+    work.mkdir(), store.mkdir()
+    monkeypatch.chdir(work)
+    tracker = Tracker(TrackingConfig(tracking_uri=f"sqlite:///{store / 'mlflow.db'}"), "where")
+    run = tracker.start("r")
+    (tmp_path / "a.txt").write_text("x")
+    tracker.log_files(run, [tmp_path / "a.txt"])
+    tracker.end(run)
+    assert list((store / "mlruns").rglob("a.txt")) and not (work / "mlruns").exists()

@@ -369,3 +369,13 @@ def test_workers_opening_one_fresh_study_together_all_succeed(tmp_path):
     for r in range(rounds):
         study = optuna.load_study(study_name="s", storage=f"sqlite:///{tmp_path / f'round-{r}' / 'study.db'}")
         assert sorted(t.value for t in study.trials) == [float(i) for i in range(workers)]
+
+
+def test_a_storage_that_cannot_be_opened_leaves_no_study_folder(tiny_us8k_master, tmp_path, capsys):
+    flags = ["tune", "--dataset", "us8k", "--root", str(tiny_us8k_master), "--runs-dir", str(tmp_path / "runs"),
+             "--cache-dir", str(tmp_path / "cache"), "--no-mlflow", "--quiet", "--trials", "1", "--study", "q"]
+    for storage in (f"sqlite:///{tmp_path / 'nodir' / 'x.db'}", "bogus://x"):
+        assert cli.main([*flags, "--storage", storage]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "cannot open the study storage" in err
+        assert not (tmp_path / "runs" / "tune-q").exists()
