@@ -71,7 +71,7 @@ def test_suite_runs_presets_on_one_fold_plan_into_one_table(tiny_us8k_master, tm
     for row in table.itertuples():  # each row is its run's own report
         scores = json.loads((folder / row.entry / "scores.json").read_text())
         assert row.acc_mean == pytest.approx(scores["acc_mean"])
-    assert "strong(depth=4, width=16)" in table.set_index("entry").loc["strong", "settings"]
+    assert "strong(depth=4, dropout=0.1, head_dropout=0.2, width=16)" in table.set_index("entry").loc["strong", "settings"]
     assert json.loads((folder / "suite.json").read_text())["same_folds"] is True
     assert "| seed |" in (folder / "suite.md").read_text() and "| strong |" in out
 
