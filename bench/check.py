@@ -27,8 +27,8 @@ import soundfile as sf
 from protocols import ProtocolError
 from protocols.checks import check_groups
 
-from .cache import load_waveforms
-from .config import AudioConfig, RunConfig
+from .cache import Waveforms, load_waveforms
+from .config import RunConfig
 from .datasets import Dataset, DatasetError, create_dataset
 from .errors import USER_ERRORS
 from .plan import copies_across_folds, duplicate_sets, label_conflicts, make_plan, protocol_name
@@ -93,11 +93,10 @@ def _problem(reason: str | None) -> str | None:
     return next((name for prefix, name in PROBLEMS.items() if reason.startswith(prefix)), "undecodable")
 
 
-def scan_audio(dataset: Dataset, audio: AudioConfig, cache_dir, progress: bool = True) -> pd.DataFrame:
-    """Per clip, in manifest order: its header, and from the waveform cache (built here if needed,
+def scan_audio(dataset: Dataset, waves: Waveforms) -> pd.DataFrame:
+    """Per clip, in manifest order: its header, and from the waveform cache (built by the caller,
     then reused by kfold, so each file is decoded once) the problem that sets it aside and a hash
     of its samples."""
-    waves = load_waveforms(dataset, audio, cache_dir, progress=progress)
     reasons = dict(zip(waves.quarantine["index"].astype(int), waves.quarantine["reason"]))
     rows = [{**file_header(path, reasons.get(i)), "reason": reasons.get(i), "problem": _problem(reasons.get(i)),
              "hash": waves.hashes[i]} for i, path in enumerate(dataset.table["path"])]
@@ -143,11 +142,11 @@ def _plan_refused(cfg: RunConfig, dataset: Dataset) -> str | None:
     return None
 
 
-def _kfold_refuses(cfg: RunConfig) -> str | None:
-    """kfold's own checks (`prepare`, on the cache just built), so that check never says "ready"
-    where kfold refuses; the message, or None."""
+def _kfold_refuses(cfg: RunConfig, dataset: Dataset, waves: Waveforms) -> str | None:
+    """kfold's own checks (`prepare`, on the manifest and cache already loaded), so that check never
+    says "ready" where kfold refuses; the message, or None."""
     try:
-        prepare(cfg, progress=False, tracking=False)
+        prepare(cfg, progress=False, tracking=False, dataset=dataset, waves=waves)
     except USER_ERRORS as e:
         return str(e)
     return None
@@ -164,7 +163,8 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
     refused = _plan_refused(cfg, dataset)
     if refused:
         findings.append(Finding("error", "plan", f"protocol {name}: {refused}"))
-    scan = scan_audio(dataset, cfg.audio, cfg.cache_dir, progress)
+    waves = load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)
+    scan = scan_audio(dataset, waves)
     findings += [Finding("info", "skipped", note) for note in dataset.notes]
     findings += file_findings(scan, cfg.dataset.strict)
     ok = scan["problem"].isna().to_numpy()
@@ -197,7 +197,7 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
                                 f"audio ({len(dups)} clips): {_examples(dups['clip'].tolist())}",
                                 _clips(dups)))
     if not any(f.level == "error" for f in findings):
-        refusal = _kfold_refuses(cfg)
+        refusal = _kfold_refuses(cfg, dataset, waves)
         if refusal:
             findings.append(Finding("error", "kfold", f"kfold would refuse this dataset: {refusal}"))
     usable = scan[ok]

@@ -22,9 +22,9 @@ from tqdm.auto import tqdm
 from protocols import Split
 
 from .config import RunConfig, flatten
-from .features import check_features
+from .atomic import atomic_write_text
 from .prepare import Prepared, check_config, prepare
-from .runfolder import RunFolder
+from .runfolder import RunFolder, read_json
 from .tracking import Tracker
 from .train import fit_split
 
@@ -65,13 +65,16 @@ class SplitJob:
         s = self.split
         return {"split": s.index, "test_fold": s.test_fold, "val_fold": s.val_fold}
 
+    @property
+    def run_name(self) -> str:
+        return f"split-{self.split.index}"
+
 
 def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker,
               parent_run: str | None, progress: bool) -> dict:
     """Fit one split, save its outputs (DONE last) and mirror them to the split's MLflow run."""
     split, cfg, table, classes = job.split, job.cfg, prepared.plan.table, prepared.dataset.classes
-    keep = prepared.plan.rows
-    name = f"split-{split.index}"
+    keep, name = prepared.plan.rows, job.run_name
     # A killed attempt's run would mix two learning curves: it is replaced, so one run per split.
     tracker.delete(tracker.child_run(parent_run, name, {"split": split.index}) if parent_run else None)
     with tracker.run(name, params=job.params, parent=parent_run, tags={"split": split.index}) as child:
@@ -118,11 +121,10 @@ def _mirror_finished(job: SplitJob, folder: RunFolder, tracker: Tracker, parent_
     was closed (kill -9 right after DONE) gets its figures and files, and ends FINISHED."""
     if not (tracker.enabled and parent_run):
         return
-    name = f"split-{job.split.index}"
-    child = tracker.child_run(parent_run, name, {"split": job.split.index})
+    child = tracker.child_run(parent_run, job.run_name, {"split": job.split.index})
     if tracker.finished(child):
         return
-    with tracker.run(name, params=job.params, parent=parent_run, run_id=child,
+    with tracker.run(job.run_name, params=job.params, parent=parent_run, run_id=child,
                      tags={"split": job.split.index}) as run:
         _log_split(tracker, run, job, folder, info)
 
@@ -140,8 +142,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     if prepared is None:
         prepared = prepare(cfg, progress=progress, tracking=tracker is None)
     else:
-        check_config(cfg)
-        check_features(cfg.audio, cfg.features)
+        check_config(cfg)  # a tune trial's own features, model and training settings
     chosen = prepared.chosen(cfg.splits)
     tracker = tracker or prepared.tracker or Tracker(cfg.tracking, experiment=prepared.dataset.name)
     if cfg.train.threads > 0:
@@ -182,7 +183,6 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
 def _parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: Tracker,
                 resume: bool) -> str | None:
     """This job's MLflow run, reopened on resume, with the runs a killed job left RUNNING closed."""
-    from .runfolder import read_json
     old = read_json(folder.path / "mlflow.json").get("parent") if resume else None
     plan = prepared.plan
     run = tracker.start(cfg.name, params=flatten(cfg), run_id=old, tags={
@@ -192,7 +192,6 @@ def _parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: 
     if run:
         if old == run:
             tracker.close_running(run)
-        from .atomic import atomic_write_text
         atomic_write_text(folder.path / "mlflow.json", f'{{"parent": "{run}"}}\n')
     return run
 

@@ -89,15 +89,18 @@ class Prepared:
                 "dataset_fingerprint": self.fingerprint}
 
 
-def prepare(cfg: RunConfig, *, progress: bool = True, tracking: bool = True) -> Prepared:
-    """Validate `cfg` and load its dataset, cache and fold plan; raise a user error otherwise."""
+def prepare(cfg: RunConfig, *, progress: bool = True, tracking: bool = True,
+            dataset: Dataset | None = None, waves: Waveforms | None = None) -> Prepared:
+    """Validate `cfg` and load its dataset, cache and fold plan; raise a user error otherwise.
+    `dataset` and `waves`: the manifest and cache of `cfg` already loaded (`datasets check`)."""
     check_config(cfg)
     device = resolve_device(cfg.train.device)
-    dataset = create_dataset(cfg.dataset, cfg.cache_dir)
+    dataset = create_dataset(cfg.dataset, cfg.cache_dir) if dataset is None else dataset
     draft = make_plan(cfg, dataset, np.ones(len(dataset.table), dtype=bool))  # fail fast, before decoding
     _chosen(draft.splits, cfg.splits)
     tracker = Tracker(cfg.tracking, experiment=cfg.dataset.name) if tracking else None  # reachable?
-    waves = load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)
+    if waves is None:
+        waves = load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)
     quarantine = waves.quarantine.drop(columns="index")
     if len(quarantine) and cfg.dataset.strict:
         raise DatasetError(f"--strict: {len(quarantine)} file(s) cannot be used: " + "; ".join(

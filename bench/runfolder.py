@@ -201,6 +201,8 @@ class RunFolder:
         splits = read_json(self.path / "plan.json").get("splits")
         if splits:
             return sorted(int(s["split"]) for s in splits)
+        if not (self.path / "folds.csv").exists():
+            return []
         n = pd.read_csv(self.path / "folds.csv", usecols=["fold"])["fold"].nunique()
         return list(range(1, n + 1))
 
@@ -238,9 +240,10 @@ class RunFolder:
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_text(folder / "DONE", json.dumps(done, indent=1) + "\n")
 
-    def problem(self, index: int, score_test: bool = True) -> str | None:
+    def problem(self, index: int, score_test: bool = True, settings: str | None = None) -> str | None:
         """Why split `index` does not count (None: it does): no DONE, a digest that does not match
-        its files or the saved settings, or predictions that are not the test fold's clips."""
+        its files or the saved settings, or predictions that are not the test fold's clips.
+        `settings`: `settings_digest()` when the caller checks several splits at once."""
         folder = self.split_dir(index)
         done = read_json(folder / "DONE")
         if not (folder / "DONE").is_file():
@@ -255,7 +258,7 @@ class RunFolder:
                 return f"{name} is {'missing' if name in done['files'] else 'not in its DONE digest'}"
             if path.is_file() and _sha(path) != done["files"][name]:
                 return f"{name} changed after the split finished (its digest differs)"
-        if done.get("settings") != self.settings_digest():
+        if done.get("settings") != (settings or self.settings_digest()):
             return "it was made with other settings or another fold plan"
         if score_test:
             if "predictions.csv" not in done["files"]:
@@ -264,7 +267,7 @@ class RunFolder:
         return None
 
     def _check_predictions(self, index: int) -> str | None:
-        info = json.loads((self.split_dir(index) / "split.json").read_text())
+        info = self.read_split_info(index)
         pred = pd.read_csv(self.split_dir(index) / "predictions.csv", dtype={"clip": str})
         plan = pd.read_csv(self.path / "folds.csv", dtype={"clip": str})
         test = plan[plan["fold"] == info.get("test_fold")]
@@ -288,13 +291,16 @@ class RunFolder:
 
     def verified(self, splits: list[int] | None = None, score_test: bool = True) -> list[int]:
         """The DONE splits (or `splits`), each checked; a split that fails is an error naming it."""
-        extra = sorted(set(self.done()) - set(self.planned()))
+        done = self.done()
+        extra = sorted(set(done) - set(self.planned()))
         if extra:
             raise RunFolderError(f"{self.path}: split(s) {', '.join(map(str, extra))} are not in the "
                                  f"fold plan (plan.json); remove them or start a new run")
-        for k in splits if splits is not None else self.done():
-            reason = self.problem(k, score_test)
+        splits = done if splits is None else splits
+        settings = self.settings_digest() if splits else None
+        for k in splits:
+            reason = self.problem(k, score_test, settings)
             if reason is not None:
                 raise RunFolderError(f"{self.path}: split {k} cannot be scored: {reason}; run "
                                      f"`kfold --name {self.path.name} --resume` to train it again")
-        return splits if splits is not None else self.done()
+        return splits

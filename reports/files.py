@@ -21,6 +21,7 @@ import yaml
 
 
 from bench.atomic import atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: F401
+from bench.runfolder import RunFolder
 
 
 # ---- readers ----
@@ -35,7 +36,7 @@ def split_dirs(run_dir) -> dict[int, Path]:
 
 
 def done_splits(run_dir) -> list[int]:
-    return [k for k, d in split_dirs(run_dir).items() if (d / "DONE").exists()]
+    return RunFolder(run_dir).done()
 
 
 def _read_mapping(path: Path, parse) -> dict:
@@ -54,15 +55,7 @@ def read_plan(run_dir) -> dict:
 def expected_splits(run_dir) -> list[int]:
     """The splits of plan.json (else 1..n, n = number of distinct folds in folds.csv), plus any
     split folder present."""
-    expected = set(split_dirs(run_dir))
-    folds_csv = Path(run_dir) / "folds.csv"
-    planned = read_plan(run_dir).get("splits")
-    if planned:
-        expected |= {int(s["split"]) for s in planned}
-    elif folds_csv.exists():
-        n_folds = pd.read_csv(folds_csv, usecols=["fold"])["fold"].nunique()
-        expected |= set(range(1, n_folds + 1))
-    return sorted(expected)
+    return sorted(set(split_dirs(run_dir)) | set(RunFolder(run_dir).planned()))
 
 
 def missing_splits(run_dir) -> list[int]:
@@ -75,7 +68,7 @@ def split_file(run_dir, k: int, name: str) -> Path:
 
 
 def read_split_json(run_dir, k: int) -> dict:
-    return json.loads(split_file(run_dir, k, "split.json").read_text(encoding="utf-8"))
+    return RunFolder(run_dir).read_split_info(k)
 
 
 def read_history(run_dir, k: int) -> pd.DataFrame:
