@@ -57,7 +57,11 @@ class Plan:
     left_out: list[str]  # usable clips the protocol does not use (fixed lists)
     duplicates: pd.DataFrame  # set, clip, class, fold: clips whose audio is identical to another's
     warnings: list[str] = field(default_factory=list)
-    copies_leak: bool = False  # identical audio in two folds, accepted with --allow-leaky
+
+    @property
+    def copies_leak(self) -> bool:
+        """Identical audio in two folds (kfold accepts such a plan only with --allow-leaky)."""
+        return copies_across_folds(self.duplicates) is not None
 
     @property
     def leaky(self) -> bool:

@@ -58,7 +58,7 @@ def _chosen(plan_splits: list[Split], splits: list[int] | None) -> list[Split]:
 
 @dataclass
 class Prepared:
-    cfg: RunConfig
+    """What `prepare` checked and loaded, shared by every job on the same data (tune: every trial)."""
     dataset: Dataset
     waves: Waveforms
     plan: Plan
@@ -113,8 +113,7 @@ def prepare(cfg: RunConfig, *, progress: bool = True, tracking: bool = True,
     if across and not cfg.dataset.allow_leaky:
         raise DatasetError(f"{across}; remove the copies, or pass --allow-leaky to record the run "
                            f"as leaky")
-    plan.copies_leak = bool(across)
-    prepared = Prepared(cfg, dataset, waves, plan, quarantine, device, tracker)
+    prepared = Prepared(dataset, waves, plan, quarantine, device, tracker)
     prepared.chosen(cfg.splits)  # unknown split numbers are refused here
     for split in prepared.plan.splits:
         if len(split.train) < 2:
