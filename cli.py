@@ -187,6 +187,19 @@ def cmd_speed(args: argparse.Namespace) -> int:
     return 0
 
 
+def search_options(g) -> None:
+    """The search's own options (bench.tune.TuneConfig) that `tune` and `nested` share."""
+    g.add_argument("--space", metavar="FILE",
+                   help="YAML search-space entries replacing the defaults, e.g. "
+                        "'features.n_mels: [64, 128]', 'train.max_lr: {low: 1.0e-4, high: 1.0e-2, "
+                        "log: true}', 'augment.time_shift: null' (not searched)")
+    g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0)")
+    g.add_argument("--prune-startup", type=int, default=3,
+                   help="trials that must complete before MedianPruner prunes any (default: 3)")
+    g.add_argument("--prune-warmup", type=int, default=0,
+                   help="splits a trial finishes before it can be pruned (default: 0)")
+
+
 def tune_options(parser: argparse.ArgumentParser) -> None:
     """The study's own options (bench.tune.TuneConfig); the config options come first."""
     g = parser.add_argument_group("search")
@@ -200,26 +213,22 @@ def tune_options(parser: argparse.ArgumentParser) -> None:
                         "share one study (default: sqlite:///<runs-dir>/tune-<study>/study.db)")
     g.add_argument("--timeout", metavar="DURATION",
                    help="start no new trial after this long, e.g. 3h, 90m, 600 (seconds)")
-    g.add_argument("--space", metavar="FILE",
-                   help="YAML search-space entries replacing the defaults, e.g. "
-                        "'features.n_mels: [64, 128]', 'train.max_lr: {low: 1.0e-4, high: 1.0e-2, "
-                        "log: true}', 'augment.time_shift: null' (not searched)")
-    g.add_argument("--sampler-seed", type=int, default=0, help="TPE sampler seed (default: 0)")
-    g.add_argument("--prune-startup", type=int, default=3,
-                   help="trials that must complete before MedianPruner prunes any (default: 3)")
-    g.add_argument("--prune-warmup", type=int, default=0,
-                   help="splits a trial finishes before it can be pruned (default: 0)")
+    search_options(g)
+
+
+def tune_config(args: argparse.Namespace, **kw):
+    from bench.tune import TuneConfig
+    return TuneConfig(trials=args.trials, space=args.space, seed=args.sampler_seed,
+                      prune_startup=args.prune_startup, prune_warmup=args.prune_warmup, **kw)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from bench.tune import TuneConfig, best_trial, parse_duration, run_study
+    from bench.tune import best_trial, parse_duration, run_study
     if args.name or args.resume:
         raise C.ConfigError("tune names its own folders (<runs-dir>/tune-<study>/trials/<n>) and always "
                             "continues its study: use --study instead of --name/--resume")
     cfg = build_config(args)
-    tune = TuneConfig(trials=args.trials, study=args.study, storage=args.storage,
-                      timeout=parse_duration(args.timeout), space=args.space, seed=args.sampler_seed,
-                      prune_startup=args.prune_startup, prune_warmup=args.prune_warmup)
+    tune = tune_config(args, study=args.study, storage=args.storage, timeout=parse_duration(args.timeout))
     try:
         result = run_study(cfg, tune, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -234,6 +243,22 @@ def cmd_tune(args: argparse.Namespace) -> int:
               f"{result.folder / 'best.yaml'}\nscore it on every test fold: "
               f"python cli.py kfold --config {result.folder / 'best.yaml'}\n(the tuned splits' "
               f"validation folds chose these settings: their test scores in that run are optimistic)")
+    return 0
+
+
+def cmd_nested(args: argparse.Namespace) -> int:
+    from bench.nested import latest_nested, render_summary, run_nested
+    from bench.runfolder import default_name
+    cfg = C.validate(build_config(args))
+    if cfg.name is None:
+        cfg.name = latest_nested(cfg.runs_dir, cfg.dataset.name) if args.resume else f"nested-{default_name(cfg)}"
+        if cfg.name is None:
+            raise C.ConfigError(f"--resume: no earlier nested {cfg.dataset.name} run in {cfg.runs_dir}/")
+    result = run_nested(cfg, tune_config(args), args.inner_splits, resume=args.resume,
+                        non_nested=not args.no_non_nested, progress=not args.quiet)
+    print(render_summary(result.summary).split("\n## Chosen")[0].rstrip())
+    print(f"\nreport: {result.run_dir / 'nested.md'} (per outer split: the settings chosen; "
+          f"{result.run_dir / 'report.md'}: the nested scores)")
     return 0
 
 
@@ -334,6 +359,30 @@ def make_parser() -> argparse.ArgumentParser:
     config_options(tune)
     tune_options(tune)
     tune.set_defaults(func=cmd_tune)
+    nested = sub.add_parser(
+        "nested", help="nested CV: tune inside each outer split, score the chosen settings on its "
+                       "test fold; the non-nested estimate beside it",
+        description="For each outer split k: an Optuna study (as tune's) over inner splits built "
+                    "from the folds other than k only, then its best settings trained on split k's "
+                    "training folds (epoch chosen on its validation fold) and scored once on fold k. "
+                    "Beside it, with the same budget, the usual shortcut: tune on the first "
+                    "--inner-splits splits, then kfold of best.yaml; the difference is the selection "
+                    "bias. Writes <runs-dir>/<name>/: nested.md, nested.json, report.md, inner/<k>/ "
+                    "(the studies), non-nested/.",
+        epilog="  python cli.py nested --dataset demo --trials 4 --inner-splits 2 --epochs 8\n"
+               "  python cli.py nested --dataset us8k --root ~/data/UrbanSound8K --trials 20\n\n"
+               + EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_options(nested)
+    g = nested.add_argument_group("search")
+    g.add_argument("--trials", type=int, default=8,
+                   help="trials of each outer split's study, and of the non-nested study (default: 8)")
+    g.add_argument("--inner-splits", type=int, default=2, metavar="N",
+                   help="inner splits each trial trains (default: 2); the non-nested study tunes on "
+                        "the full plan's first N splits")
+    g.add_argument("--no-non-nested", action="store_true",
+                   help="skip the non-nested estimate (a study and a kfold run: about 1/folds of the cost)")
+    search_options(g)
+    nested.set_defaults(func=cmd_nested)
     return parser
 
 

@@ -59,6 +59,7 @@ class SplitJob:
     split: Split
     cfg: RunConfig
     score_test: bool = True
+    notes: dict = field(default_factory=dict)  # saved in split.json (nested CV: the chosen settings)
 
     @property
     def params(self) -> dict:
@@ -86,7 +87,7 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
                            keep[split.val] if len(split.val) else None,
                            keep[split.test] if job.score_test else None, len(classes), cfg,
                            seed=cfg.train.seed + split.index, on_epoch=on_epoch, progress=progress)
-        info = {**job.params, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
+        info = {**job.params, **job.notes, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
                 "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
                 "n_test": len(split.test), "fit_seconds": round(time.perf_counter() - start, 2)}
         predictions = confusion = None
@@ -154,7 +155,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         folder.write_plan(prepared.plan.table, prepared.plan.folds, prepared.plan_record(),
                           prepared.quarantine)
         if own_parent:
-            parent_run = _parent_run(cfg, prepared, folder, tracker, resume)
+            parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
         try:
             for split in tqdm(chosen, desc=f"splits ({cfg.name})", unit="split", disable=not progress):
                 reason = folder.problem(split.index, score_test) if resume else "not finished"
@@ -170,7 +171,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                 val_acc[split.index] = info["val_acc"]
                 if on_split is not None:
                     on_split(split, info)
-            scores = _report(folder, tracker, parent_run if own_parent else None) if score_test else None
+            scores = report(folder, tracker, parent_run if own_parent else None) if score_test else None
         except BaseException as e:
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             raise
@@ -180,13 +181,13 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     return CVResult(folder.path, val_acc, scores, prepared.quarantine, prepared.plan.warnings, retrained)
 
 
-def _parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: Tracker,
-                resume: bool) -> str | None:
+def open_parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: Tracker,
+                    resume: bool, kind: str = "kfold") -> str | None:
     """This job's MLflow run, reopened on resume, with the runs a killed job left RUNNING closed."""
     old = read_json(folder.path / "mlflow.json").get("parent") if resume else None
     plan = prepared.plan
     run = tracker.start(cfg.name, params=flatten(cfg), run_id=old, tags={
-        "dataset": prepared.dataset.name, "dataset_fingerprint": prepared.fingerprint,
+        "kind": kind, "dataset": prepared.dataset.name, "dataset_fingerprint": prepared.fingerprint,
         "protocol": repr(plan.protocol), "leaky": plan.leaky, "code_version": code_version(),
         "run_folder": str(folder.path.resolve()), "quarantined": len(prepared.quarantine)})
     if run:
@@ -196,7 +197,8 @@ def _parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: 
     return run
 
 
-def _report(folder: RunFolder, tracker: Tracker, parent_run: str | None) -> dict:
+def report(folder: RunFolder, tracker: Tracker, parent_run: str | None) -> dict:
+    """report.md and scores.json from the verified predictions, mirrored to `parent_run`."""
     from reports import build_report
     scores = build_report(folder.path)
     tracker.log_metrics(parent_run, {k: scores.get(k) for k in

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -336,7 +336,16 @@ def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyR
     check_space(space, cfg)
     name = plain_name(tune.study or cfg.dataset.name, "--study")
     prepared = prepare(cfg, progress=progress)  # checked and decoded once, for every trial
-    folder = Path(cfg.runs_dir) / f"tune-{name}"
+    return search(cfg, replace(tune, study=name), space, prepared, Path(cfg.runs_dir) / f"tune-{name}",
+                  progress=progress)
+
+
+def search(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Prepared, folder: Path,
+           *, tracker: Tracker | None = None, parent_run: str | None = None,
+           progress: bool = True) -> StudyResult:
+    """The study `tune.study` in `folder` over `prepared`'s splits `cfg.splits`, run or continued up
+    to `tune.trials` counted trials: `tune`'s loop, and nested CV's inner search (whose `prepared`
+    holds only the inner splits). Its MLflow run goes under `parent_run` when given."""
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -346,10 +355,12 @@ def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyR
             shutil.rmtree(folder, ignore_errors=True)
         raise
 
-    tracker = prepared.tracker.tagged({"study": name})
+    name = study.study_name
+    tracker = (tracker or prepared.tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
+               ).tagged({"study": name})
     study_run = tracker.start(f"tune-{name}", run_id=runs.read_json(folder / "mlflow.json").get("study"),
-                              tags={"kind": "study", "code_version": code_version(),
-                                    "run_folder": str(folder.resolve())})
+                              parent=parent_run, tags={"kind": "study", "code_version": code_version(),
+                                                       "run_folder": str(folder.resolve())})
     if study_run:
         atomic_write_text(folder / "mlflow.json", json.dumps({"study": study_run}) + "\n")
     objective = Objective(cfg, space, folder, name, tracker, study_run, progress, prepared)

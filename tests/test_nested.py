@@ -1,0 +1,187 @@
+"""nested: fold k is never read while selecting for outer split k (spy + NaN poison), the run
+folder and MLflow layout, the non-nested estimate beside it, resume per outer split, refusals."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import optuna
+import pytest
+
+import cli
+from bench import cv as cv_mod
+from bench.nested import inner_prepared, select
+from bench.prepare import Prepared, prepare
+from bench.runfolder import RunFolderError
+from bench.tune import TuneConfig, load_space
+from tests.conftest import fast_config
+from tests.test_tune import SPACE, TINY, tune_args, write_space
+
+TUNE = TuneConfig(trials=3, prune_startup=5)  # no pruning: every trial trains every inner split
+
+
+def tiny(tmp: Path, root: Path, **kw):
+    return fast_config(tmp, root, **{**TINY, **kw})
+
+
+def fold_rows(prepared: Prepared, fold: int) -> set[int]:
+    """Manifest rows (feature bank rows) of the clips in `fold`."""
+    return set(prepared.plan.rows[np.asarray(prepared.plan.folds) == fold].tolist())
+
+
+def test_inner_splits_leave_the_outer_test_fold_out(tmp_path, tiny_us8k):
+    prepared = prepare(tiny(tmp_path, tiny_us8k), progress=False, tracking=False)
+    for k in (1, 5, 10):
+        inner = inner_prepared(prepared, k)
+        assert len(inner.plan.splits) == 9
+        assert [s.index for s in inner.plan.splits] == list(range(1, 10))
+        positions = np.flatnonzero(np.asarray(prepared.plan.folds) == k)
+        for s in inner.plan.splits:
+            assert k not in (s.test_fold, s.val_fold)
+            for part in (s.train, s.val, s.test):
+                assert not set(part.tolist()) & set(positions.tolist())
+        # the outer plan itself is untouched
+        assert len(prepared.plan.splits) == 10
+
+
+def _selection(tmp: Path, cfg, prepared, split, folder: str, monkeypatch, poison: set[int] | None):
+    """Run outer split `split`'s inner study; return the trials' values and the rows fit_split got."""
+    seen: list[tuple[set, set, bool]] = []
+    real_fit = cv_mod.fit_split
+
+    def spy(bank, labels, train, val, test, *args, **kw):
+        seen.append((set(np.asarray(train).tolist()), set(np.asarray(val).tolist()), test is not None))
+        return real_fit(bank, labels, train, val, test, *args, **kw)
+
+    real_bank = Prepared.bank
+
+    def poisoned(self, cfg, progress=True):
+        bank = real_bank(self, cfg, progress)
+        if poison is None:
+            return bank
+        bank = bank.clone()
+        bank[sorted(poison)] = float("nan")  # any use of fold k (statistics, a batch, validation) shows
+        return bank
+
+    monkeypatch.setattr(cv_mod, "fit_split", spy)
+    monkeypatch.setattr(Prepared, "bank", poisoned)
+    space = load_space(write_space(tmp / "space.yaml", SPACE))
+    best = select(cfg, TUNE, space, prepared, split, tmp / folder, inner_splits=2)
+    study = optuna.load_study(study_name=cfg.dataset.name, storage=f"sqlite:///{tmp / folder / 'study.db'}")
+    monkeypatch.undo()
+    return best, study.get_trials(), seen
+
+
+def test_fold_k_is_never_read_while_selecting(tmp_path, tiny_us8k, monkeypatch):
+    cfg = tiny(tmp_path, tiny_us8k)
+    prepared = prepare(cfg, progress=False, tracking=False)
+    split = prepared.plan.splits[3]  # outer split 4: test fold 4
+    rows_k = fold_rows(prepared, split.test_fold)
+    assert rows_k
+    best, clean, seen = _selection(tmp_path, cfg, prepared, split, "clean", monkeypatch, None)
+    assert len(seen) == 3 * 2  # 3 trials x 2 inner splits
+    for train, val, scored in seen:
+        assert not scored  # no inner split predicts a test set
+        train_rows = {int(prepared.plan.rows[i]) for i in train}
+        val_rows = {int(prepared.plan.rows[i]) for i in val}
+        assert not (train_rows | val_rows) & rows_k
+    # The same search with fold k's features all NaN: had any of them been read (a training batch,
+    # the normalisation statistics, validation, early stopping), a loss or a score would change.
+    best_p, poisoned, _ = _selection(tmp_path, cfg, prepared, split, "poisoned", monkeypatch, rows_k)
+    assert [t.state for t in poisoned] == [optuna.trial.TrialState.COMPLETE] * 3
+    assert [t.value for t in poisoned] == [t.value for t in clean]
+    assert [t.params for t in poisoned] == [t.params for t in clean]
+    assert best_p.number == best.number
+    # ... whereas poisoning a fold the inner splits do use is seen (the check has teeth)
+    used = fold_rows(prepared, prepared.plan.splits[0].test_fold)  # fold 1: inside outer split 4
+    with pytest.raises(RunFolderError, match="no inner trial completed"):  # NaN loss in every trial
+        _selection(tmp_path, cfg, prepared, split, "control", monkeypatch, used)
+
+
+def nested_args(tmp: Path, root: Path, *extra: str) -> list[str]:
+    args = tune_args(tmp, root, SPACE, mlflow=True)
+    args[0] = "nested"
+    return args + ["--trials", "2", "--inner-splits", "1", "--name", "n1", *extra]
+
+
+@pytest.fixture(scope="module")
+def nested_run(tmp_path_factory, tiny_us8k_master):
+    tmp = tmp_path_factory.mktemp("nested")
+    assert cli.main(nested_args(tmp, tiny_us8k_master)) == 0
+    return tmp
+
+
+def test_nested_run_folder_and_estimates(nested_run):
+    run = nested_run / "runs" / "n1"
+    summary = json.loads((run / "nested.json").read_text())
+    outer = summary["outer"]
+    assert [r["split"] for r in outer] == [1, 2]  # --splits 1,2 of tune_args: the outer splits
+    for r in outer:
+        assert set(r["chosen"]) == set(load_space(write_space(nested_run / "s.yaml", SPACE)))
+        assert 0 <= r["test_acc"] <= 1
+        info = json.loads((run / "splits" / str(r["split"]) / "split.json").read_text())
+        assert info["chosen"] == r["chosen"] and info["search"]["trials"] == 2
+        assert (run / "inner" / str(r["split"]) / "study.db").is_file()
+    scores = json.loads((run / "scores.json").read_text())
+    assert summary["nested"]["acc_mean"] == pytest.approx(scores["acc_mean"])
+    assert summary["nested"]["acc_mean"] == pytest.approx(np.mean([r["test_acc"] for r in outer]))
+    base = summary["non_nested"]
+    assert base["n_splits"] == 2 and Path(base["run"]).name == "kfold"
+    assert summary["selection_bias"] == pytest.approx(base["acc_mean"] - summary["nested"]["acc_mean"])
+    assert set(summary["stability"]) == set(outer[0]["chosen"])
+    text = (run / "nested.md").read_text()
+    assert "Selection bias" in text and "Chosen per outer split" in text
+
+
+def test_nested_mlflow_layout(nested_run):
+    client = mlflow.MlflowClient(f"sqlite:///{nested_run / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("tiny")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    by_id = {r.info.run_id: r for r in runs}
+    parent = [r for r in runs if r.data.tags.get("kind") == "nested"]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    pid = parent[0].info.run_id
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == pid}
+    assert {"outer-1", "outer-2", "non-nested"} <= set(children)
+    for k in (1, 2):
+        outer = children[f"outer-{k}"]
+        under = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == outer.info.run_id]
+        assert {r.info.run_name for r in under} == {f"tune-n1-outer-{k}", f"split-{k}"}
+        study = next(r for r in under if r.data.tags.get("kind") == "study")
+        trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study.info.run_id]
+        assert len(trials) == 2
+        assert "test_acc" in outer.data.metrics
+    assert "selection_bias" in parent[0].data.metrics
+    assert all(r.info.status == "FINISHED" for r in by_id.values())
+
+
+def test_nested_resume_trains_only_the_unfinished_outer_split(nested_run, tiny_us8k_master, monkeypatch):
+    run = nested_run / "runs" / "n1"
+    (run / "splits" / "2" / "DONE").unlink()
+    scored = []
+    real_fit = cv_mod.fit_split
+
+    def spy(bank, labels, train, val, test, *args, **kw):
+        scored.append(test is not None)
+        return real_fit(bank, labels, train, val, test, *args, **kw)
+
+    monkeypatch.setattr(cv_mod, "fit_split", spy)
+    assert cli.main(nested_args(nested_run, tiny_us8k_master, "--resume")) == 0
+    assert scored == [True]  # split 2 only; its study already holds its 2 trials; kfold skips its splits
+    assert (run / "splits" / "2" / "DONE").is_file()
+    # other search settings than the run's: refused, nothing trained
+    assert cli.main(nested_args(nested_run, tiny_us8k_master, "--resume", "--trials", "3")) == 2
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--protocol", "stratified", "--folds", "3"], "folds leave"),
+    (["--inner-splits", "10"], "--inner-splits 10"),
+    (["--val", "none"], "--val next"),
+])
+def test_nested_refuses_before_writing(tmp_path, tiny_us8k, capsys, extra, message):
+    assert cli.main(nested_args(tmp_path, tiny_us8k, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "runs" / "n1").exists()
