@@ -17,6 +17,7 @@ from bench.prepare import Prepared, prepare
 from bench.runfolder import RunFolderError
 from bench.tune import TuneConfig, load_space
 from tests.conftest import fast_config
+from tests.test_kill_and_races import finish, kill_held, procs, start, trained  # noqa: F401 (procs: fixture)
 from tests.test_tune import SPACE, TINY, tune_args, write_space
 
 TUNE = TuneConfig(trials=3, prune_startup=5)  # no pruning: every trial trains every inner split
@@ -185,3 +186,26 @@ def test_nested_refuses_before_writing(tmp_path, tiny_us8k, capsys, extra, messa
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "runs" / "n1").exists()
+
+
+def test_nested_killed_in_an_outer_split_resumes_without_losing_finished_work(tmp_path, tiny_us8k_master,
+                                                                               procs):
+    """SIGKILL while outer split 2 trains (its inner study finished): the resume trains outer split 2
+    again and nothing else of the nested part: not outer split 1, not a trial of either study."""
+    args = nested_args(tmp_path, tiny_us8k_master)
+    # Inner trials train inner split 1 (seed + 1); outer split k trains with seed + k.
+    kill_held(tmp_path, start(procs, tmp_path, args, "first", FB_HOLD="epoch:2"))
+    run = tmp_path / "runs" / "n1"
+    assert (run / "splits" / "1" / "DONE").is_file() and not (run / "splits" / "2" / "DONE").exists()
+    rc, out, err = finish(start(procs, tmp_path, [*args, "--resume"], "resume"))
+    assert rc == 0, err[-3000:]
+    [resumed] = trained(tmp_path, "resume").values()
+    # outer split 2 once, then the non-nested part: 2 trials x inner split 1, and its kfold of splits 1, 2
+    assert sorted(resumed) == [1, 1, 1, 2, 2]
+    summary = json.loads((run / "nested.json").read_text())
+    assert [r["split"] for r in summary["outer"]] == [1, 2]
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("tiny").experiment_id], max_results=1000)
+    names = sorted(r.info.run_name for r in runs if r.info.run_name.startswith(("outer-", "split-2")))
+    assert names.count("outer-2") == 1  # reopened, not doubled
+    assert {r.info.status for r in runs} == {"FINISHED"}
