@@ -24,7 +24,7 @@ from protocols import Split
 from .config import RunConfig, flatten
 from .atomic import atomic_write_text
 from .prepare import Prepared, check_config, prepare
-from .runfolder import RunFolder, read_json
+from .runfolder import RunFolder, RunFolderError, read_json
 from .tracking import Tracker
 from .train import fit_split
 
@@ -152,6 +152,9 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     retrained: dict[int, str] = {}
     own_parent, status = parent_run is None, "FINISHED"
     with RunFolder.claim(cfg, resume) as folder:
+        if (folder.path / "search.json").exists():  # its splits were trained with other settings each
+            raise RunFolderError(f"--resume {folder.path}: a nested run; continue it with `nested "
+                                 f"--resume --name {folder.path.name}`")
         folder.write_plan(prepared.plan.table, prepared.plan.folds, prepared.plan_record(),
                           prepared.quarantine)
         if own_parent:

@@ -120,14 +120,15 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
     check_space(space, cfg)
     prepared = prepare(cfg, progress=progress)
     check_nested(cfg, prepared, inner_splits)
-    if tune.storage:
-        raise ConfigError("nested keeps each outer split's study in its own folder: leave --storage out")
     settings = _settings(cfg, tune, space, inner_splits)
     tracker = prepared.tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
     outer = prepared.chosen(cfg.splits)
     status = "FINISHED"
     with RunFolder.claim(cfg, resume) as folder:
         saved = read_json(folder.path / "search.json")
+        if resume and not saved and folder.done():
+            raise RunFolderError(f"--resume {folder.path}: a kfold run, not a nested one; continue it "
+                                 f"with `kfold --resume`, or give nested another --name")
         if saved and saved != settings:
             raise RunFolderError(f"--resume {folder.path}: the search settings differ from the saved "
                                  f"search.json ({saved} -> {settings}); resume with the same ones")

@@ -209,3 +209,19 @@ def test_nested_killed_in_an_outer_split_resumes_without_losing_finished_work(tm
     names = sorted(r.info.run_name for r in runs if r.info.run_name.startswith(("outer-", "split-2")))
     assert names.count("outer-2") == 1  # reopened, not doubled
     assert {r.info.status for r in runs} == {"FINISHED"}
+
+
+def test_kfold_and_nested_do_not_resume_each_other(nested_run, tiny_us8k_master, tmp_path, capsys):
+    kfold = [a for a in nested_args(nested_run, tiny_us8k_master) if a not in ("--inner-splits", "1")]
+    kfold = kfold[:kfold.index("--space")] + kfold[kfold.index("--space") + 2:]
+    kfold[0] = "kfold"
+    kfold = [a for i, a in enumerate(kfold) if not (a == "--trials" or (i and kfold[i - 1] == "--trials"))]
+    assert cli.main([*kfold, "--resume"]) == 2
+    assert "a nested run" in capsys.readouterr().err
+    # a finished kfold run is not continued as a nested one
+    plain = [*kfold[:kfold.index("--name")], "--name", "k1", "--splits", "1", "--no-mlflow"]
+    assert cli.main(plain) == 0
+    args = nested_args(nested_run, tiny_us8k_master)
+    args[args.index("n1")] = "k1"
+    assert cli.main([*args, "--splits", "1", "--resume"]) == 2
+    assert "a kfold run, not a nested one" in capsys.readouterr().err
