@@ -63,7 +63,7 @@ class SplitJob:
     @property
     def params(self) -> dict:
         s = self.split
-        return {"split": s.index, "test_fold": s.test_fold, "val_fold": s.val_fold}
+        return {"split": s.index, "repeat": s.repeat, "test_fold": s.test_fold, "val_fold": s.val_fold}
 
     @property
     def run_name(self) -> str:
@@ -82,11 +82,12 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
             tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch)
 
         bank, start = prepared.bank(cfg, progress), time.perf_counter()
+        seed = cfg.train.seed + split.index  # split numbers run on across repeats: a seed per repeat
         result = fit_split(bank, prepared.labels, keep[split.train],
                            keep[split.val] if len(split.val) else None,
                            keep[split.test] if job.score_test else None, len(classes), cfg,
-                           seed=cfg.train.seed + split.index, on_epoch=on_epoch, progress=progress)
-        info = {**job.params, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
+                           seed=seed, on_epoch=on_epoch, progress=progress)
+        info = {**job.params, "train_seed": seed, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
                 "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
                 "n_test": len(split.test), "fit_seconds": round(time.perf_counter() - start, 2)}
         predictions = confusion = None
@@ -151,7 +152,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     retrained: dict[int, str] = {}
     own_parent, status = parent_run is None, "FINISHED"
     with RunFolder.claim(cfg, resume) as folder:
-        folder.write_plan(prepared.plan.table, prepared.plan.folds, prepared.plan_record(),
+        folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
         if own_parent:
             parent_run = _parent_run(cfg, prepared, folder, tracker, resume)
