@@ -202,7 +202,7 @@ def _report(folder: RunFolder, tracker: Tracker, parent_run: str | None) -> dict
     scores = build_report(folder.path)
     tracker.log_metrics(parent_run, {k: scores.get(k) for k in
                                      ("acc_mean", "acc_std", "macro_f1_mean", "acc_ci95_low",
-                                      "acc_ci95_high")})
+                                      "acc_ci95_high", "acc_repeat_std")})  # the last: repeats only
     tracker.log_files(parent_run, sorted(p for p in folder.path.iterdir() if p.is_file()
                                          and p.suffix in (".md", ".png", ".csv", ".json", ".yaml")
                                          and p.name != "mlflow.json"))
