@@ -118,6 +118,20 @@ def test_fixed_folds_are_kept_and_only_the_split_numbers_run_on():
         assert a.test_fold == b.test_fold and np.array_equal(a.test, b.test) and a.index + 4 == b.index
 
 
+def test_fixed_lists_repeat_their_one_split():
+    from torchaudio.datasets import gtzan as ta_gtzan
+    genres = list(ta_gtzan.gtzan_genres)
+    rows = [(f"{g}/{g}.{i:05d}.wav", k, g) for k, g in enumerate(genres) for i in range(100)]
+    t = pd.DataFrame(rows, columns=["clip", "label", "class"]).assign(path=lambda d: d["clip"], group=None)
+    ds = Dataset("gtzan", Path("/nonexistent"), t, genres, "stratified")
+    plan = plan_for(ds, **{"protocol.name": "gtzan-filtered", "protocol.repeats": 3})
+    assert plan.repeats_vary == "seed" and len(plan.left_out) == 70
+    assert [(s.index, s.repeat, s.test_fold) for s in plan.splits] == [(1, 1, 1), (2, 2, 1), (3, 3, 1)]
+    assert all(np.array_equal(s.test, plan.splits[0].test) and np.array_equal(s.train, plan.splits[0].train)
+               for s in plan.splits)
+    assert plan.warnings == plan_for(ds, **{"protocol.name": "gtzan-filtered"}).warnings  # said once
+
+
 def test_copies_across_folds_in_a_later_repeat_are_found():
     table = dataset().table.head(4)
     hashes = ["h1", "h1", "h2", "h3"]
