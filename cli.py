@@ -86,7 +86,7 @@ FLAG_FIELDS = {  # flag -> config field it sets
     "protocol": "protocol.name", "val": "protocol.val", "folds": "protocol.folds",
     "group_regex": "dataset.group_regex", "groups_csv": "dataset.groups_csv", "splits": "splits", "model": "model.name",
     "epochs": "train.epochs", "batch_size": "train.batch_size", "device": "train.device",
-    "seed": "train.seed", "train_threads": "train.threads", "name": "name", "runs_dir": "runs_dir", "cache_dir": "cache_dir",
+    "seed": "train.seed", "train_threads": "train.threads", "protocol_repeats": "protocol.repeats", "name": "name", "runs_dir": "runs_dir", "cache_dir": "cache_dir",
     "tracking_uri": "tracking.tracking_uri", "experiment": "tracking.experiment",
 }
 
@@ -304,6 +304,11 @@ def make_parser() -> argparse.ArgumentParser:
                     "on the rest), save per-clip predictions, and build the report.",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_options(kfold)
+    kfold.add_argument_group("repeated cross-validation").add_argument(
+        "--repeats", type=int, dest="protocol_repeats", metavar="R",
+        help="R fold plans in one run (default: 1): stratified/random reshuffle the folds, repeat r "
+             "with protocol seed + r - 1; predefined folds and fixed lists keep their folds and vary "
+             "the training seed only. Split (r-1)*n + k is repeat r, fold k")
     kfold.set_defaults(func=cmd_kfold)
     add_datasets_command(sub)
     compare = sub.add_parser(

@@ -171,14 +171,20 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
     try:
         plan = make_plan(cfg, dataset, ok, scan["hash"].to_numpy())
         protocol, table, folds, dups = repr(plan.protocol), plan.table, plan.folds, plan.duplicates
+        if plan.repeats > 1:
+            protocol += (f", {plan.repeats} repeats (vary: "
+                         f"{'fold assignment' if plan.repeats_vary == 'folds' else 'training seed only'})")
         counts = pd.crosstab(table["class"], pd.Series(folds, name="fold")).reindex(dataset.classes,
                                                                                    fill_value=0)
         if plan.left_out:
             findings.append(Finding("info", "left-out", f"protocol {name} leaves out {len(plan.left_out)} "
                                     f"clip(s) in none of its lists: {_examples(plan.left_out)}",
                                     plan.left_out[:20]))
-        for warning in check_groups(table, folds):
-            findings.append(Finding("error", "groups-cross-folds", warning))
+        shuffled = plan.repeat_folds if plan.protocol.reshufflable else [plan.folds]  # fixed: once
+        for r, repeat_folds in enumerate(shuffled, start=1):  # the table shows repeat 1's folds
+            for warning in check_groups(table, repeat_folds):
+                findings.append(Finding("error", "groups-cross-folds",
+                                        warning if r == 1 else f"repeat {r}: {warning}"))
     except (ProtocolError, DatasetError) as e:
         protocol, folds = name, None
         if str(e) != refused:

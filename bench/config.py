@@ -31,6 +31,10 @@ class ProtocolConfig:
     val: str = "next"  # "next": split k validates on fold k+1 mod n; "none": train on all other folds
     folds: int | None = None  # folds for generated protocols; None: the dataset's default (10, folder: 5)
     seed: int = 0  # seed of generated fold assignments (stratified, random)
+    # repeated CV: R fold plans in one run, split (r-1)*n + k = repeat r, fold k; a reshufflable
+    # protocol (stratified, random) draws repeat r with seed + r - 1 (repeat 1 = the plan of R=1);
+    # fixed folds (predefined, fixed lists) are kept, and only the training seed (seed + split) varies
+    repeats: int = 1
 
 
 @dataclass
@@ -285,6 +289,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     p, a, f, g, t = cfg.protocol, cfg.audio, cfg.features, cfg.augment, cfg.train
     _need(p.val in VALS, "protocol.val", p.val, f"must be one of {', '.join(VALS)}")
     _need(p.folds is None or p.folds >= 2, "protocol.folds", p.folds, "needs at least 2 folds")
+    _need(1 <= p.repeats <= 100, "protocol.repeats", p.repeats, "must be 1..100 (1: no repeats)")
     _need(1000 <= a.sample_rate <= 384000, "audio.sample_rate", a.sample_rate, "must be 1000..384000 Hz")
     _need(1 <= a.channels <= 8, "audio.channels", a.channels, "must be 1..8")
     _need(0 < a.duration <= 600, "audio.duration", a.duration, "must be > 0 and at most 600 seconds")

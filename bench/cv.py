@@ -64,7 +64,7 @@ class SplitJob:
     @property
     def params(self) -> dict:
         s = self.split
-        return {"split": s.index, "test_fold": s.test_fold, "val_fold": s.val_fold}
+        return {"split": s.index, "repeat": s.repeat, "test_fold": s.test_fold, "val_fold": s.val_fold}
 
     @property
     def run_name(self) -> str:
@@ -83,11 +83,13 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
             tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch)
 
         bank, start = prepared.bank(cfg, progress), time.perf_counter()
+        seed = cfg.train.seed + split.index  # split numbers run on across repeats: a seed per repeat
         result = fit_split(bank, prepared.labels, keep[split.train],
                            keep[split.val] if len(split.val) else None,
                            keep[split.test] if job.score_test else None, len(classes), cfg,
-                           seed=cfg.train.seed + split.index, on_epoch=on_epoch, progress=progress)
-        info = {**job.params, **job.notes, "best_epoch": result.best_epoch, "val_acc": result.val_acc,
+                           seed=seed, on_epoch=on_epoch, progress=progress)
+        info = {**job.params, **job.notes, "train_seed": seed, "best_epoch": result.best_epoch,
+                "val_acc": result.val_acc,
                 "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
                 "n_test": len(split.test), "fit_seconds": round(time.perf_counter() - start, 2)}
         predictions = confusion = None
@@ -155,7 +157,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         if (folder.path / "search.json").exists():  # its splits were trained with other settings each
             raise RunFolderError(f"--resume {folder.path}: a nested run; continue it with `nested "
                                  f"--resume --name {folder.path.name}`")
-        folder.write_plan(prepared.plan.table, prepared.plan.folds, prepared.plan_record(),
+        folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
         if own_parent:
             parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
@@ -206,7 +208,7 @@ def report(folder: RunFolder, tracker: Tracker, parent_run: str | None) -> dict:
     scores = build_report(folder.path)
     tracker.log_metrics(parent_run, {k: scores.get(k) for k in
                                      ("acc_mean", "acc_std", "macro_f1_mean", "acc_ci95_low",
-                                      "acc_ci95_high")})
+                                      "acc_ci95_high", "acc_repeat_std")})  # the last: repeats only
     tracker.log_files(parent_run, sorted(p for p in folder.path.iterdir() if p.is_file()
                                          and p.suffix in (".md", ".png", ".csv", ".json", ".yaml")
                                          and p.name != "mlflow.json"))

@@ -81,6 +81,9 @@ def check_nested(cfg: RunConfig, prepared: Prepared, inner_splits: int) -> None:
     if not plan.protocol.cross_validated:
         raise ConfigError(f"nested: protocol {plan.protocol.name} has one fixed split; nested CV needs "
                           f"folds (predefined, stratified)")
+    if plan.repeats > 1:
+        raise ConfigError("nested: --repeats is for kfold; nested CV of one fold plan already trains "
+                          "trials x folds models (run it again with --set protocol.seed=N for another plan)")
     n_folds = len(np.unique(plan.folds))
     if n_folds < 4:
         raise ConfigError(f"nested: {n_folds} folds leave {n_folds - 1} inside each outer split; "
@@ -132,7 +135,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
         if saved and saved != settings:
             raise RunFolderError(f"--resume {folder.path}: the search settings differ from the saved "
                                  f"search.json ({saved} -> {settings}); resume with the same ones")
-        folder.write_plan(prepared.plan.table, prepared.plan.folds, prepared.plan_record(),
+        folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
         atomic_write_text(folder.path / "search.json", json.dumps(settings, indent=1) + "\n")
         parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested")

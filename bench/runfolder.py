@@ -1,7 +1,8 @@
 """`RunFolder`: the one owner of `runs/<name>/`: claim, atomic writes, DONE with a digest, verified reads.
 
     runs/<name>/config.yaml                 the full effective config
-    runs/<name>/folds.csv, plan.json        the fold plan, written before any training
+    runs/<name>/folds.csv, plan.json        the fold plan, written before any training (repeated
+                                            CV: folds.csv's `fold` is repeat 1's, `fold_<r>` repeat r's)
     runs/<name>/quarantine.csv              files that could not be used, with the reason
     runs/<name>/splits/<k>/predictions.csv  one row per test clip (absent when tests are not scored)
     runs/<name>/splits/<k>/history.csv, split.json, confusion_counts.csv
@@ -23,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
@@ -34,6 +36,9 @@ RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "
 NOT_RESULT_KEYS = ("train.device", "train.threads")
 PLAN_KEYS = ("protocol", "leaky", "leak_reason", "splits")  # of plan.json, vouched for by each DONE
 SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts.csv")
+# Result settings added after runs were made: left out of `result_view` at these values (which is
+# what those runs did), so their resume checks and DONE digests still hold.
+LATER_DEFAULTS = {"protocol.repeats": 1}
 
 
 class RunFolderError(ValueError):
@@ -43,7 +48,8 @@ class RunFolderError(ValueError):
 def result_view(cfg: RunConfig) -> dict:
     """The flattened settings that decide results (what a resumed run or study must match)."""
     return {k: v for k, v in flatten(cfg).items()
-            if k.split(".")[0] in RESULT_KEYS and k not in NOT_RESULT_KEYS}
+            if k.split(".")[0] in RESULT_KEYS and k not in NOT_RESULT_KEYS
+            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
 
 
 def default_name(cfg: RunConfig) -> str:
@@ -68,6 +74,21 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
+
+
+def fold_column(repeat: int) -> str:
+    """folds.csv's column of repeat `repeat`'s fold ids: `fold` (repeat 1, as before repeats), `fold_<r>`."""
+    return "fold" if repeat == 1 else f"fold_{repeat}"
+
+
+def _plan_view(plan: dict) -> dict:
+    """What of plan.json a DONE vouches for; a split's `repeat` of 1 is left out, as plan.json had
+    no repeats before repeated CV (so the digests of those runs still hold)."""
+    view = {k: plan.get(k) for k in PLAN_KEYS}
+    if isinstance(view["splits"], list):
+        view["splits"] = [{k: v for k, v in s.items() if not (k == "repeat" and v == 1)}
+                          if isinstance(s, dict) else s for s in view["splits"]]
+    return view
 
 
 def _sha(path: Path) -> str:
@@ -169,8 +190,12 @@ class RunFolder:
 
     def write_plan(self, table: pd.DataFrame, folds, plan: dict, quarantine: pd.DataFrame) -> None:
         """folds.csv, plan.json and quarantine.csv, before any training; a resumed run must see the
-        same clips, labels, folds and dataset fingerprint its finished splits saw."""
-        fresh = table[["clip", "path", "label", "class"]].assign(fold=folds, group=table.get("group"))
+        same clips, labels, folds and dataset fingerprint its finished splits saw. `folds`: the fold
+        ids, or a list of them, one per repeat (columns fold, then fold_2, ... after group)."""
+        repeats = [folds] if isinstance(folds, np.ndarray) else list(folds)
+        fresh = table[["clip", "path", "label", "class"]].assign(fold=repeats[0], group=table.get("group"))
+        for r, more in enumerate(repeats[1:], start=2):
+            fresh[fold_column(r)] = more
         path = self.path / "folds.csv"
         if path.exists():
             old_plan = read_json(self.path / "plan.json")
@@ -178,7 +203,7 @@ class RunFolder:
                 raise RunFolderError(f"--resume {self.path}: the dataset changed since this run started "
                                      f"(a file, a label or the clip list differs); start a new run")
             old = pd.read_csv(path, dtype={"clip": str})
-            for col in ("clip", "label", "fold"):
+            for col in ("clip", "label", *(fold_column(r) for r in range(1, len(repeats) + 1))):
                 if col not in old or old[col].tolist() != fresh[col].tolist():
                     raise RunFolderError(f"--resume {path}: the fold plan's {col} column changed since "
                                          f"this run started; start a new run")
@@ -192,8 +217,7 @@ class RunFolder:
         (folds.csv, and what plan.json says of the protocol, its leakage and its splits)."""
         cfg = load_yaml(self.path / "config.yaml")
         plan = read_json(self.path / "plan.json")
-        text = json.dumps([result_view(cfg), {k: plan.get(k) for k in PLAN_KEYS}], sort_keys=True,
-                          default=str)
+        text = json.dumps([result_view(cfg), _plan_view(plan)], sort_keys=True, default=str)
         return hashlib.sha256(text.encode() + _sha(self.path / "folds.csv").encode()).hexdigest()
 
     def planned(self) -> list[int]:
@@ -270,14 +294,19 @@ class RunFolder:
         info = self.read_split_info(index)
         pred = pd.read_csv(self.split_dir(index) / "predictions.csv", dtype={"clip": str})
         plan = pd.read_csv(self.path / "folds.csv", dtype={"clip": str})
-        test = plan[plan["fold"] == info.get("test_fold")]
+        repeat = info.get("repeat", 1)
+        column = fold_column(repeat) if isinstance(repeat, int) else None
+        if column not in plan.columns:
+            return f"its repeat {repeat!r} has no fold column in folds.csv"
+        test = plan[plan[column] == info.get("test_fold")]
         if not {"clip", "label", "pred", "fold"} <= set(pred.columns):
             return "predictions.csv lacks the clip, fold, label or pred column"
         if pred["clip"].duplicated().any():
             return "predictions.csv lists a clip twice"
         if sorted(pred["clip"]) != sorted(test["clip"]):
+            where = "" if repeat == 1 else f" of repeat {repeat}"
             return (f"predictions.csv holds {len(pred)} clips, not the {len(test)} of test fold "
-                    f"{info.get('test_fold')} in folds.csv")
+                    f"{info.get('test_fold')}{where} in folds.csv")
         labels = dict(zip(test["clip"], test["label"]))
         if any(labels[c] != lab for c, lab in zip(pred["clip"], pred["label"])):
             return "predictions.csv gives clips other labels than folds.csv"

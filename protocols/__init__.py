@@ -2,7 +2,7 @@
 
 Registry: `PROTOCOLS` (a dict filled by `@register_protocol`), `create_protocol(name, **kw)`,
 `list_protocols()`. Every protocol subclasses `Protocol` (`base.py`: the split scheme, the
-defaults of `leaky`, `leak_reason`, `cross_validated`, `group_disjoint`, and a `repr` that shows
+defaults of `leaky`, `leak_reason`, `cross_validated`, `group_disjoint`, `reshufflable`, and a `repr` that shows
 the config); `predefined.py`, `stratified.py` and `holdout.py` register theirs on import.
 """
 from __future__ import annotations

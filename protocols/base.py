@@ -7,7 +7,7 @@ order) and trains on the rest; with `val="none"` it trains on every other fold. 
 fixed lists (`holdout.py`) overrides `splits` (one split) and may give fold id 0 to clips it
 leaves out. What a protocol promises is said by class attributes with defaults here, as in
 scikit-learn's splitters the parameters of `__init__` are kept under their own names, and `repr`
-shows them.
+shows them. A `reshufflable` protocol takes a `seed`: repeated CV draws repeat r with seed + r - 1.
 """
 from __future__ import annotations
 
@@ -33,6 +33,7 @@ class Split:
     train: np.ndarray  # row positions in the manifest
     val: np.ndarray
     test: np.ndarray
+    repeat: int = 1  # repeated CV: which repeat (1..R); split numbers run on across repeats
 
 
 def make_splits(folds: np.ndarray, val: str = "next") -> list[Split]:
@@ -60,6 +61,8 @@ class Protocol:
     leak_reason: str | None = None  # why, for the report
     cross_validated: bool = True  # False: one split, each clip in exactly one part
     group_disjoint: bool = False  # True: no group (speaker, source) in two folds
+    reshufflable: bool = False  # True: another seed gives another fold assignment (repeated CV
+    #   reseeds it per repeat); False: the folds are fixed (predefined, fixed lists)
 
     def assign(self, table: pd.DataFrame) -> np.ndarray:
         raise NotImplementedError

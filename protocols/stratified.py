@@ -38,6 +38,8 @@ def _fold_ids(splitter, table: pd.DataFrame, groups=None) -> np.ndarray:
 
 
 class _Seeded(Protocol):
+    reshufflable = True  # a seed: repeated CV draws another fold assignment per repeat
+
     def __init__(self, n_folds: int = 10, seed: int = 0):
         if n_folds < 2:
             raise ProtocolError(f"n_folds must be at least 2, got {n_folds}")

@@ -1,7 +1,8 @@
 """Scores from saved predictions: per-split accuracy and macro F1, their mean/std/CI, per-class scores.
 
 Everything here reads `<run>/splits/<k>/predictions.csv` of the finished splits (those with DONE)
-and nothing else: reports never depend on the model or the training code.
+and nothing else: reports never depend on the model or the training code. Repeated CV: every
+split carries its repeat (split.json), scores are per split, pooled over all splits, and per repeat.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from scipy import stats
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from bench.runfolder import RunFolder, RunFolderError
-from reports.files import split_file
+from reports.files import read_split_json, split_file
 
 PROB_PREFIX = "prob_"
 REQUIRED_COLUMNS = ["clip", "fold", "label", "pred"]
@@ -33,11 +34,12 @@ def _read_split(run_dir, k: int) -> pd.DataFrame:
     if missing or not class_names(df):
         raise ValueError(f"{path}: missing columns {missing or ['prob_<class>...']}")
     df.insert(0, "split", k)
+    df.insert(1, "repeat", int(read_split_json(run_dir, k).get("repeat", 1)))  # DONE vouches for it
     return df
 
 
 def _check(pred: pd.DataFrame) -> None:
-    """Labels and predictions are class ids in range; every clip is tested once."""
+    """Labels and predictions are class ids in range; every clip is tested once (once per repeat)."""
     n_classes = len(class_names(pred))
     for col in ("label", "pred"):
         values = pred[col]
@@ -45,14 +47,16 @@ def _check(pred: pd.DataFrame) -> None:
             raise RunFolderError(f"predictions: column {col!r} has values outside class ids 0..{n_classes - 1}")
         if not np.all(values == values.round()):
             raise RunFolderError(f"predictions: column {col!r} holds non-integer class ids")
-    dup = pred.loc[pred["clip"].duplicated(keep=False), ["split", "clip"]]
+    keys = ["repeat", "clip"] if "repeat" in pred.columns else ["clip"]
+    dup = pred.loc[pred.duplicated(keys, keep=False), ["split", "clip"]]
     if len(dup):
         pairs = ", ".join(f"{c} (split {k})" for k, c in zip(dup["split"].head(6), dup["clip"].head(6)))
-        raise RunFolderError(f"clips tested more than once: {pairs}; the run's splits overlap")
+        once = " in one repeat" if "repeat" in pred.columns and pred["repeat"].nunique() > 1 else ""
+        raise RunFolderError(f"clips tested more than once{once}: {pairs}; the run's splits overlap")
 
 
 def load_predictions(run_dir) -> pd.DataFrame:
-    """All finished splits' predictions concatenated, with a leading `split` column."""
+    """All finished splits' predictions concatenated, with leading `split` and `repeat` columns."""
     splits = RunFolder(run_dir).verified()  # each DONE split checked against its digest and folds.csv
     if not splits:
         raise FileNotFoundError(f"{run_dir}: no finished splits (no splits/<k>/DONE)")
@@ -68,8 +72,12 @@ def load_predictions(run_dir) -> pd.DataFrame:
     return pred
 
 
+FOLD_COLUMNS = ["split", "repeat", "test_fold", "n", "accuracy", "macro_f1"]
+
+
 def fold_scores(pred_df: pd.DataFrame) -> pd.DataFrame:
-    """One row per split: split, test_fold, n, accuracy, macro_f1.
+    """One row per split: split, repeat, test_fold, n, accuracy, macro_f1 (keyed by split: with
+    repeats, one test fold number is tested once per repeat; `repeat` is 1 without a column).
 
     Macro F1 averages over the classes present in that split's labels or predictions (sklearn's
     default), so a class absent from a test fold and never predicted there does not count as 0.
@@ -81,12 +89,13 @@ def fold_scores(pred_df: pd.DataFrame) -> pd.DataFrame:
             raise ValueError(f"split {k}: predictions span test folds {sorted(folds)}")
         rows.append({
             "split": int(k),
+            "repeat": int(df["repeat"].iloc[0]) if "repeat" in df.columns else 1,
             "test_fold": int(folds[0]),
             "n": len(df),
             "accuracy": float((df["label"] == df["pred"]).mean()),
             "macro_f1": float(f1_score(df["label"], df["pred"], average="macro", zero_division=0)),
         })
-    return pd.DataFrame(rows, columns=["split", "test_fold", "n", "accuracy", "macro_f1"])
+    return pd.DataFrame(rows, columns=FOLD_COLUMNS)
 
 
 def _mean_std(values: np.ndarray) -> tuple[float, float]:
@@ -111,6 +120,25 @@ def summary(fold_df: pd.DataFrame) -> dict:
         "macro_f1_std": f1_std,
         "n_splits": n,
     }
+
+
+def repeat_scores(fold_df: pd.DataFrame) -> pd.DataFrame:
+    """One row per repeat: repeat, splits, acc_mean, acc_std, macro_f1_mean (over its splits)."""
+    rows = []
+    for r, df in fold_df.groupby("repeat", sort=True):
+        acc_mean, acc_std = _mean_std(df["accuracy"].to_numpy(dtype=float))
+        rows.append({"repeat": int(r), "splits": len(df), "acc_mean": acc_mean, "acc_std": acc_std,
+                     "macro_f1_mean": float(df["macro_f1"].mean())})
+    return pd.DataFrame(rows, columns=["repeat", "splits", "acc_mean", "acc_std", "macro_f1_mean"])
+
+
+def repeat_summary(fold_df: pd.DataFrame) -> dict:
+    """Per-repeat mean accuracies and the sample std of those means (how much the estimate moves
+    from one fold assignment, or training seed, to the next); the pooled figures are `summary`'s."""
+    rep = repeat_scores(fold_df)
+    means = rep["acc_mean"].to_numpy(dtype=float)
+    return {"repeats_scored": len(rep), "acc_repeat_means": [float(m) for m in means],
+            "acc_repeat_std": _mean_std(means)[1]}
 
 
 def per_class(pred_df: pd.DataFrame) -> pd.DataFrame:

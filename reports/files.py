@@ -3,12 +3,12 @@
 The layout read here (written by the training code):
 
     <run>/config.yaml                     effective config (only `name` and the dataset name are read)
-    <run>/folds.csv                       clip,path,label,class,fold,group
+    <run>/folds.csv                       clip,path,label,class,fold,group (repeats: fold_2, ...)
     <run>/plan.json                       protocol, leaky, splits, warnings, notes (may be absent)
     <run>/quarantine.csv                  clip,reason (may be absent or empty)
     <run>/splits/<k>/predictions.csv      clip,fold,label,pred,prob_<class>...
     <run>/splits/<k>/history.csv          epoch,train_loss,val_acc,lr
-    <run>/splits/<k>/split.json           split, test_fold, val_fold, best_epoch, ...
+    <run>/splits/<k>/split.json           split, repeat, test_fold, val_fold, train_seed, best_epoch, ...
     <run>/splits/<k>/DONE                 marker: only splits with it count
 """
 from __future__ import annotations

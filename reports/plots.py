@@ -84,8 +84,11 @@ def plot_fold_scores(fold_df: pd.DataFrame, path) -> None:
     if n:
         ax.axhline(acc.mean(), color="tab:red", ls="--", lw=1.5)
         title += f" (dashed: mean {acc.mean():.3f})"
-    ax.set_xticks(x, [f"{int(f)}" for f in fold_df["test_fold"]])
-    ax.set(xlabel="test fold", ylabel="accuracy", ylim=(0, 1.08), title=title)
+    repeated = "repeat" in fold_df.columns and fold_df["repeat"].nunique() > 1
+    ax.set_xticks(x, [f"{int(r)}.{int(f)}" if repeated else f"{int(f)}"
+                      for r, f in zip(fold_df.get("repeat", fold_df["test_fold"]), fold_df["test_fold"])])
+    ax.set(xlabel="repeat.test fold" if repeated else "test fold", ylabel="accuracy", ylim=(0, 1.08),
+           title=title)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     save_png(fig, path)

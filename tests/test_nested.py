@@ -225,3 +225,9 @@ def test_kfold_and_nested_do_not_resume_each_other(nested_run, tiny_us8k_master,
     args[args.index("n1")] = "k1"
     assert cli.main([*args, "--splits", "1", "--resume"]) == 2
     assert "a kfold run, not a nested one" in capsys.readouterr().err
+
+
+def test_nested_refuses_repeats(tmp_path, tiny_us8k, capsys):
+    assert cli.main(nested_args(tmp_path, tiny_us8k, "--set", "protocol.repeats=2")) == 2
+    assert "--repeats is for kfold" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "n1").exists()
