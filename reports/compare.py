@@ -71,7 +71,7 @@ def _fold_key(path: Path) -> pd.DataFrame | None:
         return None
     df = pd.read_csv(path, dtype={"clip": str})
     cols = ["clip"] + sorted(c for c in df.columns if c.startswith(("fold", "repeat")))
-    return df[cols + (["label"] if "label" in df else [])].sort_values(cols).reset_index(drop=True)
+    return df[cols + ["label"] * ("label" in df)].sort_values(cols).reset_index(drop=True)
 
 
 def load_run(run_dir) -> Run:
@@ -117,11 +117,10 @@ def _pairing(best: Run, run: Run) -> tuple[list[int], str | None]:
         return [], reason
     if best.folds is None or run.folds is None:
         return [], "a run folder has no folds.csv, so its folds cannot be checked"
-    key = [c for c in best.folds.columns if c != "label"]
-    if "label" in best.folds and "label" in run.folds and best.folds["clip"].equals(run.folds["clip"]) \
-            and not best.folds["label"].equals(run.folds["label"]):
-        return [], f"not the same data as {best.label} (folds.csv gives clips other labels)"
-    if list(run.folds.columns.drop("label", errors="ignore")) != key or not best.folds[key].equals(run.folds[key]):
+    b, r = best.folds, run.folds
+    if not b.equals(r):
+        if "label" in b and "label" in r and b["clip"].equals(r["clip"]) and not b["label"].equals(r["label"]):
+            return [], f"not the same data as {best.label} (folds.csv gives clips other labels)"
         return [], (f"other folds than {best.label} (folds.csv's clip and fold columns differ; protocol "
                     f"{run.plan.get('protocol', '?')} vs {best.plan.get('protocol', '?')})")
     common = sorted(set(best.info) & set(run.info))
@@ -249,14 +248,16 @@ def notes(result: dict) -> list[str]:
             out.append(f"{name}: {n}.")
         if v["mcnemar"] is None and v["mcnemar_reason"]:
             out.append(f"{name}: no McNemar test: {v['mcnemar_reason']}.")
-        if v["ratio_test_train"] is not None:
-            out.append(f"{name}: n_test/n_train = {v['ratio_test_train']:.4f} in the correction.")
         if row["leaky"] != best["leaky"] and row["dataset"] == best["dataset"]:
             leaky, honest = (row, best) if row["leaky"] else (best, row)
             gap = leaky["acc_mean"] - honest["acc_mean"]
             out.append(f"The leaky protocol ({leaky['run']}) scores {gap:+.3f} against the honest one "
                        f"({honest['run']}) on the same data"
                        + (": what leakage is worth here." if gap > 0 else "; no leakage shows here."))
+    ratios = sorted({round(r["vs_best"]["ratio_test_train"], 4) for r in result["runs"][1:]
+                     if r["vs_best"]["ratio_test_train"] is not None})
+    if ratios:
+        out.append(f"n_test/n_train in the correction (split.json): {', '.join(map(str, ratios))}.")
     for row in result["runs"]:
         if row["missing_splits"]:
             out.append(f"{row['run']} is incomplete: split(s) {', '.join(map(str, row['missing_splits']))} "

@@ -96,7 +96,7 @@ def plot_comparison(result: dict, path) -> None:
     lines join a split across the runs paired with the best (same folds; dotted where they pass a run
     that is not); hollow markers: a run not paired with it (other folds or data); a black bar: the run's mean; dashed: chance (1 / classes)."""
     runs = result["runs"]
-    fig, ax = plt.subplots(figsize=(max(5.0, 1.3 * len(runs) + 2), 4.5))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(runs) + 2), 4.8))
     paired = [i for i, r in enumerate(runs) if i == 0 or r["vs_best"]["paired"]]
     by_split: dict[int, list[tuple[int, float]]] = {}
     for i in paired:
@@ -118,7 +118,7 @@ def plot_comparison(result: dict, path) -> None:
         ax.legend(loc="lower left", fontsize=8)
     ax.set_xticks(range(len(runs)), [f"{r['rank']}. {r['run']}" + (" (LEAKY)" if r["leaky"] else "")
                                      for r in runs], rotation=20 if len(runs) > 3 else 0, ha="right" if len(runs) > 3 else "center")
-    title = "test accuracy per split, best first (bar: mean; grey lines: one split across runs)"
+    title = "test accuracy per split, best first\n(bar: mean; grey lines join one split across runs)"
     if len(paired) < len(runs):
         title += "\nhollow: not paired with the best (other folds or data)"
     ax.set(ylabel="accuracy", ylim=(0, 1.05), xlim=(-0.5, len(runs) - 0.5), title=title)
