@@ -148,6 +148,12 @@ def test_refusals(tmp_path, capsys):
     # ... but beside two readable runs it is left out with a note
     r = compare_runs(a, b, tmp_path / "empty")
     assert len(r["runs"]) == 2 and "no finished splits" in render_comparison(r)
+    bad_store = f"sqlite:///{tmp_path / 'no-such-folder' / 'mlflow.db'}"
+    assert main(["compare", str(a), str(b), "--out", "cmp", "--runs-dir", str(tmp_path / "runs"),
+                 "--tracking-uri", bad_store]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: MLflow store") and err.count("\n") == 1
+    assert not (tmp_path / "runs" / "cmp").exists()  # the store is checked before anything is written
     (tmp_path / "runs" / "taken").mkdir()
     (tmp_path / "runs" / "taken" / "x").write_text("")
     assert main(["compare", str(a), str(b), "--out", "taken", *out]) == 2
