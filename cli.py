@@ -4,7 +4,7 @@
   python cli.py kfold --dataset us8k --root ~/data/UrbanSound8K --epochs 30
   python cli.py kfold --dataset folder --root ~/data/my_sounds --group-regex '^(?P<group>[a-z]+)_'
   python cli.py datasets check --dataset gtzan --root ~/data/gtzan
-  python cli.py compare runs/us8k-random runs/us8k-honest
+  python cli.py compare runs/us8k-random runs/us8k-honest runs/us8k-tuned
   python cli.py tune --dataset demo --trials 8
 """
 from __future__ import annotations
@@ -144,9 +144,15 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from reports.compare import compare_runs, render_comparison
-    result = compare_runs(args.run_a, args.run_b)
-    print(json.dumps(result, indent=1) if args.json else render_comparison(result))
+    from bench.tracking import Tracker
+    from reports.compare import to_json, compare_runs, output_folder, render_comparison, save_comparison
+    cfg = build_config(args)  # --tracking-uri, --experiment, --no-mlflow, --runs-dir as for kfold
+    folder = output_folder(args.out, cfg.runs_dir)
+    result = compare_runs(*args.runs, rope=args.rope)
+    tracker = Tracker(cfg.tracking, experiment=result["experiment"])  # the store answers before any write
+    save_comparison(result, folder, tracker)
+    print(json.dumps(to_json(result), indent=1) if args.json else
+          render_comparison(result) + f"\nwritten: {folder}/compare.md (also .csv, .json, .png)")
     return 0
 
 
@@ -312,12 +318,26 @@ def make_parser() -> argparse.ArgumentParser:
     kfold.set_defaults(func=cmd_kfold)
     add_datasets_command(sub)
     compare = sub.add_parser(
-        "compare", help="two runs over the same data side by side (a leaky run beside an honest one)",
-        description="Difference of mean accuracy (A - B), paired per clip, and per fold when both runs "
-                    "used the same folds. Built from the run folders' saved predictions.")
-    compare.add_argument("run_a", help="run folder A, e.g. runs/us8k-random")
-    compare.add_argument("run_b", help="run folder B, e.g. runs/us8k-honest")
-    compare.add_argument("--json", action="store_true", help="machine-readable output")
+        "compare", help="two or more runs in one table, best first, each tested against the best",
+        description="Accuracy mean ± std and 95 % interval per run, best first; each run against the "
+                    "best: the Nadeau-Bengio corrected t-test and the Bayesian correlated t-test "
+                    "(P(better/equivalent/worse) within --rope) over the splits both finished when the "
+                    "runs share their data and folds, McNemar's exact test per clip when they tested "
+                    "the same clips. Written to --out as compare.csv/.md/.json/.png and logged to "
+                    "MLflow (tag kind=comparison). Built from the run folders' saved predictions.",
+        epilog="  python cli.py compare runs/demo-seed runs/demo-strong runs/demo-vit\n"
+               "  python cli.py compare runs/demo-random runs/demo-honest --out demo-leak --no-mlflow",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    compare.add_argument("runs", nargs="+", metavar="RUN", help="run folders, e.g. runs/us8k-a runs/us8k-b")
+    compare.add_argument("--rope", type=float, default=0.01,
+                         help="region of practical equivalence, in accuracy (default: 0.01, one point)")
+    compare.add_argument("--out", metavar="DIR", help="folder for the outputs, inside --runs-dir; a bare "
+                                                      "name goes there (default: runs/compare-<timestamp>)")
+    compare.add_argument("--runs-dir", help="where the comparison folder goes (default: runs)")
+    compare.add_argument("--json", action="store_true", help="print the result as JSON")
+    compare.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
+    compare.add_argument("--experiment", help="MLflow experiment (default: the best run's dataset name)")
+    compare.add_argument("--no-mlflow", action="store_true", help="write the comparison folder only")
     compare.set_defaults(func=cmd_compare)
     speed = sub.add_parser(
         "speed", help="measure every stage's throughput on this machine, beside the targets",

@@ -6,15 +6,13 @@ split carries its repeat (split.json), scores are per split, pooled over all spl
 """
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
-from scipy import stats
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
 from bench.runfolder import RunFolder, RunFolderError
 from reports.files import read_split_json, split_file
+from reports.stats import t_interval
 
 PROB_PREFIX = "prob_"
 REQUIRED_COLUMNS = ["clip", "fold", "label", "pred"]
@@ -108,14 +106,15 @@ def summary(fold_df: pd.DataFrame) -> dict:
     n = len(fold_df)
     if n == 0:
         raise ValueError("summary of zero splits")
-    acc_mean, acc_std = _mean_std(fold_df["accuracy"].to_numpy(dtype=float))
+    acc = fold_df["accuracy"].to_numpy(dtype=float)
+    acc_mean, acc_std = _mean_std(acc)
     f1_mean, f1_std = _mean_std(fold_df["macro_f1"].to_numpy(dtype=float))
-    half = float(stats.t.ppf(0.975, n - 1)) * acc_std / math.sqrt(n) if n > 1 else 0.0
+    low, high = t_interval(acc)
     return {
         "acc_mean": acc_mean,
         "acc_std": acc_std,
-        "acc_ci95_low": acc_mean - half,
-        "acc_ci95_high": acc_mean + half,
+        "acc_ci95_low": low,
+        "acc_ci95_high": high,
         "macro_f1_mean": f1_mean,
         "macro_f1_std": f1_std,
         "n_splits": n,
