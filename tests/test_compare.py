@@ -27,7 +27,11 @@ def write_run(run, right, dataset="toy", plan=None, info=None, labels=None):
     df = pd.DataFrame(CLIPS, columns=["clip", "fold", "label"])
     df["label"] = [(labels or {}).get(c, y) for c, _, y in CLIPS]
     df["pred"] = [y if c in right else 1 - y for c, y in zip(df["clip"], df["label"])]
-    df[["clip", "fold", "label"]].to_csv(run / "folds.csv", index=False)
+    repeats = max([1] + [i.get("repeat", 1) for i in (info or {}).values()])
+    for r in range(2, repeats + 1):  # a repeat's fold column (here the same assignment again)
+        df[f"fold_{r}"] = df["fold"]
+    df[["clip", "fold", "label", *(f"fold_{r}" for r in range(2, repeats + 1))]].to_csv(
+        run / "folds.csv", index=False)
     (run / "plan.json").write_text(json.dumps(plan or {"protocol": "Toy(n_folds=3)", "leaky": False}))
     for k, part in df.groupby("fold"):
         d = run / "splits" / str(k)
@@ -127,7 +131,8 @@ def test_repeats_are_read_from_split_json(tmp_path):
     r = compare_runs(a, b)
     assert r["runs"][0]["repeats"] == 2 and r["runs"][1]["repeats"] == 1  # absent means repeat 1
     assert "| 3 (2 repeats) |" in render_comparison(r)
-    assert "split 3 has another repeat" in r["runs"][1]["vs_best"]["reason"]
+    assert not r["runs"][1]["vs_best"]["paired"]  # a repeated plan is another fold assignment
+    assert "other folds" in r["runs"][1]["vs_best"]["reason"]
 
 
 def test_refusals(tmp_path, capsys):
