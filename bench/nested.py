@@ -42,8 +42,8 @@ from .cv import SplitJob, open_parent_run, report, run_cv, run_split
 from .prepare import Prepared, prepare
 from .runfolder import RunFolder, RunFolderError, read_json
 from .tracking import Tracker
-from .tune import (TuneConfig, best_config, best_trial, check_space, check_validation, load_space,
-                   search)
+from .tune import (TuneConfig, best_config, best_trial, check_space, check_tune, check_validation,
+                   load_space, search)
 
 
 @dataclass
@@ -118,6 +118,7 @@ def _settings(cfg: RunConfig, tune: TuneConfig, space: dict, inner_splits: int) 
 def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resume: bool = False,
                non_nested: bool = True, progress: bool = True) -> NestedResult:
     """Nested CV of `cfg` + search space into `runs_dir/name`; the non-nested estimate beside it."""
+    check_tune(tune)
     check_validation(cfg)
     space = load_space(tune.space)
     check_space(space, cfg)
@@ -129,16 +130,26 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
     status = "FINISHED"
     with RunFolder.claim(cfg, resume) as folder:
         saved = read_json(folder.path / "search.json")
-        if resume and not saved and folder.done():
+        # What each finished outer split was selected with (its DONE vouches for split.json; search.json
+        # is only the latest invocation's): a resume must match it, or the estimate mixes budgets.
+        selected = {k: folder.read_split_info(k).get("search") for k in folder.done()
+                    if folder.problem(k) is None} if resume else {}
+        if resume and not saved and not (folder.path / "inner").is_dir() and folder.done():
             raise RunFolderError(f"--resume {folder.path}: a kfold run, not a nested one; continue it "
                                  f"with `kfold --resume`, or give nested another --name")
         if saved and saved != settings:
             raise RunFolderError(f"--resume {folder.path}: the search settings differ from the saved "
                                  f"search.json ({saved} -> {settings}); resume with the same ones")
+        other = sorted(k for k, v in selected.items() if v != settings)
+        if other:
+            raise RunFolderError(f"--resume {folder.path}: outer split(s) {', '.join(map(str, other))} "
+                                 f"were selected with other search settings than these (their "
+                                 f"split.json: {selected[other[0]]}); resume with the same ones")
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
         atomic_write_text(folder.path / "search.json", json.dumps(settings, indent=1) + "\n")
         parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested")
+        folder.keep()  # the studies under inner/ are finished work before any outer split is DONE
         try:
             for split in tqdm(outer, desc=f"outer splits ({cfg.name})", unit="split", disable=not progress):
                 reason = folder.problem(split.index) if resume else "not finished"

@@ -60,6 +60,8 @@ def latest_run(runs_dir: str | Path, dataset: str) -> str | None:
     """The newest run folder of this dataset (what `--resume` without `--name` continues)."""
     found = []
     for cfg_file in Path(runs_dir).glob("*/config.yaml"):
+        if (cfg_file.parent / "search.json").exists():  # a nested run: `nested --resume` continues it
+            continue
         try:
             if (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset", {}).get("name") == dataset:
                 found.append((cfg_file.stat().st_mtime, cfg_file.parent.name))
@@ -179,6 +181,11 @@ class RunFolder:
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    def keep(self) -> None:
+        """Keep this folder after a failure even with no finished split: the job saved other work
+        in it (nested CV's inner studies), which `--resume` continues."""
+        self._created = False
 
     def __enter__(self) -> "RunFolder":
         return self

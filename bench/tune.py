@@ -238,6 +238,19 @@ FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
             optuna.trial.TrialState.FAIL)
 
 
+def check_tune(tune: TuneConfig) -> None:
+    """Refuse search options Optuna would reject mid-run (after the run folder and MLflow runs exist)
+    or that would silently mean something else (a negative index as the warm-up)."""
+    if tune.trials < 1:
+        raise ConfigError(f"--trials {tune.trials}: at least 1")
+    if tune.prune_startup < 0:
+        raise ConfigError(f"--prune-startup {tune.prune_startup}: 0 or more trials")
+    if tune.prune_warmup < 0:
+        raise ConfigError(f"--prune-warmup {tune.prune_warmup}: 0 or more splits")
+    if not 0 <= tune.seed < 2 ** 31:  # TPE seeds numpy (0 .. 2**32 - 1) with seed + trials so far
+        raise ConfigError(f"--sampler-seed {tune.seed}: between 0 and {2 ** 31 - 1}")
+
+
 def parse_duration(text: str | None) -> float | None:
     """'3h', '90m', '45s' or plain seconds -> seconds."""
     if text is None:
@@ -253,8 +266,11 @@ def parse_duration(text: str | None) -> float | None:
 
 
 def counted(study: optuna.Study) -> int:
-    """Trials that count towards --trials: finished ones, except those excluded before training."""
+    """Trials that count towards --trials: finished ones, except those excluded before training and
+    those interrupted (Ctrl-C, SIGTERM) before they ended: a continued study still runs the budget
+    it was asked for (a nested run's outer split is selected from --trials trials, as recorded)."""
     return sum(t.state in FINISHED and not t.user_attrs.get("excluded")
+               and t.user_attrs.get("reason") != "interrupted"
                for t in study.get_trials(deepcopy=False))
 
 
@@ -331,6 +347,7 @@ class StudyResult:
 def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyResult:
     """Run (or continue) the study until it holds `tune.trials` counted trials (or times out)."""
     cfg = merge(cfg, {"splits": cfg.splits or DEFAULT_SPLITS})
+    check_tune(tune)
     check_validation(cfg)
     space = load_space(tune.space)
     check_space(space, cfg)

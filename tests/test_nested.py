@@ -231,3 +231,66 @@ def test_nested_refuses_repeats(tmp_path, tiny_us8k, capsys):
     assert cli.main(nested_args(tmp_path, tiny_us8k, "--set", "protocol.repeats=2")) == 2
     assert "--repeats is for kfold" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "n1").exists()
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--trials", "0"], "--trials 0"),
+    (["--prune-startup", "-1"], "--prune-startup -1"),
+    (["--prune-warmup", "-1"], "--prune-warmup -1"),
+    (["--sampler-seed", "-1"], "--sampler-seed -1"),
+])
+def test_bad_search_options_are_refused_before_writing(tmp_path, tiny_us8k, capsys, extra, message):
+    """Before: --trials 0 failed after the folder and three MLflow runs existed, pointing at a
+    report.md it then deleted; a negative --prune-startup / --sampler-seed was a traceback (exit 1);
+    a negative --prune-warmup was taken as a Python index (the last split)."""
+    assert cli.main(nested_args(tmp_path, tiny_us8k, *extra)) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert not (tmp_path / "runs" / "n1").exists()
+
+
+def test_interrupt_in_the_first_outer_split_keeps_its_study(tmp_path, tiny_us8k_master, monkeypatch,
+                                                            capsys):
+    """Ctrl-C / SIGTERM while outer split 1's study runs (no outer split DONE yet): the run folder
+    and the study's finished trial stay, and --resume selects from --trials counted trials (the
+    interrupted one does not count). Before, the whole folder was removed ("no run at ...")."""
+    real_fit, calls = cv_mod.fit_split, []
+
+    def interrupt_second(*a, **kw):
+        calls.append(a[4] is not None)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*a, **kw)
+
+    monkeypatch.setattr(cv_mod, "fit_split", interrupt_second)
+    args = [a for a in nested_args(tmp_path, tiny_us8k_master, "--splits", "1", "--no-non-nested")]
+    assert cli.main(args) == 130
+    db = tmp_path / "runs" / "n1" / "inner" / "1" / "study.db"
+    assert db.is_file()
+    monkeypatch.setattr(cv_mod, "fit_split", real_fit)
+    assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().err
+    trials = optuna.load_study(study_name="n1-outer-1", storage=f"sqlite:///{db}").get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
+                                         optuna.trial.TrialState.COMPLETE]
+    assert trials[1].user_attrs["reason"] == "interrupted"
+
+
+def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(nested_run,
+                                                                              tiny_us8k_master, capsys):
+    """search.json is the last invocation's record, not vouched for by any DONE: edited to match
+    other settings, it must not let a resume mix outer splits selected with other budgets."""
+    run = nested_run / "runs" / "n1"
+    path = run / "search.json"
+    original = path.read_text()
+    try:
+        path.write_text(json.dumps({**json.loads(original), "trials": 3}))
+        assert cli.main(nested_args(nested_run, tiny_us8k_master, "--resume", "--trials", "3")) == 2
+        err = capsys.readouterr().err
+        assert "selected with other search settings" in err and len(err.strip().splitlines()) == 1
+    finally:
+        path.write_text(original)
+
+
+def test_kfold_resume_without_a_name_skips_nested_runs(nested_run):
+    from bench.runfolder import latest_run
+    assert latest_run(nested_run / "runs", "us8k") != "n1"
