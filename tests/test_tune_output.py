@@ -30,7 +30,7 @@ def float32_objective(counts: list[int]) -> float:
 
 
 def run_search(tmp_path, monkeypatch, counts: dict[int, list[int] | Exception], trials: int,
-               prune_startup: int = 10, trial_lines: bool = True) -> optuna.Study:
+               prune_startup: int = 10, trial_lines: bool = True, space: dict = SPACE) -> optuna.Study:
     """`search` over splits 1-3 where trial n's split k gets counts[n][k-1] of 30 clips right."""
     def fake_run_cv(cfg, on_split, **kw):
         plan = counts[int(cfg.name)]
@@ -43,7 +43,7 @@ def run_search(tmp_path, monkeypatch, counts: dict[int, list[int] | Exception], 
     monkeypatch.setattr(tune_mod, "run_cv", fake_run_cv)
     cfg = fast_config(tmp_path, splits=[1, 2, 3])
     tune = TuneConfig(trials=trials, study="s", prune_startup=prune_startup)
-    result = search(cfg, tune, SPACE, SimpleNamespace(tracker=None), tmp_path / "tune-s",
+    result = search(cfg, tune, space, SimpleNamespace(tracker=None), tmp_path / "tune-s",
                     progress=False, trial_lines=trial_lines)
     return result.study
 
@@ -70,6 +70,19 @@ def test_equal_fractions_are_equal_values_and_the_earlier_trial_wins(tmp_path, m
 def test_the_running_mean_for_pruning_is_exact_too(tmp_path, monkeypatch):
     study = run_search(tmp_path, monkeypatch, {0: [10, 11, 16]}, trials=1)
     assert study.get_trials()[0].intermediate_values == {1: 10 / 30, 2: 21 / 60, 3: 37 / 90}
+
+
+def test_fit_split_counts_the_validation_clips_it_got_right():
+    from bench.train import fit_split
+    from tests.test_train import CFG, toy_bank
+    bank, labels = toy_bank()
+    idx = np.random.default_rng(0).permutation(len(labels))
+    result = fit_split(bank, labels, idx[:54], idx[54:72], None, 3, CFG, seed=1)
+    assert isinstance(result.val_correct, int) and 0 <= result.val_correct <= 18
+    assert result.val_acc == result.val_correct / 18  # the float nearest the fraction, not a float32 mean
+    chosen = result.history[result.best_epoch - 1]["val_acc"]
+    assert chosen == result.val_acc == max(h["val_acc"] for h in result.history)
+    assert all(h["val_acc"] == round(h["val_acc"] * 18) / 18 for h in result.history)
 
 
 def test_mean_fraction_with_unequal_folds():
@@ -105,6 +118,18 @@ def test_one_line_per_trial_and_optuna_quiet(tmp_path, monkeypatch, capsys):
     assert lines[2].startswith("[3/3] trial 2 failed: TrainingError: training loss became nan at epoch 1  "
                                f"n_mels={p2['features.n_mels']} ")
     assert all(" s  best: trial 0 0.6000" in line for line in lines)
+
+
+def test_an_excluded_pair_is_one_line_and_not_counted(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tune-s").mkdir()
+    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'tune-s' / 'study.db'}",
+                        direction="maximize").enqueue_trial({"features.n_mels": 128, "features.n_fft": 256})
+    space = {"features.n_mels": [16, 128], "features.n_fft": [256, 512]}
+    run_search(tmp_path, monkeypatch, {1: [18, 18, 18]}, trials=1, space=space)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("trial 0 excluded before training: 128 Mel bands")
+    assert lines[0].endswith("(not counted)")
+    assert lines[1].startswith("[1/1] trial 1 complete") and len(lines) == 2
 
 
 def test_nested_style_searches_print_no_trial_lines(tmp_path, monkeypatch, capsys):
