@@ -39,15 +39,17 @@ def dataset_options(g) -> None:
                         "folder datasets read <root>/groups.csv by themselves")
 
 
-def config_options(parser: argparse.ArgumentParser) -> None:
-    """The options every training command shares; each maps onto one config field."""
+def config_options(parser: argparse.ArgumentParser, splits: str = "all", run_folder: bool = True) -> None:
+    """The options every training command shares; each maps onto one config field. `splits`: the
+    --splits default in the help; `run_folder=False` (tune, which names its own folders): --name
+    and --resume stay out of the help, and the command refuses them with a hint."""
     from bench.models import list_models
     g = parser.add_argument_group("what to run")
     dataset_options(g)
     g.add_argument("--val", choices=["next", "none"],
                    help="'next': split k validates on fold k+1 and keeps the best epoch (default); "
                         "'none': train on all other folds and keep the last epoch (published protocol)")
-    g.add_argument("--splits", help="run only these splits, e.g. 1,2,3 (default: all)")
+    g.add_argument("--splits", help=f"run only these splits, e.g. 1,2,3 (default: {splits})")
     g.add_argument("--model", choices=list_models(), help="model (default: tutorial_cnn)")
     g.add_argument("--strict", action="store_true", default=None,
                    help="a file that cannot be used is an error instead of being quarantined")
@@ -68,13 +70,14 @@ def config_options(parser: argparse.ArgumentParser) -> None:
                    help="torch CPU threads (default: one per core; 1 is steadier when other jobs share the CPU)")
     g.add_argument("--seed", type=int, help="training seed; split k uses seed + k (default: 0)")
     g = parser.add_argument_group("output")
-    g.add_argument("--name", help="run folder name under --runs-dir (default: <dataset>-<timestamp>)")
+    g.add_argument("--name", help="run folder name under --runs-dir (default: <dataset>-<timestamp>)"
+                   if run_folder else argparse.SUPPRESS)
     g.add_argument("--runs-dir", help="where run folders go (default: runs)")
     g.add_argument("--cache-dir", help="waveform cache and generated data "
                                        "(default: $FOLDBENCH_CACHE or ~/.cache/foldbench)")
     g.add_argument("--resume", action="store_true",
                    help="continue the run --name (default: the newest run of this dataset), "
-                        "skipping finished splits")
+                        "skipping finished splits" if run_folder else argparse.SUPPRESS)
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
     g.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
     g.add_argument("--no-mlflow", action="store_true", help="write the run folder only")
@@ -206,6 +209,17 @@ def search_options(g) -> None:
                    help="splits a trial finishes before it can be pruned (default: 0)")
 
 
+TUNE_EPILOG = """Config precedence: defaults < --preset < --config FILE < --set KEY=VALUE < the flags above.
+Results go to <runs-dir>/tune-<study>/ (runs/tune-<dataset>/ by default): best.yaml, trials.csv,
+report.md, plots, trials/<n>/ (each trial's run folder), study.db. Running the same command again
+continues the study. Each finished trial prints one line; --quiet drops the trials bar only. Ties in
+val_acc_mean (equal fractions of clips) go to the earlier trial. MLflow as for kfold (default store
+sqlite:///mlflow.db; open with `mlflow ui --backend-store-uri sqlite:///mlflow.db`).
+
+  python cli.py tune --dataset demo --trials 8
+  python cli.py tune --dataset us8k --root ~/data/UrbanSound8K --trials 50 --study us8k-mel --timeout 3h"""
+
+
 def tune_options(parser: argparse.ArgumentParser) -> None:
     """The study's own options (bench.tune.TuneConfig); the config options come first."""
     g = parser.add_argument_group("search")
@@ -230,7 +244,7 @@ def tune_config(args: argparse.Namespace, **kw):
 
 def cmd_tune(args: argparse.Namespace) -> int:
     from bench.tune import best_trial, parse_duration, run_study
-    if args.name or args.resume:
+    if args.name or args.resume:  # not in tune's help; refused with the flag to use instead
         raise C.ConfigError("tune names its own folders (<runs-dir>/tune-<study>/trials/<n>) and always "
                             "continues its study: use --study instead of --name/--resume")
     cfg = build_config(args)
@@ -245,7 +259,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
           f"report: {result.folder / 'report.md'}")
     best = best_trial(result.study)
     if best is not None:
-        print(f"best: trial {best.number}, val_acc_mean {best.value:.4f}; config "
+        counts = " ".join(f"{c}/{n}" for _, c, n in best.user_attrs.get("val_counts", []))
+        print(f"best: trial {best.number}, val_acc_mean {best.value:.4f}"
+              + (f" ({counts} validation clips right per split)" if counts else "") + "; config "
               f"{result.folder / 'best.yaml'}\nscore it on every test fold: "
               f"python cli.py kfold --config {result.folder / 'best.yaml'}\n(the tuned splits' "
               f"validation folds chose these settings: their test scores in that run are optimistic)")
@@ -380,8 +396,8 @@ def make_parser() -> argparse.ArgumentParser:
                     "cross-validation as kfold; test folds are never scored. Writes "
                     "<runs-dir>/tune-<study>/: best.yaml (for kfold --config), trials.csv, plots, "
                     "report.md.",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config_options(tune)
+        epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config_options(tune, splits="1,2,3", run_folder=False)
     tune_options(tune)
     tune.set_defaults(func=cmd_tune)
     nested = sub.add_parser(

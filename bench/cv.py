@@ -89,7 +89,7 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
                            keep[split.test] if job.score_test else None, len(classes), cfg,
                            seed=seed, on_epoch=on_epoch, progress=progress)
         info = {**job.params, **job.notes, "train_seed": seed, "best_epoch": result.best_epoch,
-                "val_acc": result.val_acc,
+                "val_acc": result.val_acc, "val_correct": result.val_correct,  # val_acc = val_correct / n_val
                 "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
                 "n_test": len(split.test), "fit_seconds": round(time.perf_counter() - start, 2)}
         predictions = confusion = None

@@ -34,6 +34,7 @@ class SplitResult:
     val_acc: float | None  # validation accuracy of that epoch; None without a validation fold
     test_probs: np.ndarray | None  # [n_test, n_classes] class probabilities; None when not scored
     history: list[dict] = field(default_factory=list)  # epoch, train_loss, val_acc, lr
+    val_correct: int | None = None  # validation clips that epoch got right (val_acc = val_correct / n_val)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -87,8 +88,15 @@ def predict(model, bank, idx, mean, std, batch_size: int | None = None) -> torch
     return torch.cat(out) if out else torch.empty(0)
 
 
+def correct_count(probs: torch.Tensor, labels: torch.Tensor) -> int:
+    """How many clips the argmax of `probs` gets right: an exact integer (tune averages exact fractions)."""
+    return int((probs.argmax(dim=1) == labels).sum())
+
+
 def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
-    return float((probs.argmax(dim=1) == labels).float().mean()) if len(labels) else float("nan")
+    """correct / total as the float nearest that fraction (not a float32 mean: equal fractions of
+    clips give bit-identical accuracies)."""
+    return correct_count(probs, labels) / len(labels) if len(labels) else float("nan")
 
 
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
@@ -188,7 +196,7 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
 
     model, augment, optimizer, scheduler = setup_training(
         cfg, tuple(bank.shape[1:]), n_classes, math.ceil(len(train) / tc.batch_size), device)
-    best_state, best_epoch, best_acc, history = None, 0, -1.0, []
+    best_state, best_epoch, best_acc, best_correct, history = None, 0, -1.0, -1, []
 
     for epoch in tqdm(range(1, tc.epochs + 1), disable=not progress, desc="epochs", leave=False):
         model.train()
@@ -210,13 +218,15 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
             raise TrainingError(f"training loss became {train_loss} at epoch {epoch}; "
                                 f"try a lower train.lr / train.max_lr")
 
-        val_acc = accuracy(predict(model, bank, val, mean, std), y[val]) if val is not None else None
+        correct = correct_count(predict(model, bank, val, mean, std), y[val]) if val is not None else None
+        val_acc = correct / len(val) if val is not None else None  # the float nearest the fraction
         scheduler.end_epoch(val_acc)  # plateau: the validation accuracy decides the next epoch's lr
         history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc,
                         "lr": lr})
-        if val is None or val_acc > best_acc:  # ties keep the earlier epoch
+        if val is None or correct > best_correct:  # exact counts; ties keep the earlier epoch
             best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
-            best_acc = val_acc if val is not None else best_acc
+            if val is not None:
+                best_acc, best_correct = val_acc, correct
         if on_epoch is not None:
             on_epoch(epoch, train_loss, val_acc)
 
@@ -225,4 +235,5 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
     if test_idx is not None:
         test = torch.as_tensor(test_idx, dtype=torch.long, device=device)
         probs = predict(model, bank, test, mean, std).cpu().numpy()
-    return SplitResult(best_epoch, best_acc if val is not None else None, probs, history)
+    return SplitResult(best_epoch, best_acc if val is not None else None, probs, history,
+                       best_correct if val is not None else None)

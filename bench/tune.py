@@ -1,15 +1,20 @@
 """`tune`: an Optuna study over the Mel front end and SpecAugment masking, each trial one `run_cv`.
 
 search space (defaults below, overridable from YAML) -> objective(trial) = mean validation accuracy
-of `run_cv(config + suggestions, score_test=False)` over the chosen splits; after each split the
-running mean is reported with the split index as step, and MedianPruner may stop the trial ->
+of `run_cv(config + suggestions, score_test=False)` over the chosen splits, computed exactly from
+the clips each split got right (a Fraction; Optuna gets the float nearest it, so equal fractions are
+equal values); after each split the running mean is reported the same way with the split index as
+step, and MedianPruner may stop the trial ->
 study (SQLite in runs/tune-<study>/ unless --storage; TPE, seeded; a re-run continues up to
 --trials in total) -> runs/tune-<study>/: trials/<n>/ (run folders), trials.csv, best.yaml, plots,
 report.md. MLflow: a study run, a run per trial under it, the trial's split runs under that.
-Test folds are never scored here: the objective only ever sees validation accuracy.
+Test folds are never scored here: the objective only ever sees validation accuracy. The best trial
+has the highest exact value; ties go to the earlier trial (the lower number). `tune` prints one line
+per finished trial and a trials bar; Optuna's own INFO log is silenced while it runs.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import warnings
@@ -18,9 +23,9 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import optuna
 import yaml
+from tqdm.auto import tqdm
 
 from . import runfolder as runs
 from .atomic import atomic_write_text
@@ -48,6 +53,7 @@ DEFAULT_SPACE: dict[str, Any] = {
 }
 SEARCHABLE = ("features", "augment", "model", "train")  # audio would rebuild the cache per trial
 DEFAULT_SPLITS = [1, 2, 3]  # tune's splits unless --splits: all 10 would train 10 models a trial
+METRIC = "val_acc_mean"  # the objective's name, in Optuna (plots, optuna-dashboard), MLflow and files
 
 
 def load_space(path: str | Path | None = None) -> dict[str, Any]:
@@ -155,9 +161,26 @@ def check_validation(cfg: RunConfig) -> None:
         raise ConfigError("tune optimises validation accuracy: it needs --val next")
 
 
+def mean_fraction(counts: list[tuple[int, int]]) -> Fraction:
+    """The mean of the splits' validation accuracies correct/total, exactly."""
+    return sum((Fraction(c, n) for c, n in counts), Fraction(0)) / len(counts)
+
+
+def record_counts(trial: optuna.Trial, counts: list[tuple[int, int, int]]) -> Fraction:
+    """Keep the splits' (split, correct, total) so far and their exact mean as user attrs
+    (`val_counts`, `val_acc_mean_num` / `val_acc_mean_den`); returns the mean."""
+    mean = mean_fraction([(c, n) for _, c, n in counts])
+    trial.set_user_attr("val_counts", [list(x) for x in counts])
+    trial.set_user_attr("val_acc_mean_num", mean.numerator)
+    trial.set_user_attr("val_acc_mean_den", mean.denominator)
+    return mean
+
+
 class Objective:
     """`objective(trial)`: mean validation accuracy of `cfg` + the trial's suggestions, one
-    `run_cv(score_test=False)` in `<folder>/trials/<number>/`, mirrored to an MLflow run."""
+    `run_cv(score_test=False)` in `<folder>/trials/<number>/`, mirrored to an MLflow run. The mean
+    is exact (`mean_fraction` of the clips each split got right); Optuna gets the float nearest it.
+    `status(text)`, when set, hears which split a trial is at (the trials bar's postfix)."""
 
     def __init__(self, cfg: RunConfig, space: dict[str, Any], folder: Path, study: str,
                  tracker: Tracker | None = None, study_run: str | None = None, progress: bool = False,
@@ -167,6 +190,7 @@ class Objective:
         self.prepared = prepared
         self.tracker = tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
         self.study_run, self.progress = study_run, progress
+        self.status = None
 
     def __call__(self, trial: optuna.Trial) -> float:
         cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
@@ -177,12 +201,17 @@ class Objective:
         run = tracker.start(f"trial-{trial.number}", params=flat, parent=self.study_run, tags={
             "state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())})
         shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # numbers are never reused
-        seen: list[float] = []
+        seen: list[tuple[int, int, int]] = []  # (split, correct, total)
+        if self.status:
+            self.status(f"trial {trial.number}: split 1 of {len(cfg.splits)}")
 
         def report(split, info) -> None:
-            seen.append(info["val_acc"])
-            mean = float(np.mean(seen))
+            seen.append((split.index, int(info["val_correct"]), int(info["n_val"])))
+            mean = float(record_counts(trial, seen))  # the float nearest the exact running mean
             trial.report(mean, split.index)
+            if self.status and len(seen) < len(cfg.splits):
+                self.status(f"trial {trial.number}: split {len(seen) + 1} of {len(cfg.splits)}, "
+                            f"running mean {mean:.3f}")
             tracker.log_metrics(run, {"val_acc_mean": mean}, step=split.index)
             if trial.should_prune():
                 raise optuna.TrialPruned(f"pruned after split {split.index}: running mean val_acc "
@@ -196,8 +225,9 @@ class Objective:
                 raise optuna.TrialPruned(f"excluded before training: {e}") from None
             if self.prepared is None:
                 self.prepared = prepare(self.cfg, progress=self.progress, tracking=False)
-            result = run_cv(cfg, report, prepared=self.prepared, score_test=False, tracker=tracker,
-                            parent_run=run, progress=self.progress)
+            run_cv(cfg, report, prepared=self.prepared, score_test=False, tracker=tracker,
+                   parent_run=run, progress=self.progress)  # `report` saw every split, in order
+            value = float(mean_fraction([(c, n) for _, c, n in seen]))  # the float nearest the mean
         except optuna.TrialPruned as e:
             self._finish(trial, tracker, run, "pruned", str(e))
             raise
@@ -207,7 +237,7 @@ class Objective:
                          f"{type(e).__name__}: {e}", "KILLED" if interrupted else "FAILED")
             raise
         self._finish(trial, tracker, run, "complete")
-        return result.val_acc_mean
+        return value
 
     @staticmethod
     def _finish(trial, tracker, run, state: str, reason: str = "", status: str = "FINISHED") -> None:
@@ -311,12 +341,27 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
                 if saved.get(k) != settings.get(k)]
         raise ConfigError(f"study {name!r} was started with other settings, so its trials would not "
                           f"be comparable; use another --study, or the same settings:\n  " + "\n  ".join(diff))
+    if study.metric_names != [METRIC]:  # named in plots and optuna-dashboard (not "Objective 0")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([METRIC])
     return study
 
 
+def exact_value(trial: optuna.trial.FrozenTrial) -> Fraction | None:
+    """A trial's (running) mean validation accuracy as the exact fraction kept in its user attrs;
+    a trial recorded without them (an older foldbench) by its float value; None without any."""
+    num, den = trial.user_attrs.get("val_acc_mean_num"), trial.user_attrs.get("val_acc_mean_den")
+    if num is not None and den:
+        return Fraction(num, den)
+    return None if trial.value is None else Fraction(trial.value)
+
+
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
+    """The complete trial with the highest exact mean validation accuracy; of equal ones, the
+    earlier (lower number): a tie is not evidence, and the first found is reproducible."""
     complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return max(complete, key=lambda t: t.value) if complete else None  # ties: the earlier trial
+    return max(complete, key=lambda t: (exact_value(t), -t.number)) if complete else None
 
 
 def best_config(cfg: RunConfig, trial: optuna.trial.FrozenTrial) -> RunConfig:
@@ -345,7 +390,8 @@ class StudyResult:
 
 
 def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyResult:
-    """Run (or continue) the study until it holds `tune.trials` counted trials (or times out)."""
+    """Run (or continue) the study until it holds `tune.trials` counted trials (or times out);
+    one line per finished trial on stdout, and a trials bar unless `progress` is off."""
     cfg = merge(cfg, {"splits": cfg.splits or DEFAULT_SPLITS})
     check_tune(tune)
     check_validation(cfg)
@@ -354,15 +400,33 @@ def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyR
     name = plain_name(tune.study or cfg.dataset.name, "--study")
     prepared = prepare(cfg, progress=progress)  # checked and decoded once, for every trial
     return search(cfg, replace(tune, study=name), space, prepared, Path(cfg.runs_dir) / f"tune-{name}",
-                  progress=progress)
+                  progress=progress, trial_lines=True)
+
+
+@contextlib.contextmanager
+def optuna_quiet():
+    """Optuna's per-trial INFO lines (17-digit values, every parameter) off; warnings stay."""
+    before = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        yield
+    finally:
+        optuna.logging.set_verbosity(before)
 
 
 def search(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Prepared, folder: Path,
            *, tracker: Tracker | None = None, parent_run: str | None = None,
-           progress: bool = True) -> StudyResult:
+           progress: bool = True, trial_lines: bool = False) -> StudyResult:
     """The study `tune.study` in `folder` over `prepared`'s splits `cfg.splits`, run or continued up
     to `tune.trials` counted trials: `tune`'s loop, and nested CV's inner search (whose `prepared`
-    holds only the inner splits). Its MLflow run goes under `parent_run` when given."""
+    holds only the inner splits). Its MLflow run goes under `parent_run` when given. `progress`: a
+    trials bar (its postfix says which split the trial is at); `trial_lines`: `trial_line` printed
+    for every finished trial (nested prints its own line per outer split instead)."""
+    with optuna_quiet():
+        return _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines)
+
+
+def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines) -> StudyResult:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -380,14 +444,25 @@ def search(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Pr
                                                        "run_folder": str(folder.resolve())})
     if study_run:
         atomic_write_text(folder / "mlflow.json", json.dumps({"study": study_run}) + "\n")
-    objective = Objective(cfg, space, folder, name, tracker, study_run, progress, prepared)
+    # The trials bar replaces the per-split and per-epoch bars inside a trial (they would leave a
+    # line per trial); the bar's postfix says which split the running trial is at.
+    objective = Objective(cfg, space, folder, name, tracker, study_run, False, prepared)
+    before = counted(study)
+    bar = tqdm(total=tune.trials, initial=min(before, tune.trials), desc=f"trials ({name})", unit="trial",
+               disable=not progress, dynamic_ncols=True)
+    objective.status = bar.set_postfix_str
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         write_outputs(study, folder, cfg, plots=False)
-        if counted(study) >= tune.trials:
+        done = counted(study)
+        bar.n = min(done, tune.trials)
+        bar.set_postfix_str("", refresh=True)
+        if trial_lines:
+            tqdm.write(trial_line(study, trial, done, tune.trials))
+        if done >= tune.trials:
             study.stop()
 
-    before, status = counted(study), "FINISHED"
+    status = "FINISHED"
     try:
         if before < tune.trials:
             study.optimize(objective, timeout=tune.timeout, catch=FAILURES, callbacks=[after_trial])
@@ -395,10 +470,46 @@ def search(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Pr
         status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
         raise
     finally:
+        bar.close()
         files = write_outputs(study, folder, cfg, plots=True)
         _log_study(tracker, study_run, study, files)
         tracker.end(study_run, status)
     return StudyResult(study, folder, counted(study) - before)
+
+
+# ---- one line per finished trial -------------------------------------------------------------
+
+def _seconds(trial: optuna.trial.FrozenTrial) -> str:
+    s = trial.duration.total_seconds() if trial.duration else 0.0
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+
+
+def _value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, done: int, target: int) -> str:
+    """`[4/20] trial 3 complete  val_acc_mean 0.5889 (17/30 18/30 18/30)  n_mels=64 ...  12 s  best:
+    trial 1 0.6000`: the counted trials so far, the state (pruned and failed with the short reason),
+    the exact per-split fractions of clips, the settings by their last name, the duration, the best."""
+    reason = str(trial.user_attrs.get("reason", "")).strip().splitlines()
+    reason = reason[0] if reason else ""
+    if trial.user_attrs.get("excluded"):
+        return f"trial {trial.number} {reason} (not counted)"
+    counts = trial.user_attrs.get("val_counts") or []
+    fractions = " ".join(f"{c}/{n}" for _, c, n in counts)
+    mean = exact_value(trial) if counts else None
+    if trial.state == optuna.trial.TrialState.COMPLETE:
+        state = f"complete  {METRIC} {float(mean):.4f} ({fractions})" if mean is not None else "complete"
+    elif trial.state == optuna.trial.TrialState.PRUNED:
+        state = (f"pruned after split {counts[-1][0]}: running mean {float(mean):.4f} ({fractions}) below "
+                 f"the median of earlier trials" if mean is not None else reason or "pruned")
+    else:
+        state = "failed: " + (reason[:120] + ("..." if len(reason) > 120 else "") if reason else "no reason recorded")
+    settings = " ".join(f"{k.split('.')[-1]}={_value(v)}" for k, v in trial.params.items())
+    best = best_trial(study)
+    best = f"best: trial {best.number} {best.value:.4f}" if best is not None else "best: none yet"
+    return f"[{done}/{target}] trial {trial.number} {state}  {settings}  {_seconds(trial)}  {best}"
 
 
 def _log_study(tracker: Tracker, run: str | None, study: optuna.Study, files: list[Path]) -> None:

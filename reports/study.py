@@ -20,23 +20,30 @@ from reports.render import markdown_table  # noqa: E402
 
 STATES = {"COMPLETE": "complete", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running",
           "WAITING": "waiting"}
-# title -> (file, optuna.visualization.matplotlib function, completed trials it needs)
+# title -> (file, optuna.visualization.matplotlib function, complete trials it needs, searched
+# parameters that must vary among them). Importances (fANOVA, a random forest fitted to the trials)
+# and parallel coordinates read as a pattern; from a handful of trials that pattern is noise, so
+# they wait for 8 complete trials over at least 2 varying parameters. A history needs 2 points.
 PLOTS = {
-    "optimization history": ("optimization_history.png", "plot_optimization_history", 1),
-    "parameter importances": ("param_importances.png", "plot_param_importances", 2),
-    "parallel coordinates": ("parallel_coordinate.png", "plot_parallel_coordinate", 1),
+    "optimization history": ("optimization_history.png", "plot_optimization_history", 2, 0),
+    "parameter importances": ("param_importances.png", "plot_param_importances", 8, 2),
+    "parallel coordinates": ("parallel_coordinate.png", "plot_parallel_coordinate", 8, 2),
 }
+METRIC = "val_acc_mean"  # bench.tune.METRIC (not imported: reports do not import the drivers)
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:
-    """One row per trial: state, objective, splits reported (with the last running mean), duration,
-    the trial's settings under their config names (hop length in samples), and why it stopped."""
+    """One row per trial: state, objective, the clips each split got right (`17/30 18/30`: the
+    objective is their mean, exactly), splits reported (with the last running mean), duration, the
+    trial's settings under their config names (hop length in samples), and why it stopped."""
     rows = []
     for t in study.get_trials(deepcopy=False):
         reports = list(t.intermediate_values.values())
         complete = t.state == optuna.trial.TrialState.COMPLETE  # a pruned trial's value is its last report
+        counts = t.user_attrs.get("val_counts") or []
         rows.append({"number": t.number, "state": STATES[t.state.name],
                      "val_acc_mean": t.value if complete else None,
+                     "val_correct": " ".join(f"{c}/{n}" for _, c, n in counts),  # per split, exact
                      "splits_done": len(reports), "running_mean": reports[-1] if reports else None,
                      "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
                      **t.user_attrs.get("config", {}), "reason": t.user_attrs.get("reason") or (
@@ -45,25 +52,42 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=None if rows else ["number", "state", "val_acc_mean", "reason"])
 
 
+def varying_params(trials: list[optuna.trial.FrozenTrial]) -> list[str]:
+    """The searched parameters that took more than one value among `trials`."""
+    values: dict[str, set] = {}
+    for t in trials:
+        for k, v in t.params.items():
+            values.setdefault(k, set()).add(repr(v))
+    return sorted(k for k, v in values.items() if len(v) > 1)
+
+
 def plot_study(study: optuna.Study, folder: Path) -> dict[str, str]:
-    """Draw each plot into `folder`; title -> its file name, or why it was not drawn."""
+    """Draw each plot that has enough trials into `folder` (an older copy of one that has not is
+    removed); title -> its file name, or why it was not drawn."""
     from optuna.visualization import matplotlib as ovm
-    complete = len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+    trials = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    varying = varying_params(trials)
     out = {}
-    for title, (file, function, needs) in PLOTS.items():
-        if complete < needs:
-            out[title] = f"not drawn: needs {needs} completed trial(s), the study has {complete}"
+    for title, (file, function, needs, params) in PLOTS.items():
+        if len(trials) < needs or len(varying) < params:
+            (Path(folder) / file).unlink(missing_ok=True)
+            out[title] = (f"not drawn: needs at least {needs} complete trials"
+                          + (f" over at least {params} searched parameters that vary" if params else "")
+                          + f"; the study has {len(trials)} complete"
+                          + (f", {len(varying)} varying ({', '.join(varying) or 'none'})" if params else ""))
             continue
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # the matplotlib backend is "experimental"
-                fig = getattr(ovm, function)(study).figure
+                kwargs = {"target_name": METRIC} if "history" in title else {}  # the others: metric_names
+                fig = getattr(ovm, function)(study, **kwargs).figure
             fig.set_size_inches(13 if "parallel" in title else 10, 5.5)
             fig.tight_layout()
             save_png(fig, Path(folder) / file)
             out[title] = file
         except Exception as e:  # e.g. importances when no parameter varies between trials
             plt.close("all")
+            (Path(folder) / file).unlink(missing_ok=True)
             out[title] = f"not drawn: {type(e).__name__}: {e}"
     return out
 
@@ -81,8 +105,10 @@ def render_study(study: optuna.Study, table: pd.DataFrame, images: dict[str, str
     splits = ", ".join(map(str, cfg.splits))
     lines = [f"# Study `{study.study_name}`", "",
              f"Dataset `{cfg.dataset.name}`, model `{cfg.model.name}`, {cfg.train.epochs} epochs, "
-             f"splits {splits}. Objective: mean validation accuracy over those splits; the test "
-             f"folds are never scored here.", "",
+             f"splits {splits}. Objective `{METRIC}`: mean validation accuracy over those splits, "
+             f"computed exactly from the clips each split got right (`val_correct`); the test folds "
+             f"are never scored here. The best trial has the highest exact value; of equal ones, the "
+             f"earlier trial.", "",
              f"Trials: {states.count('complete')} complete, {states.count('pruned') - excluded} pruned, "
              f"{states.count('failed')} failed, {excluded} excluded before training "
              f"(Mel bands the FFT size cannot resolve)"
@@ -92,7 +118,10 @@ def render_study(study: optuna.Study, table: pd.DataFrame, images: dict[str, str
     else:
         settings = best.user_attrs.get("config", best.params)
         val_folds = _folds(Path(folder) / "trials" / str(best.number), "val_fold")
-        lines += [f"## Best: trial {best.number}, val_acc_mean {best.value:.4f}", "",
+        counts = best.user_attrs.get("val_counts") or []
+        exact = (f" ({' '.join(f'{c}/{n}' for _, c, n in counts)} of the validation clips"
+                 f" per split)" if counts else "")
+        lines += [f"## Best: trial {best.number}, {METRIC} {best.value:.4f}{exact}", "",
                   markdown_table(pd.DataFrame({"setting": list(settings),
                                                "value": [str(v) for v in settings.values()]})), "",
                   "`best.yaml` holds the whole config. Score it on every test fold:", "",
