@@ -395,6 +395,9 @@ def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyR
     cfg = merge(cfg, {"splits": cfg.splits or DEFAULT_SPLITS})
     check_tune(tune)
     check_validation(cfg)
+    if cfg.protocol.repeats > 1:  # best.yaml would carry them to kfold and nested unasked
+        raise ConfigError("tune: protocol.repeats is for kfold; tune on one fold plan, then score "
+                          "best.yaml with `kfold --config best.yaml --repeats R`")
     space = load_space(tune.space)
     check_space(space, cfg)
     name = plain_name(tune.study or cfg.dataset.name, "--study")

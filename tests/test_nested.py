@@ -294,3 +294,10 @@ def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(ne
 def test_kfold_resume_without_a_name_skips_nested_runs(nested_run):
     from bench.runfolder import latest_run
     assert latest_run(nested_run / "runs", "us8k") != "n1"
+
+
+def test_tune_refuses_repeats(tmp_path, tiny_us8k, capsys):
+    args = tune_args(tmp_path, tiny_us8k, SPACE)
+    assert cli.main([*args, "--set", "protocol.repeats=2"]) == 2
+    assert "protocol.repeats is for kfold" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
