@@ -159,6 +159,50 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_predict(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench.predict import predict_files, render
+    out = Path(args.out) if args.out else None
+    if out is not None and (out.is_dir() or not out.parent.is_dir() or out.suffix.lower() != ".csv"):
+        raise C.ConfigError(f"--out {args.out}: give a .csv file in an existing folder")
+    if args.threads:
+        import torch
+        torch.set_num_threads(args.threads)
+    result = predict_files(args.run, args.files, split=args.split, device=args.device)
+    print(render(result))
+    if out is not None:
+        from bench.atomic import atomic_write_csv
+        atomic_write_csv(out, result.table)
+        print(f"\nwritten: {out} ({len(result.table)} rows)")
+    return 0
+
+
+def add_predict_command(sub) -> None:
+    predict = sub.add_parser(
+        "predict", help="classify audio files with a run's saved split models (their ensemble by default)",
+        description="Decode each file exactly as the run's training did (its audio settings and the "
+                    "cache's int16 round trip), compute its front end, normalise with the split's "
+                    "training statistics, run the model and take the softmax. Default: the ensemble "
+                    "of every finished split model (the mean of their probabilities); --split K: that "
+                    "split's model alone. Models are checked against their split's DONE digest first. "
+                    "A directory stands for its audio files (.wav .flac .ogg .au .aiff .aif, any "
+                    "depth, sorted). A file that cannot be decoded is an error naming it and the "
+                    "reason (every such file is listed), and nothing is predicted.",
+        epilog="  python cli.py predict --run runs/demo-honest clip.wav other.flac\n"
+               "  python cli.py predict --run runs/demo-honest my_sounds/ --out preds.csv\n"
+               "  python cli.py predict --run runs/demo-honest clip.wav --split 3",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    predict.add_argument("files", nargs="+", metavar="FILE", help="audio files or directories")
+    predict.add_argument("--run", required=True, metavar="DIR", help="a run folder, e.g. runs/<name>")
+    predict.add_argument("--split", type=int, metavar="K", help="use split K's model only")
+    predict.add_argument("--out", metavar="FILE.csv", help="also write path, predicted, prob_<class> per file")
+    predict.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"],
+                         help="cpu (default: the probabilities of a CPU-trained run exactly), cuda or auto")
+    predict.add_argument("--threads", type=int, metavar="N", help="torch CPU threads")
+    predict.set_defaults(func=cmd_predict)
+
+
 def add_datasets_command(sub) -> None:
     datasets = sub.add_parser("datasets", help="check a dataset, list the dataset kinds and protocols")
     dsub = datasets.add_subparsers(dest="datasets_command", required=True, metavar="SUBCOMMAND")
@@ -333,6 +377,7 @@ def make_parser() -> argparse.ArgumentParser:
              "the training seed only. Split (r-1)*n + k is repeat r, fold k")
     kfold.set_defaults(func=cmd_kfold)
     add_datasets_command(sub)
+    add_predict_command(sub)
     compare = sub.add_parser(
         "compare", help="two or more runs in one table, best first, each tested against the best",
         description="Accuracy mean ± std and 95 % interval per run, best first; each run against the "

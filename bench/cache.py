@@ -70,13 +70,25 @@ class Waveforms:
 
     def get(self, start: int, stop: int) -> np.ndarray:
         """Clips start..stop as float32 [n, channels, samples]."""
-        return self.data[start:stop].astype(np.float32) * self.scale[start:stop, None, None]
+        return dequantise(self.data[start:stop], self.scale[start:stop, None, None])
 
     @property
     def ok(self) -> np.ndarray:
         mask = np.ones(len(self.data), dtype=bool)
         mask[self.quarantine["index"].to_numpy(dtype=int)] = False
         return mask
+
+
+def quantise(clip: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """How a clip is stored: int16 samples scaled to the clip's peak, and that scale (> 0: a silent
+    clip never gets here, load_clip refuses it). `bench.predict` passes new files through it too."""
+    scale = np.float32(np.abs(clip).max() / FULL_SCALE)
+    return np.round(clip / scale).astype(STORE_DTYPE), scale
+
+
+def dequantise(stored: np.ndarray, scale) -> np.ndarray:
+    """The float32 samples a stored clip (or block of clips, `scale` broadcast) stands for."""
+    return stored.astype(np.float32) * scale
 
 
 def cache_key(dataset: Dataset, audio: AudioConfig) -> str:
@@ -307,8 +319,7 @@ def _decode_all(dataset: Dataset, audio: AudioConfig, out: np.ndarray, workers: 
             return
         try:
             clip = load_clip(paths[i], audio)
-            scales[i] = np.abs(clip).max() / FULL_SCALE  # > 0: silent clips raise BadAudio
-            stored = np.round(clip / scales[i]).astype(STORE_DTYPE)
+            stored, scales[i] = quantise(clip)
             out[i] = stored
             hashes[i] = clip_hash(stored, scales[i])
         except BadAudio as e:

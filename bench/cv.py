@@ -23,6 +23,7 @@ from protocols import Split
 
 from .config import RunConfig, flatten
 from .atomic import atomic_write_text
+from .predict import MODEL_FILE, pack_model
 from .prepare import Prepared, check_config, prepare
 from .runfolder import RunFolder, RunFolderError, read_json
 from .tracking import Tracker
@@ -104,7 +105,9 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
                 predictions[f"prob_{name}"] = result.test_probs[:, c].round(6)
             confusion = confusion_counts(predictions)
         history = pd.DataFrame(result.history, columns=["epoch", "train_loss", "val_acc", "lr"])
-        folder.write_split(split.index, info, history, predictions, confusion)
+        # the chosen weights, for scored splits only (a study's thousands of trials keep none)
+        model = pack_model(result, cfg, classes, tuple(bank.shape[1:]), info) if job.score_test else None
+        folder.write_split(split.index, info, history, predictions, confusion, model=model)
         _log_split(tracker, child, job, folder, info)
     return info
 
@@ -116,6 +119,9 @@ def _log_split(tracker: Tracker, child: str | None, job: SplitJob, folder: RunFo
     if job.score_test:
         names = ("predictions.csv", "confusion_counts.csv")
         tracker.log_files(child, [folder.split_dir(job.split.index) / n for n in names])
+        tracker.log_model(child, folder.split_dir(job.split.index) / MODEL_FILE, job.run_name,
+                          params={"split": job.split.index, "test_fold": job.split.test_fold,
+                                  "best_epoch": info["best_epoch"]}, step=job.cfg.train.epochs)
 
 
 def _mirror_finished(job: SplitJob, folder: RunFolder, tracker: Tracker, parent_run: str | None,

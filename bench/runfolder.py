@@ -6,6 +6,7 @@
     runs/<name>/quarantine.csv              files that could not be used, with the reason
     runs/<name>/splits/<k>/predictions.csv  one row per test clip (absent when tests are not scored)
     runs/<name>/splits/<k>/history.csv, split.json, confusion_counts.csv
+    runs/<name>/splits/<k>/model.pt         the chosen weights, normalisation and settings (scored splits)
     runs/<name>/splits/<k>/DONE             written last: a digest of the files above and of the
                                             settings and fold plan they were made with
 
@@ -28,14 +29,16 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from .atomic import atomic_write_csv, atomic_write_text
+from .atomic import atomic_path, atomic_write_csv, atomic_write_text
 from .config import RunConfig, dump_yaml, flatten, load_yaml, plain_name
 
 # Sections that decide the results: a resumed run must match them exactly.
 RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
 NOT_RESULT_KEYS = ("train.device", "train.threads")
 PLAN_KEYS = ("protocol", "leaky", "leak_reason", "splits")  # of plan.json, vouched for by each DONE
-SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts.csv")
+# model.pt: the chosen weights and what using them needs (bench/predict.py), for splits that score a
+# test fold. Runs made before it have no model.pt and none in their DONE: they still verify.
+SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts.csv", "model.pt")
 # Result settings added after runs were made: left out of `result_view` at these values (which is
 # what those runs did), so their resume checks and DONE digests still hold.
 LATER_DEFAULTS = {"protocol.repeats": 1}
@@ -249,8 +252,9 @@ class RunFolder:
         return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "DONE").is_file())
 
     def write_split(self, index: int, info: dict, history: pd.DataFrame,
-                    predictions: pd.DataFrame | None, confusion: pd.DataFrame | None = None) -> None:
-        """The split's files, then DONE with their digest, truly last."""
+                    predictions: pd.DataFrame | None, confusion: pd.DataFrame | None = None,
+                    model: bytes | None = None) -> None:
+        """The split's files, then DONE with their digest, truly last. `model`: model.pt's bytes."""
         folder = self.split_dir(index)
         (folder / "DONE").unlink(missing_ok=True)  # a retrained split is unfinished until its new DONE
         for name in SPLIT_FILES:
@@ -259,6 +263,9 @@ class RunFolder:
             atomic_write_csv(folder / "predictions.csv", predictions)
         if confusion is not None:
             atomic_write_text(folder / "confusion_counts.csv", confusion.to_csv())
+        if model is not None:
+            with atomic_path(folder / "model.pt") as tmp:
+                tmp.write_bytes(model)
         atomic_write_csv(folder / "history.csv", history)
         atomic_write_text(folder / "split.json", json.dumps(info, indent=1))
         self.seal(index)

@@ -183,6 +183,23 @@ class Tracker:
         return None
 
 
+    def log_model(self, run_id: str | None, path: Path, name: str, params: dict[str, Any] | None = None,
+                  step: int = 0) -> str | None:
+        """The file `path` (a split's model.pt) as an MLflow 3 LoggedModel produced by `run_id`: it
+        shows in that run's Models column. Client calls only (`mlflow.pytorch.log_model` needs a
+        fluent active run, pickles the module and resolves a pip environment: seconds per split).
+        Returns the model id; nothing when MLflow is off or the file is absent."""
+        if not (self.enabled and run_id and Path(path).is_file()):
+            return None
+        from mlflow.entities import LoggedModelOutput
+        model = self._call("create a logged model", "create_logged_model", self.experiment_id, name=name,
+                           source_run_id=run_id, params=_strings(params or {}), model_type="foldbench",
+                           tags={"format": "torch state_dict + normalisation (foldbench predict)"})
+        self._call("log a model output", "log_outputs", run_id, [LoggedModelOutput(model.model_id, step)])
+        self._call(f"log {Path(path).name}", "log_model_artifact", model.model_id, str(path))
+        self._call("finalize a logged model", "finalize_logged_model", model.model_id, "READY")
+        return model.model_id
+
 def _strings(d: dict[str, Any]) -> dict[str, str]:
     return {k: str(v) for k, v in d.items()}
 

@@ -2,10 +2,11 @@
 
 The loop never sees a test clip until the model is chosen: normalisation statistics come from the
 training clips, the epoch kept is the one with the best validation accuracy (the last one when the
-split has no validation fold), and only then is the test fold predicted. Training knows nothing of
-MLflow or Optuna: it calls `on_epoch(epoch, train_loss, val_acc)` after every epoch. The optimizer,
-the LR schedule (ReduceLROnPlateau steps on the validation accuracy) and mixup (training batches only)
-come from `cfg.train`.
+split has no validation fold), and only then is the test fold predicted. The chosen weights and the
+training statistics come back with the predictions (the caller keeps them as the split's model).
+Training knows nothing of MLflow or Optuna: it calls `on_epoch(epoch, train_loss, val_acc)` after
+every epoch. The optimizer, the LR schedule (ReduceLROnPlateau steps on the validation accuracy) and
+mixup (training batches only) come from `cfg.train`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .config import RunConfig, TrainConfig
+from .config import ModelConfig, RunConfig, TrainConfig
 from .features import Augment
 from .models import ModelError, create_model
 
@@ -35,6 +36,9 @@ class SplitResult:
     test_probs: np.ndarray | None  # [n_test, n_classes] class probabilities; None when not scored
     history: list[dict] = field(default_factory=list)  # epoch, train_loss, val_acc, lr
     val_correct: int | None = None  # validation clips that epoch got right (val_acc = val_correct / n_val)
+    state: dict | None = None  # the chosen epoch's weights (state_dict), on the training device
+    mean: torch.Tensor | None = None  # training-set normalisation, [1, channels, bands, 1]
+    std: torch.Tensor | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -135,16 +139,23 @@ class Schedule:
             self.plateau.step(val_acc)
 
 
-def setup_training(cfg: RunConfig, shape: tuple, n_classes: int, steps_per_epoch: int,
-                   device: torch.device):
-    """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, height, width)."""
+def make_model(mc: ModelConfig, shape: tuple, n_classes: int, device: torch.device) -> torch.nn.Module:
+    """The configured model for clips of `shape` (channels, height, width), on `device`, in the
+    memory format `model_input` feeds it (training and `bench.predict` build it the same way)."""
     try:
-        model = create_model(cfg.model.name, tuple(shape), n_classes, **cfg.model.params)
+        model = create_model(mc.name, tuple(shape), n_classes, **mc.params)
     except ModelError as e:
         raise TrainingError(f"{e} (features of shape {tuple(shape)})") from None
     model = model.to(device)
     if device.type in CHANNELS_LAST:
         model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def setup_training(cfg: RunConfig, shape: tuple, n_classes: int, steps_per_epoch: int,
+                   device: torch.device):
+    """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, height, width)."""
+    model = make_model(cfg.model, shape, n_classes, device)
     augment = Augment(cfg.augment, n_mels=shape[1], frames=shape[2])
     optimizer = make_optimizer(model, cfg.train, device)
     return model, augment, optimizer, Schedule(optimizer, cfg.train, steps_per_epoch)
@@ -236,4 +247,4 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
         test = torch.as_tensor(test_idx, dtype=torch.long, device=device)
         probs = predict(model, bank, test, mean, std).cpu().numpy()
     return SplitResult(best_epoch, best_acc if val is not None else None, probs, history,
-                       best_correct if val is not None else None)
+                       best_correct if val is not None else None, state=best_state, mean=mean, std=std)

@@ -1,0 +1,232 @@
+"""Kept split models and `predict`: model.pt reproduces the split's saved predictions, the ensemble is
+the mean of the split models, tampered or missing models are refused, bad files are named."""
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import cli
+from bench.cv import run_cv
+from bench.runfolder import RunFolder
+from tests.conftest import fast_config
+
+SPLITS = [1, 2, 3]
+
+
+@pytest.fixture(scope="module")
+def run(tiny_us8k_master, tmp_path_factory):
+    """A kfold run of three splits of the tiny UrbanSound8K, MLflow on (a SQLite store)."""
+    tmp = tmp_path_factory.mktemp("predict")
+    threads = torch.get_num_threads()
+    cfg = fast_config(tmp, tiny_us8k_master, name="kept", splits=SPLITS,
+                      **{"tracking.mlflow": True, "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+                         "tracking.experiment": "predict", "train.threads": 1})
+    try:
+        result = run_cv(cfg, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    return result.run_dir, f"sqlite:///{tmp / 'mlflow.db'}"
+
+
+def clips_of(run_dir: Path, k: int) -> tuple[list[str], pd.DataFrame]:
+    """Split k's test clips as file paths, in predictions.csv's order, and predictions.csv."""
+    saved = pd.read_csv(run_dir / "splits" / str(k) / "predictions.csv", dtype={"clip": str})
+    folds = pd.read_csv(run_dir / "folds.csv", dtype={"clip": str}).set_index("clip")
+    return [str(folds.loc[c, "path"]) for c in saved["clip"]], saved
+
+
+def predict(*args) -> int:
+    return cli.main(["predict", *map(str, args)])
+
+
+def probs(table: pd.DataFrame) -> np.ndarray:
+    return table[[c for c in table.columns if c.startswith("prob_")]].to_numpy()
+
+
+def test_model_pt_holds_what_predicting_needs_and_is_in_done(run):
+    run_dir, _ = run
+    for k in SPLITS:
+        folder = run_dir / "splits" / str(k)
+        done = json.loads((folder / "DONE").read_text())
+        assert done["files"]["model.pt"] == hashlib.sha256((folder / "model.pt").read_bytes()).hexdigest()
+        d = torch.load(folder / "model.pt", weights_only=True)
+        assert d["classes"] == ["air_conditioner", "car_horn", "children_playing"]
+        assert d["audio"] == {"sample_rate": 8000, "channels": 1, "duration": 1.0}
+        assert d["features"]["n_mels"] == 32 and d["model"]["name"] == "tutorial_cnn"
+        assert d["mean"].shape == d["std"].shape == (1, 1, 32, 1)
+        assert d["best_epoch"] == json.loads((folder / "split.json").read_text())["best_epoch"]
+    assert RunFolder(run_dir).verified() == SPLITS
+
+
+@pytest.mark.parametrize("k", SPLITS)
+def test_split_model_reproduces_the_saved_predictions(run, k, tmp_path, capsys):
+    run_dir, _ = run
+    files, saved = clips_of(run_dir, k)
+    out = tmp_path / "preds.csv"
+    assert predict("--run", run_dir, *files, "--split", k, "--out", out, "--threads", 1) == 0
+    assert f"split {k}'s model" in capsys.readouterr().out
+    got = pd.read_csv(out)
+    classes = [c[len("prob_"):] for c in saved.columns if c.startswith("prob_")]
+    assert got["path"].tolist() == files
+    assert got["predicted"].tolist() == [classes[i] for i in saved["pred"]]
+    assert list(got.columns[2:]) == [f"prob_{c}" for c in classes]
+    np.testing.assert_array_equal(probs(got), probs(saved))
+
+
+def test_default_is_the_ensemble_mean_of_the_split_models(run, tmp_path, capsys):
+    run_dir, _ = run
+    files = clips_of(run_dir, 1)[0] + clips_of(run_dir, 2)[0]
+    per_split = []
+    for k in SPLITS:
+        assert predict("--run", run_dir, *files, "--split", k, "--out", tmp_path / f"{k}.csv") == 0
+        per_split.append(probs(pd.read_csv(tmp_path / f"{k}.csv")))
+    capsys.readouterr()
+    assert predict("--run", run_dir, *files, "--out", tmp_path / "all.csv") == 0
+    assert "ensemble of 3 split models (splits 1..3)" in capsys.readouterr().out
+    got = pd.read_csv(tmp_path / "all.csv")
+    mean = np.mean(per_split, axis=0)  # of 6-decimal values: within 1e-6 of the exact mean's rounding
+    np.testing.assert_allclose(probs(got), mean, rtol=0, atol=1.01e-6)
+    assert not np.allclose(per_split[0], per_split[1], atol=1e-3)  # the models differ: a real mean
+    clear = np.sort(mean, axis=1)[:, -1] - np.sort(mean, axis=1)[:, -2] > 1e-5
+    classes = [c[len("prob_"):] for c in got.columns if c.startswith("prob_")]
+    assert (got["predicted"][clear] == [classes[i] for i in mean.argmax(axis=1)[clear]]).all()
+
+
+def copy_run(run_dir: Path, tmp_path: Path) -> Path:
+    dest = tmp_path / "runs" / run_dir.name
+    shutil.copytree(run_dir, dest)
+    return dest
+
+
+def one_error(capsys) -> str:
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    return lines[0]
+
+
+def test_a_tampered_model_is_refused(run, tmp_path, capsys):
+    run_dir = copy_run(run[0], tmp_path)
+    files, _ = clips_of(run_dir, 2)
+    model = run_dir / "splits" / "2" / "model.pt"
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 1
+    model.write_bytes(bytes(data))
+    out = tmp_path / "preds.csv"
+    for extra in (["--split", "2"], []):  # alone, and inside the ensemble
+        assert predict("--run", run_dir, files[0], *extra, "--out", out) == 2
+        line = one_error(capsys)
+        assert "split 2" in line and "model.pt changed" in line
+    assert predict("--run", run_dir, files[0], "--split", "1") == 0  # the others still serve
+    assert not out.exists()
+
+
+def test_a_run_made_before_models_were_kept_verifies_and_is_refused(run, tmp_path, capsys):
+    run_dir = copy_run(run[0], tmp_path)
+    folder = RunFolder(run_dir)
+    for k in SPLITS:  # what an older foldbench left: no model.pt, and none in DONE
+        (folder.split_dir(k) / "model.pt").unlink()
+        folder.seal(k)
+        assert "model.pt" not in json.loads((folder.split_dir(k) / "DONE").read_text())["files"]
+    assert folder.verified() == SPLITS
+    files, _ = clips_of(run_dir, 1)
+    assert predict("--run", run_dir, files[0]) == 2
+    assert "no saved models" in one_error(capsys)
+    assert predict("--run", run_dir, files[0], "--split", "1") == 2
+    assert "kept no model" in one_error(capsys)
+
+
+def test_a_deleted_model_fails_its_split(run, tmp_path, capsys):
+    run_dir = copy_run(run[0], tmp_path)
+    (run_dir / "splits" / "3" / "model.pt").unlink()
+    assert predict("--run", run_dir, clips_of(run_dir, 3)[0][0]) == 2
+    line = one_error(capsys)
+    assert "split 3" in line and "model.pt is missing" in line
+
+
+def test_unknown_and_unfinished_splits_are_refused(run, tmp_path, capsys):
+    run_dir, _ = run
+    files, _ = clips_of(run_dir, 1)
+    assert predict("--run", run_dir, files[0], "--split", "99") == 2
+    assert "--split 99: no such split" in one_error(capsys)
+    assert predict("--run", run_dir, files[0], "--split", "4") == 2  # planned, not run (--splits 1,2,3)
+    assert "not finished" in one_error(capsys)
+    assert predict("--run", tmp_path / "nothing", files[0]) == 2
+    assert "not a run folder" in one_error(capsys)
+
+
+def test_bad_files_are_named_and_nothing_is_written(run, tmp_path, capsys):
+    run_dir, _ = run
+    good = clips_of(run_dir, 1)[0][0]
+    broken = tmp_path / "broken.wav"
+    broken.write_bytes(b"RIFF this is not audio at all")
+    empty = tmp_path / "empty.wav"
+    empty.write_bytes(b"")
+    out = tmp_path / "preds.csv"
+    assert predict("--run", run_dir, good, broken, empty, "--out", out) == 2
+    line = one_error(capsys)
+    assert f"{broken} (cannot decode" in line and f"{empty} (empty file" in line and good not in line
+    assert not out.exists()
+    assert predict("--run", run_dir, tmp_path / "missing.wav") == 2
+    assert "missing.wav: no such file" in one_error(capsys)
+    assert predict("--run", run_dir, good, "--out", tmp_path / "no" / "dir" / "x.csv") == 2
+    assert "--out" in one_error(capsys)
+
+
+def test_directories_expand_to_their_audio_files_one_row_each(run, tmp_path, capsys):
+    run_dir, _ = run
+    files = clips_of(run_dir, 2)[0][:3]
+    folder = tmp_path / "new"
+    (folder / "deeper").mkdir(parents=True)
+    suffix = Path(files[0]).suffix.lower()
+    copies = [folder / f"b{suffix}", folder / "deeper" / f"a{suffix}", folder / f"c{suffix.upper()}"]
+    for src, dst in zip(files, copies):
+        dst.write_bytes(Path(src).read_bytes())
+    (folder / "notes.txt").write_text("not audio")
+    out = tmp_path / "preds.csv"
+    assert predict("--run", run_dir, folder, files[0], "--out", out) == 0
+    got = pd.read_csv(out)
+    assert got["path"].tolist() == sorted(map(str, copies)) + [files[0]]
+    assert len(got) == len(copies) + 1 and got["predicted"].notna().all()
+    np.testing.assert_allclose(probs(got).sum(axis=1), 1, atol=1e-5)
+
+
+def test_tune_trials_keep_no_model(tiny_us8k_master, tmp_path):
+    cfg = fast_config(tmp_path, tiny_us8k_master, name="trial", splits=[1], **{"train.epochs": 1})
+    result = run_cv(cfg, score_test=False, progress=False)
+    split = result.run_dir / "splits" / "1"
+    assert (split / "DONE").is_file() and (split / "history.csv").is_file()
+    assert not (split / "model.pt").exists()
+
+
+def test_each_split_run_lists_its_model_in_mlflow(run, tmp_path):
+    import mlflow
+    from mlflow.entities import LoggedModelStatus
+    run_dir, uri = run
+    client = mlflow.tracking.MlflowClient(uri)
+    exp = client.get_experiment_by_name("predict")
+    children = [r for r in client.search_runs([exp.experiment_id])
+                if r.data.tags.get("mlflow.parentRunId")]
+    assert sorted(int(r.data.tags["split"]) for r in children) == SPLITS
+    for r in children:
+        outputs = r.outputs.model_outputs
+        assert len(outputs) == 1
+        model = client.get_logged_model(outputs[0].model_id)
+        assert model.source_run_id == r.info.run_id and model.status == LoggedModelStatus.READY
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/model.pt",
+                                                         dst_path=str(tmp_path / r.info.run_id)))
+        assert local.read_bytes() == (run_dir / "splits" / r.data.tags["split"] / "model.pt").read_bytes()
+
+
+def test_without_validation_the_last_epoch_is_kept_and_reproduces(tiny_us8k_master, tmp_path):
+    cfg = fast_config(tmp_path, tiny_us8k_master, name="noval", splits=[5], **{"protocol.val": "none"})
+    run_dir = run_cv(cfg, progress=False).run_dir
+    assert torch.load(run_dir / "splits" / "5" / "model.pt", weights_only=True)["best_epoch"] == 3
+    files, saved = clips_of(run_dir, 5)
+    assert predict("--run", run_dir, *files, "--out", tmp_path / "p.csv") == 0  # one model: the ensemble
+    np.testing.assert_array_equal(probs(pd.read_csv(tmp_path / "p.csv")), probs(saved))
