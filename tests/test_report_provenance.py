@@ -185,3 +185,26 @@ def test_fold_scores_plot_has_chance_and_interval(tmp_path, monkeypatch):
     assert {0.25, 0.6} <= ys  # chance, mean
     assert not any(label.startswith("95 %") for label in one.get_legend_handles_labels()[1])
     assert "one split: no interval" in one.get_title()
+
+
+def test_cli_report_waits_for_no_job_a_job_holds_the_folder(run_copy, capsys):
+    import fcntl
+    import os
+    fd = os.open(run_copy, os.O_RDONLY | os.O_DIRECTORY)  # as a kfold job still writing it does
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        assert cli.main(["report", str(run_copy)]) == 2
+        assert "in use by another foldbench process" in capsys.readouterr().err
+    finally:
+        os.close(fd)
+    assert cli.main(["report", str(run_copy)]) == 0
+
+
+def test_nested_run_report_points_to_the_chosen_settings(run_copy):
+    from reports import build_report
+    md = (run_copy / "report.md").read_text()
+    assert "nested.md" not in md
+    (run_copy / "search.json").write_text("{}\n")  # what marks a nested run's folder
+    build_report(run_copy)
+    head = (run_copy / "report.md").read_text().partition("## Result")[0]
+    assert "outer splits of a nested run" in head and "[nested.md](nested.md)" in head
