@@ -128,6 +128,15 @@ def cmd_kfold(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from reports import summary_table
+    from reports.render import rebuild
+    scores = rebuild(args.run)
+    print(summary_table(scores))
+    print(f"\nreport: {args.run.rstrip('/')}/report.md (also report.html, scores.json, plots)")
+    return 0
+
+
 def cmd_datasets_check(args: argparse.Namespace) -> int:
     import json
 
@@ -400,6 +409,15 @@ def make_parser() -> argparse.ArgumentParser:
     compare.add_argument("--experiment", help="MLflow experiment (default: the best run's dataset name)")
     compare.add_argument("--no-mlflow", action="store_true", help="write the comparison folder only")
     compare.set_defaults(func=cmd_compare)
+    report = sub.add_parser(
+        "report", help="rebuild a run's report (report.md/.html, scores.json, plots) from its folder",
+        description="Rebuild report.md, report.html, scores.json, the tables and the plots of a run "
+                    "folder from its saved, verified predictions (a split whose files do not match "
+                    "its DONE digest is named, and nothing is written). Trains nothing.",
+        epilog="  python cli.py report runs/us8k-20260131-140509",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    report.add_argument("run", metavar="RUN", help="a run folder, e.g. runs/<name>")
+    report.set_defaults(func=cmd_report)
     speed = sub.add_parser(
         "speed", help="measure every stage's throughput on this machine, beside the targets",
         description="Cache build, feature bank, training, evaluation and model-only throughput, "
@@ -479,6 +497,8 @@ def _interrupt(signum, frame):
 def main(argv: list[str] | None = None) -> int:
     import signal
     args = make_parser().parse_args(argv)
+    from bench.provenance import set_command
+    set_command(sys.argv if argv is None else ["cli.py", *argv])  # what run.json records
     signal.signal(signal.SIGTERM, _interrupt)
     from bench.errors import USER_ERRORS
     try:
@@ -493,6 +513,8 @@ def main(argv: list[str] | None = None) -> int:
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    finally:
+        set_command(None)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from .config import RunConfig, flatten
 from .atomic import atomic_write_text
 from .predict import MODEL_FILE, pack_model
 from .prepare import Prepared, check_config, prepare
+from .provenance import Attempt, clock
 from .runfolder import RunFolder, RunFolderError, read_json
 from .tracking import Tracker
 from .train import fit_split
@@ -148,6 +149,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     protocol; `score_test=False` (tune) never predicts a test fold. `parent_run` nests the split runs
     under an MLflow run the caller owns; otherwise this job has its own parent (reopened on resume).
     """
+    began = clock()  # run.json: the job's start, before its data is loaded
     if prepared is None:
         prepared = prepare(cfg, progress=progress, tracking=tracker is None)
     else:
@@ -165,6 +167,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                                  f"--resume --name {folder.path.name}`")
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
+        attempt = Attempt.begin(folder.path, resume, code_version(), began) if own_parent else None  # run.json
         if own_parent:
             parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
         try:
@@ -182,11 +185,15 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                 val_acc[split.index] = info["val_acc"]
                 if on_split is not None:
                     on_split(split, info)
+            if attempt:
+                attempt.end(status)  # training's end, which the report shows
             scores = report(folder, tracker, parent_run if own_parent else None) if score_test else None
         except BaseException as e:
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             raise
         finally:
+            if attempt and status != "FINISHED":
+                attempt.end(status)
             if own_parent:
                 tracker.end(parent_run, status)
     return CVResult(folder.path, val_acc, scores, prepared.quarantine, prepared.plan.warnings, retrained)

@@ -38,8 +38,9 @@ from protocols import Split
 
 from .atomic import atomic_write_text
 from .config import ConfigError, RunConfig, load_yaml, merge
-from .cv import SplitJob, open_parent_run, report, run_cv, run_split
+from .cv import SplitJob, code_version, open_parent_run, report, run_cv, run_split
 from .prepare import Prepared, prepare
+from .provenance import Attempt, clock
 from .runfolder import RunFolder, RunFolderError, read_json
 from .tracking import Tracker
 from .tune import (TuneConfig, best_config, best_trial, check_space, check_tune, check_validation,
@@ -118,6 +119,7 @@ def _settings(cfg: RunConfig, tune: TuneConfig, space: dict, inner_splits: int) 
 def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resume: bool = False,
                non_nested: bool = True, progress: bool = True) -> NestedResult:
     """Nested CV of `cfg` + search space into `runs_dir/name`; the non-nested estimate beside it."""
+    began = clock()  # run.json: the job's start
     check_tune(tune)
     check_validation(cfg)
     space = load_space(tune.space)
@@ -148,6 +150,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
         atomic_write_text(folder.path / "search.json", json.dumps(settings, indent=1) + "\n")
+        attempt = Attempt.begin(folder.path, resume, code_version(), began)  # run.json
         parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested")
         folder.keep()  # the studies under inner/ are finished work before any outer split is DONE
         try:
@@ -171,6 +174,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             raise
         finally:
+            attempt.end(status)
             tracker.end(parent, status)
     return NestedResult(folder.path, summary)
 
@@ -261,15 +265,16 @@ def summarise(folder: RunFolder, scores: dict, baseline: dict | None) -> dict:
 
 
 def render_summary(s: dict) -> str:
+    from reports.aggregate import interval_text
     n = s["nested"]
     lines = ["# Nested cross-validation", "",
              "| estimate | accuracy (mean ± std over splits) | 95 % interval | splits |", "|---|---|---|---|",
              f"| nested (selection never saw the test fold) | {n['acc_mean']:.3f} ± {n['acc_std']:.3f} | "
-             f"{n['acc_ci95_low']:.3f}–{n['acc_ci95_high']:.3f} | {n['n_splits']} |"]
+             f"{interval_text(n['acc_ci95_low'], n['acc_ci95_high'])} | {n['n_splits']} |"]
     b = s["non_nested"]
     if b:
         lines.append(f"| non-nested (tune, then kfold of best.yaml) | {b['acc_mean']:.3f} ± "
-                     f"{b['acc_std']:.3f} | {b['acc_ci95_low']:.3f}–{b['acc_ci95_high']:.3f} | "
+                     f"{b['acc_std']:.3f} | {interval_text(b['acc_ci95_low'], b['acc_ci95_high'])} | "
                      f"{b['n_splits']} |")
         lines += ["", f"**Selection bias (non-nested − nested): {s['selection_bias']:+.3f}** — what "
                       f"choosing the settings on folds that are also test folds is worth here. Its "

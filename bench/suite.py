@@ -80,12 +80,13 @@ def _row(entry: Entry, cfg: RunConfig, scores: dict, folder: RunFolder, wall: fl
 
 def render(table: pd.DataFrame, name: str, same_folds: bool) -> str:
     """suite.md (and what the command prints): best first."""
+    from reports.aggregate import interval_text
     lines = [f"# suite {name}", "",
              "| entry | settings | accuracy (mean ± std) | 95 % CI | macro F1 | splits | train time | "
              "train clips/s |", "|---|---|---|---|---|---|---|---|"]
     for r in table.sort_values("acc_mean", ascending=False).itertuples():
         lines.append(f"| {r.entry} | {r.settings} | {r.acc_mean:.3f} ± {r.acc_std:.3f} | "
-                     f"{r.acc_ci95_low:.3f}–{r.acc_ci95_high:.3f} | {r.macro_f1_mean:.3f} | "
+                     f"{interval_text(r.acc_ci95_low, r.acc_ci95_high)} | {r.macro_f1_mean:.3f} | "
                      f"{r.n_splits} | {r.train_s:.0f} s | {r.train_clips_per_s or 0:.0f} |")
     lines += ["", "Every entry ran on the same fold plan (same clips, same folds)." if same_folds else
               "WARNING: the entries' fold plans differ (other clips quarantined or another protocol): "

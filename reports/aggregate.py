@@ -102,14 +102,15 @@ def _mean_std(values: np.ndarray) -> tuple[float, float]:
 
 
 def summary(fold_df: pd.DataFrame) -> dict:
-    """Mean, sample std (ddof=1) and 95 % t-interval of accuracy over splits; macro F1 mean/std."""
+    """Mean, sample std (ddof=1) and 95 % t-interval of accuracy over splits; macro F1 mean/std.
+    One split: std 0 and no interval (`acc_ci95_low`/`_high` None: `interval_text` says so)."""
     n = len(fold_df)
     if n == 0:
         raise ValueError("summary of zero splits")
     acc = fold_df["accuracy"].to_numpy(dtype=float)
     acc_mean, acc_std = _mean_std(acc)
     f1_mean, f1_std = _mean_std(fold_df["macro_f1"].to_numpy(dtype=float))
-    low, high = t_interval(acc)
+    low, high = t_interval(acc) if n > 1 else (None, None)  # one value has no spread to bound
     return {
         "acc_mean": acc_mean,
         "acc_std": acc_std,
@@ -119,6 +120,13 @@ def summary(fold_df: pd.DataFrame) -> dict:
         "macro_f1_std": f1_std,
         "n_splits": n,
     }
+
+
+def interval_text(low, high) -> str:
+    """`0.512–0.634`, or what stands in for an interval of one split (summary's None)."""
+    if low is None or high is None or pd.isna(low) or pd.isna(high):  # None, or NaN in a table
+        return "one split: no interval"
+    return f"{low:.3f}–{high:.3f}"
 
 
 def repeat_scores(fold_df: pd.DataFrame) -> pd.DataFrame:

@@ -36,7 +36,7 @@ import numpy as np
 import pandas as pd
 
 from bench.runfolder import read_json
-from reports.aggregate import class_names, fold_scores, load_predictions, summary
+from reports.aggregate import class_names, fold_scores, interval_text, load_predictions, summary
 from reports.files import dataset_name, missing_splits, read_plan, read_split_json, run_name
 from reports.stats import bayes_correlated_ttest, corrected_ttest, mcnemar_exact
 
@@ -277,8 +277,8 @@ def render_comparison(result: dict) -> str:
         splits = f"{row['n_splits']}" + (f" ({row['repeats']} repeats)" if row["repeats"] > 1 else "")
         diff = "best" if not v else f"{v['diff']:+.3f}" + ("" if v["paired"] else " (means)")
         lines.append(f"| {row['rank']} | {row['run']}{' LEAKY' if row['leaky'] else ''} | `{row['protocol']}` | "
-                     f"{row['acc_mean']:.3f} ± {row['acc_std']:.3f} | {row['acc_ci95_low']:.3f}–"
-                     f"{row['acc_ci95_high']:.3f} | {splits} | {diff} | {_p(t.get('p'))} | "
+                     f"{row['acc_mean']:.3f} ± {row['acc_std']:.3f} | "
+                     f"{interval_text(row['acc_ci95_low'], row['acc_ci95_high'])} | {splits} | {diff} | {_p(t.get('p'))} | "
                      f"{_f(b.get('p_better'))} | {_f(b.get('p_equiv'))} | {_f(b.get('p_worse'))} | "
                      f"{_p(m.get('p'))} |")
     return "\n".join(lines + [""] + [f"- {n}" for n in notes(result)]) + "\n"

@@ -52,10 +52,19 @@ def read_plan(run_dir) -> dict:
     return _read_mapping(Path(run_dir) / "plan.json", json.loads)
 
 
+def asked_splits(run_dir) -> list[int]:
+    """The splits the run was asked for: config.yaml's `splits` (`--splits 1,2`), else every split
+    of plan.json (else 1..n, n = number of distinct folds in folds.csv)."""
+    planned = RunFolder(run_dir).planned()
+    asked = read_config(run_dir).get("splits")
+    if isinstance(asked, list) and asked:
+        return sorted({int(k) for k in asked if isinstance(k, int) and k in planned} or planned)
+    return planned
+
+
 def expected_splits(run_dir) -> list[int]:
-    """The splits of plan.json (else 1..n, n = number of distinct folds in folds.csv), plus any
-    split folder present."""
-    return sorted(set(split_dirs(run_dir)) | set(RunFolder(run_dir).planned()))
+    """The splits asked for (`asked_splits`), plus any split folder present."""
+    return sorted(set(split_dirs(run_dir)) | set(asked_splits(run_dir)))
 
 
 def missing_splits(run_dir) -> list[int]:

@@ -72,24 +72,36 @@ def plot_learning_curves(run_dir, path) -> None:
     save_png(fig, path)
 
 
-def plot_fold_scores(fold_df: pd.DataFrame, path) -> None:
-    """Accuracy per split as bars (labelled with the test fold), with the mean as a dashed line."""
+def plot_fold_scores(fold_df: pd.DataFrame, path, n_classes: int | None = None,
+                     interval: tuple[float | None, float | None] | None = None) -> None:
+    """Accuracy per split as bars (labelled with the test fold), the mean as a dashed line, the 95 %
+    interval of the mean as a band around it (none for one split), and chance (1 / n_classes)."""
     n = len(fold_df)
-    fig, ax = plt.subplots(figsize=(max(5.0, 0.6 * n + 2), 4))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.6 * n + 2), 4))
     x = np.arange(n)
     acc = fold_df["accuracy"].to_numpy(dtype=float)
-    bars = ax.bar(x, acc, color="tab:blue", alpha=0.8)
+    bars = ax.bar(x, acc, color="tab:blue", alpha=0.8, zorder=2)
     ax.bar_label(bars, labels=[f"{a:.3f}" for a in acc], fontsize=8, padding=2)
     title = "test accuracy per fold"
     if n:
-        ax.axhline(acc.mean(), color="tab:red", ls="--", lw=1.5)
-        title += f" (dashed: mean {acc.mean():.3f})"
+        ax.axhline(acc.mean(), color="tab:red", ls="--", lw=1.5, label=f"mean {acc.mean():.3f}")
+    low, high = interval or (None, None)
+    if low is not None and high is not None:
+        ax.axhspan(low, high, color="tab:red", alpha=0.12, lw=0, zorder=0,
+                   label=f"95 % interval of the mean {low:.3f}–{high:.3f}")
+    elif n == 1:
+        title += "\none split: no interval"
+    if n_classes and n_classes > 1:
+        ax.axhline(1 / n_classes, color="gray", ls=":", lw=1.5, label=f"chance (1/{n_classes})")
     repeated = "repeat" in fold_df.columns and fold_df["repeat"].nunique() > 1
     ax.set_xticks(x, [f"{int(r)}.{int(f)}" if repeated else f"{int(f)}"
                       for r, f in zip(fold_df.get("repeat", fold_df["test_fold"]), fold_df["test_fold"])])
-    ax.set(xlabel="repeat.test fold" if repeated else "test fold", ylabel="accuracy", ylim=(0, 1.08),
+    ax.set(xlabel="repeat.test fold" if repeated else "test fold", ylabel="accuracy", ylim=(0, 1.3),
            title=title)
+    ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(axis="y", alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:  # above the bars, which end at 1 (and their labels)
+        ax.legend(loc="upper left", ncol=2, fontsize=7, framealpha=0.9)
     fig.tight_layout()
     save_png(fig, path)
 
