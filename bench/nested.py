@@ -138,7 +138,8 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
         atomic_write_text(folder.path / "search.json", json.dumps(settings, indent=1) + "\n")
-        parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested")
+        parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested",
+                                 searched=space)
         try:
             for split in tqdm(outer, desc=f"outer splits ({cfg.name})", unit="split", disable=not progress):
                 reason = folder.problem(split.index) if resume else "not finished"
