@@ -125,6 +125,7 @@ def cmd_kfold(args: argparse.Namespace) -> int:
               file=sys.stderr)
     print(summary_table(result.scores))
     print(f"\nreport: {result.run_dir / 'report.md'}")
+    print_mlflow_hint(cfg, result.run_dir)
     return 0
 
 
@@ -135,6 +136,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(summary_table(scores))
     print(f"\nreport: {args.run.rstrip('/')}/report.md (also report.html, scores.json, plots)")
     return 0
+
+
+def print_mlflow_hint(cfg, run_dir) -> None:
+    from bench.mlflow_layout import ui_hint
+    hint = ui_hint(cfg.tracking, run_dir)
+    if hint:
+        print(f"MLflow: {hint}")
 
 
 def cmd_datasets_check(args: argparse.Namespace) -> int:
@@ -334,6 +342,7 @@ def cmd_nested(args: argparse.Namespace) -> int:
     print(render_summary(result.summary).split("\n## Chosen")[0].rstrip())
     print(f"\nreport: {result.run_dir / 'nested.md'} (per outer split: the settings chosen; "
           f"{result.run_dir / 'report.md'}: the nested scores)")
+    print_mlflow_hint(cfg, result.run_dir)
     return 0
 
 

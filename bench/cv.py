@@ -7,6 +7,7 @@ outputs verify and trains again, with a message, those that do not.
 """
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -21,12 +22,13 @@ from tqdm.auto import tqdm
 
 from protocols import Split
 
-from .config import RunConfig, flatten
+from .config import RunConfig
 from .atomic import atomic_write_text
 from .predict import MODEL_FILE, pack_model
 from .prepare import Prepared, check_config, prepare
 from .provenance import Attempt, clock
 from .runfolder import RunFolder, RunFolderError, read_json
+from .mlflow_layout import dataset_inputs, run_params, split_params
 from .tracking import Tracker
 from .train import fit_split
 
@@ -80,9 +82,13 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
     keep, name = prepared.plan.rows, job.run_name
     # A killed attempt's run would mix two learning curves: it is replaced, so one run per split.
     tracker.delete(tracker.child_run(parent_run, name, {"split": split.index}) if parent_run else None)
-    with tracker.run(name, params=job.params, parent=parent_run, tags={"split": split.index}) as child:
-        def on_epoch(epoch, train_loss, val_acc):
-            tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch)
+    params = split_params(run_params(cfg, prepared), split)  # the job's params and this split's
+    with tracker.run(name, params=params, parent=parent_run, tags={"split": split.index}) as child:
+        tracker.log_inputs(child, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
+
+        def on_epoch(epoch, train_loss, val_acc):  # queued: a slow store never holds up training
+            tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch,
+                                asynchronous=True)
 
         bank, start = prepared.bank(cfg, progress), time.perf_counter()
         seed = cfg.train.seed + split.index  # split numbers run on across repeats: a seed per repeat
@@ -125,8 +131,8 @@ def _log_split(tracker: Tracker, child: str | None, job: SplitJob, folder: RunFo
                                   "best_epoch": info["best_epoch"]}, step=job.cfg.train.epochs)
 
 
-def _mirror_finished(job: SplitJob, folder: RunFolder, tracker: Tracker, parent_run: str | None,
-                     info: dict) -> None:
+def _mirror_finished(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker,
+                     parent_run: str | None, info: dict) -> None:
     """On resume, a split finished on disk whose MLflow run is missing or was killed before it
     was closed (kill -9 right after DONE) gets its figures and files, and ends FINISHED."""
     if not (tracker.enabled and parent_run):
@@ -134,7 +140,8 @@ def _mirror_finished(job: SplitJob, folder: RunFolder, tracker: Tracker, parent_
     child = tracker.child_run(parent_run, job.run_name, {"split": job.split.index})
     if tracker.finished(child):
         return
-    with tracker.run(job.run_name, params=job.params, parent=parent_run, run_id=child,
+    params = split_params(run_params(job.cfg, prepared), job.split)
+    with tracker.run(job.run_name, params=params, parent=parent_run, run_id=child,
                      tags={"split": job.split.index}) as run:
         _log_split(tracker, run, job, folder, info)
 
@@ -175,7 +182,8 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                 reason = folder.problem(split.index, score_test) if resume else "not finished"
                 if reason is None:
                     info = folder.read_split_info(split.index)
-                    _mirror_finished(SplitJob(split, cfg, score_test), folder, tracker, parent_run, info)
+                    _mirror_finished(SplitJob(split, cfg, score_test), prepared, folder, tracker, parent_run,
+                                     info)
                 else:
                     if resume and reason != "not finished":
                         retrained[split.index] = reason
@@ -200,18 +208,23 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
 
 
 def open_parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: Tracker,
-                    resume: bool, kind: str = "kfold") -> str | None:
-    """This job's MLflow run, reopened on resume, with the runs a killed job left RUNNING closed."""
+                    resume: bool, kind: str = "kfold", searched=()) -> str | None:
+    """This job's MLflow run, reopened on resume, with the runs a killed job left RUNNING closed.
+    `searched`: config keys chosen per outer split (nested CV), not params of the job."""
     old = read_json(folder.path / "mlflow.json").get("parent") if resume else None
     plan = prepared.plan
-    run = tracker.start(cfg.name, params=flatten(cfg), run_id=old, tags={
+    params = run_params(cfg, prepared, leave_out=searched)
+    run = tracker.start(cfg.name, params=params, run_id=old, tags={
         "kind": kind, "dataset": prepared.dataset.name, "dataset_fingerprint": prepared.fingerprint,
         "protocol": repr(plan.protocol), "leaky": plan.leaky, "code_version": code_version(),
         "run_folder": str(folder.path.resolve()), "quarantined": len(prepared.quarantine)})
     if run:
         if old == run:
             tracker.close_running(run)
-        atomic_write_text(folder.path / "mlflow.json", f'{{"parent": "{run}"}}\n')
+        else:
+            tracker.log_inputs(run, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
+        atomic_write_text(folder.path / "mlflow.json", json.dumps(
+            {"parent": run, "experiment": tracker.experiment_id}) + "\n")
     return run
 
 
@@ -222,7 +235,9 @@ def report(folder: RunFolder, tracker: Tracker, parent_run: str | None) -> dict:
     tracker.log_metrics(parent_run, {k: scores.get(k) for k in
                                      ("acc_mean", "acc_std", "macro_f1_mean", "acc_ci95_low",
                                       "acc_ci95_high", "acc_repeat_std")})  # the last: repeats only
+    # per-split accuracy as one metric over steps: a line per run in MLflow's charts, split on x
+    tracker.log_series(parent_run, "acc_fold", {row["split"]: row["accuracy"] for row in scores["per_fold"]})
     tracker.log_files(parent_run, sorted(p for p in folder.path.iterdir() if p.is_file()
-                                         and p.suffix in (".md", ".png", ".csv", ".json", ".yaml")
+                                         and p.suffix in (".md", ".html", ".png", ".csv", ".json", ".yaml")
                                          and p.name != "mlflow.json"))
     return scores

@@ -151,7 +151,8 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
                           prepared.quarantine)
         atomic_write_text(folder.path / "search.json", json.dumps(settings, indent=1) + "\n")
         attempt = Attempt.begin(folder.path, resume, code_version(), began)  # run.json
-        parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested")
+        parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested",
+                                 searched=space)
         folder.keep()  # the studies under inner/ are finished work before any outer split is DONE
         try:
             for split in tqdm(outer, desc=f"outer splits ({cfg.name})", unit="split", disable=not progress):

@@ -7,6 +7,11 @@ The store is checked when a Tracker is built, before the caller writes anything:
 answer within seconds, a SQLite file must be a writable database. Every later store failure is a
 TrackingError too (one line). Workers opening a fresh SQLite file at once take turns creating its
 schema (a lock on its folder), so neither dies in, or corrupts, MLflow's migrations.
+
+Per-epoch metrics go asynchronously (`log_metrics(..., asynchronous=True)`: MLflow's async queue),
+so a slow server never holds up training; `end` waits for a run's pending writes first, and a write
+that failed there is the same one-line TrackingError. What is logged (params, tags, the dataset
+input, the experiment's view) is `bench.mlflow_layout`'s.
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from .config import TrackingConfig
+from .mlflow_layout import EXPERIMENT_TAGS, standard_tags
 
 T = TypeVar("T")
 HINT = "or pass another --tracking-uri, or --no-mlflow"
@@ -43,6 +49,7 @@ class Tracker:
         self.experiment = cfg.experiment or experiment
         self.uri = cfg.tracking_uri
         self.tags: dict[str, Any] = {}  # added to every run this tracker starts (see `tagged`)
+        self._pending: dict[str, list] = {}  # run id -> its async writes not yet waited for
         if self.enabled:
             self.client, self.experiment_id = _open_store(self.uri, self.experiment)
 
@@ -70,7 +77,7 @@ class Tracker:
         if run_id and self._exists(run_id):
             self._call("reopen a run", "update_run", run_id, status="RUNNING")
         else:
-            all_tags = {"mlflow.runName": name, **self.tags, **(tags or {})}
+            all_tags = {**standard_tags(), "mlflow.runName": name, **self.tags, **(tags or {})}
             if parent:
                 all_tags["mlflow.parentRunId"] = parent
             run_id = self._call("create a run", "create_run", self.experiment_id,
@@ -89,8 +96,21 @@ class Tracker:
             raise self._error("read a run", e) from e
 
     def end(self, run_id: str | None, status: str = "FINISHED") -> None:
+        """Wait for the run's async writes (a failed one is a TrackingError), then close it."""
         if self.enabled and run_id:
+            self.flush(run_id)
             self._call("end a run", "set_terminated", run_id, status=status)
+
+    def flush(self, run_id: str | None = None) -> None:
+        """Wait for the async writes of `run_id` (of every run when None); the first that failed
+        is raised as a TrackingError."""
+        for rid in [run_id] if run_id else list(self._pending):
+            for ops in self._pending.pop(rid, []):
+                for future in getattr(ops, "_operation_futures", None) or []:
+                    try:
+                        future.result()
+                    except Exception as e:
+                        raise self._error("log metrics", e) from e
 
     @contextmanager
     def run(self, name: str, **kw) -> Iterator[str | None]:
@@ -117,15 +137,36 @@ class Tracker:
             from mlflow.entities import RunTag
             self._call("set tags", "log_batch", run_id, tags=[RunTag(k, v) for k, v in _strings(tags).items()])
 
-    def log_metrics(self, run_id: str | None, metrics: dict[str, float | None], step: int = 0) -> None:
+    def log_metrics(self, run_id: str | None, metrics: dict[str, float | None], step: int = 0,
+                    asynchronous: bool = False) -> None:
+        """Finite values only. `asynchronous`: queued (per-epoch metrics), waited for by `end`."""
         if not (self.enabled and run_id):
             return
         from mlflow.entities import Metric
         now = int(time.time() * 1000)
         rows = [Metric(k, float(v), now, step) for k, v in metrics.items()
                 if v is not None and math.isfinite(float(v))]
+        if rows and asynchronous:
+            ops = self._call("log metrics", "log_batch", run_id, metrics=rows, synchronous=False)
+            self._pending.setdefault(run_id, []).append(ops)
+        elif rows:
+            self._call("log metrics", "log_batch", run_id, metrics=rows, synchronous=True)
+
+    def log_series(self, run_id: str | None, key: str, values: dict[int, float | None]) -> None:
+        """One metric at several steps in one write (the parent's `acc_fold`, step = split)."""
+        if not (self.enabled and run_id):
+            return
+        from mlflow.entities import Metric
+        now = int(time.time() * 1000)
+        rows = [Metric(key, float(v), now, int(step)) for step, v in sorted(values.items())
+                if v is not None and math.isfinite(float(v))]
         if rows:
-            self._call("log metrics", "log_batch", run_id, metrics=rows)
+            self._call("log metrics", "log_batch", run_id, metrics=rows, synchronous=True)
+
+    def log_inputs(self, run_id: str | None, inputs: Callable[[], list]) -> None:
+        """MLflow dataset inputs, built by `inputs()` only when MLflow is on."""
+        if self.enabled and run_id:
+            self._call("log the dataset", "log_inputs", run_id, datasets=inputs())
 
     def log_files(self, run_id: str | None, paths: list[Path], folder: str | None = None) -> None:
         if self.enabled and run_id:
@@ -227,6 +268,8 @@ def _open_store(uri: str, experiment: str):
     from mlflow.tracking import MlflowClient  # importing mlflow sets its loggers' levels: quiet them after
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # a failed async write is raised by `Tracker.end` in one line; MLflow's queue would log it too
+    logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
     if uri.startswith(("http://", "https://")):
         try:
             with _short_requests():
@@ -259,18 +302,21 @@ def _open_store(uri: str, experiment: str):
 
 def _experiment(client, name: str, artifacts: str | None = None) -> str:
     """The experiment's id, created (its artifacts under `artifacts`, MLflow's choice when None) or
-    restored if it was deleted."""
+    restored if it was deleted; tagged to open on its runs table (EXPERIMENT_TAGS)."""
     from mlflow.exceptions import MlflowException
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
-            return client.create_experiment(name, artifact_location=artifacts)
+            return client.create_experiment(name, artifact_location=artifacts, tags=EXPERIMENT_TAGS)
         except MlflowException as e:  # another worker created it meanwhile
             if e.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise
             exp = client.get_experiment_by_name(name)
     if exp.lifecycle_stage == "deleted":
         client.restore_experiment(exp.experiment_id)
+    for key, value in EXPERIMENT_TAGS.items():  # an experiment made before, or by MLflow itself
+        if exp.tags.get(key) != value:
+            client.set_experiment_tag(exp.experiment_id, key, value)
     return exp.experiment_id
 
 

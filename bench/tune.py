@@ -35,6 +35,7 @@ from .prepare import Prepared, prepare
 from .features import FeatureError, check_features, max_mels
 from .frontends import FRONTENDS, uses_mel
 from .models import MODELS
+from .mlflow_layout import run_params
 from .tracking import Tracker, retry_races
 
 # ---- search space: config key -> choices (a list), a range ({low, high[, log][, step]}), or None (off)
@@ -198,7 +199,8 @@ class Objective:
         flat = flatten(cfg)
         trial.set_user_attr("config", {k: flat[k] for k in self.space})
         tracker = self.tracker.tagged({"study": self.study, "trial": trial.number})
-        run = tracker.start(f"trial-{trial.number}", params=flat, parent=self.study_run, tags={
+        run = tracker.start(f"trial-{trial.number}", params=run_params(cfg, self.prepared),
+                            parent=self.study_run, tags={
             "state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())})
         shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # numbers are never reused
         seen: list[tuple[int, int, int]] = []  # (split, correct, total)

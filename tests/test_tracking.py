@@ -258,3 +258,182 @@ def test_artifacts_go_beside_the_sqlite_database_not_the_working_folder(tmp_path
     tracker.log_files(run, [tmp_path / "a.txt"])
     tracker.end(run)
     assert list((store / "mlruns").rglob("a.txt")) and not (work / "mlruns").exists()
+
+
+# ---- what a job logs: params, tags, the dataset input, per-fold accuracy, the experiment's view ----
+
+NOT_PARAMS = ("name", "runs_dir", "cache_dir", "tracking.", "train.threads", "dataset.root")
+
+
+def tracked_kfold(tmp: Path, root: Path, name: str = "tracked", **overrides):
+    """A tiny kfold (2 splits, 2 epochs) logged to a fresh SQLite store, with a report.html in its
+    run folder (written by the report when it does, else here: any .html is logged)."""
+    import reports
+    import reports.render
+    from conftest import fast_config
+    from bench.cv import run_cv
+
+    def with_html(run_dir):
+        scores = build_report(run_dir)
+        html = Path(run_dir) / "report.html"
+        if not html.exists():
+            html.write_text("<html><body><h1>foldbench report</h1></body></html>\n")
+        return scores
+    build_report = reports.build_report
+    cfg = fast_config(tmp, root, name=name, **{
+        "tracking.mlflow": True, "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "train.epochs": 2, "splits": [1, 2], "train.threads": 1, **overrides})
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(reports, "build_report", with_html)
+        result = run_cv(cfg, progress=False)
+    return cfg, result
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory, tiny_us8k_master):
+    from mlflow.tracking import MlflowClient
+    tmp = tmp_path_factory.mktemp("logged")
+    cfg, result = tracked_kfold(tmp, tiny_us8k_master)
+    client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri)
+    exp = client.get_experiment_by_name("us8k")
+    parent = client.get_run(json_file(result.run_dir / "mlflow.json")["parent"])
+    splits = client.search_runs([exp.experiment_id],
+                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    return cfg, result, client, exp, parent, sorted(splits, key=lambda r: int(r.data.params["split"]))
+
+
+def json_file(path: Path) -> dict:
+    import json
+    return json.loads(Path(path).read_text())
+
+
+def test_parent_params_are_the_resolved_result_settings_and_nothing_else(logged):
+    cfg, result, _, _, parent, _ = logged
+    params = parent.data.params
+    assert not [k for k in params if k.startswith(NOT_PARAMS)]
+    assert "None" not in params.values()
+    # resolved where the run resolves them: the dataset's protocol, its folds, the device, the edge
+    assert params["protocol.name"] == "predefined" and params["protocol.folds"] == "10"
+    assert params["train.device"] == "cpu" and params["features.f_max"] == "4000.0"
+    assert "protocol.seed" not in params  # predefined folds: the seed decides nothing
+    assert params["features.n_mels"] == "32" and params["splits"] == "1,2"
+    # onecycle: max_lr and anneal decide, lr and the other schedules' settings do not
+    assert "train.max_lr" in params and "train.lr" not in params and "train.plateau_factor" not in params
+    assert "train.momentum" not in params  # adam
+    from bench.runfolder import result_view
+    kept = {k for k, v in result_view(cfg).items() if v is not None} - {"dataset.root", "train.lr",
+                                                                        "train.momentum", "train.nesterov",
+                                                                        "train.plateau_factor",
+                                                                        "train.plateau_patience", "protocol.seed"}
+    assert kept <= set(params)
+
+
+def test_split_runs_have_the_parents_params_plus_their_fold(logged):
+    _, _, _, _, parent, splits = logged
+    assert [r.data.params["split"] for r in splits] == ["1", "2"]
+    for run, (test_fold, val_fold) in zip(splits, [(1, 2), (2, 3)]):
+        assert run.data.params == {**parent.data.params, "split": run.data.params["split"], "repeat": "1",
+                                   "test_fold": str(test_fold), "val_fold": str(val_fold)}
+
+
+def test_standard_tags_on_every_run(logged):
+    _, _, _, _, parent, splits = logged
+    for run in [parent, *splits]:
+        tags = run.data.tags
+        assert tags["mlflow.source.type"] == "LOCAL" and tags["mlflow.source.name"]
+        assert tags["mlflow.user"]
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True)
+    if commit.returncode == 0:
+        assert parent.data.tags["mlflow.source.git.commit"] == commit.stdout.strip()
+    assert parent.data.tags["dataset_fingerprint"] and parent.data.tags["protocol"]
+    assert parent.data.tags["run_folder"] == str(logged[1].run_dir.resolve())
+
+
+def test_the_dataset_and_fold_plan_are_inputs_with_the_fingerprint_as_digest(logged, tiny_us8k_master):
+    import json
+    _, result, _, _, parent, splits = logged
+    fingerprint = json_file(result.run_dir / "plan.json")["dataset_fingerprint"]
+    for run in [parent, *splits]:
+        inputs = {d.dataset.name: d for d in run.inputs.dataset_inputs}
+        assert set(inputs) == {"us8k", "us8k-folds"}
+        data = inputs["us8k"].dataset
+        assert data.digest == fingerprint[:36]
+        assert json.loads(data.source)["uri"] == Path(tiny_us8k_master).resolve().as_uri()
+        profile = json.loads(data.profile)
+        assert profile["clips"] == 90 and profile["n_classes"] == 3 and profile["fingerprint"] == fingerprint
+        assert {t.key: t.value for t in inputs["us8k"].tags}["mlflow.data.context"] == "cross-validation"
+        assert json.loads(inputs["us8k-folds"].dataset.profile)["folds"] == 10
+
+
+def test_per_fold_accuracy_on_the_parent_and_report_files_as_artifacts(logged):
+    _, result, client, _, parent, splits = logged
+    history = client.get_metric_history(parent.info.run_id, "acc_fold")
+    per_fold = {row["split"]: row["accuracy"] for row in result.scores["per_fold"]}
+    assert sorted((m.step, m.value) for m in history) == sorted(per_fold.items())
+    assert [r.data.metrics["test_acc"] for r in splits] == [per_fold[1], per_fold[2]]
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"report.html", "report.md", "folds.csv", "config.yaml", "confusion_counts.png"} <= artifacts
+    for run in splits:  # the per-epoch metrics, logged asynchronously, are all there once it ended
+        assert run.info.status == "FINISHED"
+        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_acc")] == [1, 2]
+
+
+def test_the_experiment_opens_on_its_runs_table(logged, tmp_path, made_db):
+    from bench.mlflow_layout import EXPERIMENT_TAGS, ui_hint
+    _, result, client, exp, _, _ = logged
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    view = json_file_text(exp.tags["mlflow.sharedViewState.foldbench"])
+    assert "metrics.`acc_mean`" in view["selectedColumns"] and "params.`features.n_mels`" in view["selectedColumns"]
+    hint = ui_hint(logged[0].tracking, result.run_dir)
+    assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in hint
+    # an experiment made before (without the tags) gets them when a tracker opens it
+    db = Path(shutil.copy(made_db, tmp_path))
+    from mlflow.tracking import MlflowClient
+    old = MlflowClient(tracking_uri=f"sqlite:///{db}")
+    old.delete_experiment_tag(old.get_experiment_by_name("exp").experiment_id, "mlflow.experimentKind")
+    assert "mlflow.experimentKind" not in old.get_experiment_by_name("exp").tags
+    tracker(db)
+    assert EXPERIMENT_TAGS.items() <= old.get_experiment_by_name("exp").tags.items()
+
+
+def json_file_text(text: str) -> dict:
+    import json
+    return json.loads(text)
+
+
+def test_run_params_resolve_the_config_without_the_data(tmp_path):
+    from conftest import fast_config
+    from bench.mlflow_layout import run_params
+    cfg = fast_config(tmp_path, **{"dataset.name": "demo", "protocol.name": "stratified", "protocol.folds": 4,
+                                   "train.optimizer": "sgd", "train.momentum": 0.9, "train.schedule": "plateau",
+                                   "features.f_max": 3000.0, "features.mel_norm": "slaney"})
+    p = run_params(cfg)
+    assert p["protocol.name"] == "stratified" and p["protocol.folds"] == "4" and p["protocol.seed"] == "0"
+    assert p["train.momentum"] == "0.9" and p["train.lr"] and p["train.plateau_patience"]
+    assert "train.max_lr" not in p and "train.anneal" not in p
+    assert p["features.f_max"] == "3000.0" and p["features.mel_norm"] == "slaney"
+    assert not [k for k in p if k.startswith(NOT_PARAMS)] and "None" not in p.values()
+    linear = run_params(merge_cfg(cfg, {"features.frontend": "linear_db"}))
+    assert "features.n_mels" not in linear and "features.mel_scale" not in linear
+    assert "features.n_fft" in linear
+
+
+def merge_cfg(cfg, data):
+    from bench.config import merge
+    return merge(cfg, data)
+
+
+def test_a_failed_async_write_is_a_one_line_tracking_error_at_the_end(tmp_path, made_db):
+    db = Path(shutil.copy(made_db, tmp_path))
+    t = tracker(db)
+    run = t.start("job")
+    t.log_metrics(run, {"val_acc": 0.5}, step=1, asynchronous=True)
+    t.end(run)  # waits for it: the metric is there
+    assert [m.value for m in t.client.get_metric_history(run, "val_acc")] == [0.5]
+    run = t.start("job-2")
+    with sqlite3.connect(db) as con:
+        con.execute("DROP TABLE metrics")
+    t.log_metrics(run, {"val_acc": 0.5}, step=1, asynchronous=True)  # queued: returns at once
+    with pytest.raises(TrackingError) as e:
+        t.end(run)
+    assert "cannot log metrics" in one_line(e) and "metrics" in str(e.value)
