@@ -111,6 +111,8 @@ def summary(fold_df: pd.DataFrame) -> dict:
     acc_mean, acc_std = _mean_std(acc)
     f1_mean, f1_std = _mean_std(fold_df["macro_f1"].to_numpy(dtype=float))
     low, high = t_interval(acc) if n > 1 else (None, None)  # one value has no spread to bound
+    if low is not None:  # an accuracy lies in [0, 1]: the t-interval of few splits can overshoot
+        low, high = max(0.0, low), min(1.0, high)
     return {
         "acc_mean": acc_mean,
         "acc_std": acc_std,

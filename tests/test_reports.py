@@ -118,9 +118,12 @@ def test_summary_ci_known_values():
     assert s["acc_mean"] == pytest.approx(0.85) and s["acc_std"] == pytest.approx(std)
     assert s["acc_ci95_low"] == pytest.approx(0.85 - half) and s["acc_ci95_high"] == pytest.approx(0.85 + half)
     assert s["macro_f1_mean"] == pytest.approx(0.7) and s["macro_f1_std"] == pytest.approx(0)
-    # two folds 0.5, 0.6: std 0.05*sqrt(2), t(0.975, 1) = 12.7062047 -> half = 12.7062047 * 0.05
-    s2 = summary(pd.DataFrame({"accuracy": [0.5, 0.6], "macro_f1": [0.4, 0.5]}))
-    assert s2["acc_ci95_high"] - s2["acc_mean"] == pytest.approx(12.7062047 * 0.05)
+    # two folds 0.5, 0.52: std 0.01*sqrt(2), t(0.975, 1) = 12.7062047 -> half = 12.7062047 * 0.01
+    s2 = summary(pd.DataFrame({"accuracy": [0.5, 0.52], "macro_f1": [0.4, 0.5]}))
+    assert s2["acc_ci95_high"] - s2["acc_mean"] == pytest.approx(12.7062047 * 0.01)
+    # ... and where that half-width passes 0 or 1, the interval stops at the bounds of an accuracy
+    s3 = summary(pd.DataFrame({"accuracy": [0.5, 0.6], "macro_f1": [0.4, 0.5]}))
+    assert (s3["acc_ci95_low"], s3["acc_ci95_high"]) == (0.0, 1.0)
 
 
 def test_summary_single_fold():
