@@ -12,10 +12,12 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 import cli
 from bench import tune as tune_mod
 from bench.train import TrainingError
+from protocols import create_protocol
 from bench.tune import DEFAULT_SPLITS, TuneConfig, best_trial, mean_fraction, search
 from tests.conftest import fast_config
 
@@ -43,7 +45,10 @@ def run_search(tmp_path, monkeypatch, counts: dict[int, list[int] | Exception], 
     monkeypatch.setattr(tune_mod, "run_cv", fake_run_cv)
     cfg = fast_config(tmp_path, splits=[1, 2, 3])
     tune = TuneConfig(trials=trials, study="s", prune_startup=prune_startup)
-    result = search(cfg, tune, space, SimpleNamespace(tracker=None), tmp_path / "tune-s",
+    prepared = SimpleNamespace(tracker=None, device=torch.device("cpu"),  # what the trials' params read
+                               plan=SimpleNamespace(protocol=create_protocol("predefined"),
+                                                    folds=np.array([1, 2, 3])))
+    result = search(cfg, tune, space, prepared, tmp_path / "tune-s",
                     progress=False, trial_lines=trial_lines)
     return result.study
 
