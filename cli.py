@@ -60,7 +60,8 @@ def config_options(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--preset", choices=list(PRESETS),
                    help="a tutorial's system (seed, seed-librosa-cnn, seed-gtzan-vit, seed-gtzan-cnn) or "
                         "the strong baseline; `cli.py presets` lists them with their sources")
-    g.add_argument("--config", metavar="FILE", help="YAML config (e.g. runs/<name>/config.yaml or a tune best.yaml)")
+    g.add_argument("--config", metavar="FILE", help="YAML config (e.g. runs/<name>/config.yaml or a tune best.yaml); "
+                                                    "its run name is ignored: this is a new run")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set features.n_mels=128 (repeatable)")
     g.add_argument("--epochs", type=int, help="training epochs per split (default: 20)")
