@@ -6,13 +6,18 @@
   python cli.py datasets check --dataset gtzan --root ~/data/gtzan
   python cli.py compare runs/us8k-random runs/us8k-honest runs/us8k-tuned
   python cli.py tune --dataset demo --trials 8
+
+Installed, the same commands run as `foldbench kfold ...`. Heavy modules (torch, scikit-learn,
+pandas, MLflow) are imported inside the commands, never to build the parser: `--help` answers at once.
 """
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from bench import config as C
+from bench.names import dataset_names, model_names, protocol_names
 from bench.presets import PRESETS, apply_preset
 
 EPILOG = """Config precedence: defaults < --preset < --config FILE < --set KEY=VALUE < the flags above.
@@ -22,12 +27,10 @@ MLflow (default store sqlite:///mlflow.db; open with `mlflow ui --backend-store-
 
 def dataset_options(g) -> None:
     """Which data and which folds: shared by the training commands and `datasets check`."""
-    from bench.datasets import list_datasets
-    from protocols import list_protocols
-    g.add_argument("--dataset", choices=list_datasets(), help="dataset kind (default: demo; "
+    g.add_argument("--dataset", choices=dataset_names(), help="dataset kind (default: demo; "
                                                               "see `datasets list`)")
     g.add_argument("--root", help="dataset folder (not needed for demo)")
-    g.add_argument("--protocol", choices=list_protocols(),
+    g.add_argument("--protocol", choices=protocol_names(),
                    help="fold protocol (default: the dataset's own; us8k/demo: predefined, "
                         "gtzan/folder: stratified; random is leaky, to measure leakage only)")
     g.add_argument("--folds", type=int, help="folds of stratified/random (default: 10, folder: 5)")
@@ -43,14 +46,13 @@ def config_options(parser: argparse.ArgumentParser, splits: str = "all", run_fol
     """The options every training command shares; each maps onto one config field. `splits`: the
     --splits default in the help; `run_folder=False` (tune, which names its own folders): --name
     and --resume stay out of the help, and the command refuses them with a hint."""
-    from bench.models import list_models
     g = parser.add_argument_group("what to run")
     dataset_options(g)
     g.add_argument("--val", choices=["next", "none"],
                    help="'next': split k validates on fold k+1 and keeps the best epoch (default); "
                         "'none': train on all other folds and keep the last epoch (published protocol)")
     g.add_argument("--splits", help=f"run only these splits, e.g. 1,2,3 (default: {splits})")
-    g.add_argument("--model", choices=list_models(), help="model (default: tutorial_cnn)")
+    g.add_argument("--model", choices=model_names(), help="model (default: tutorial_cnn)")
     g.add_argument("--strict", action="store_true", default=None,
                    help="a file that cannot be used is an error instead of being quarantined")
     g.add_argument("--allow-leaky", action="store_true", default=None,
@@ -60,7 +62,8 @@ def config_options(parser: argparse.ArgumentParser, splits: str = "all", run_fol
     g.add_argument("--preset", choices=list(PRESETS),
                    help="a tutorial's system (seed, seed-librosa-cnn, seed-gtzan-vit, seed-gtzan-cnn) or "
                         "the strong baseline; `cli.py presets` lists them with their sources")
-    g.add_argument("--config", metavar="FILE", help="YAML config (e.g. runs/<name>/config.yaml or a tune best.yaml)")
+    g.add_argument("--config", metavar="FILE", help="YAML config (e.g. runs/<name>/config.yaml or a tune best.yaml); "
+                                                    "its run name is ignored: this is a new run")
     g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set features.n_mels=128 (repeatable)")
     g.add_argument("--epochs", type=int, help="training epochs per split (default: 20)")
@@ -76,8 +79,9 @@ def config_options(parser: argparse.ArgumentParser, splits: str = "all", run_fol
     g.add_argument("--cache-dir", help="waveform cache and generated data "
                                        "(default: $FOLDBENCH_CACHE or ~/.cache/foldbench)")
     g.add_argument("--resume", action="store_true",
-                   help="continue the run --name (default: the newest run of this dataset), "
-                        "skipping finished splits" if run_folder else argparse.SUPPRESS)
+                   help="continue the run --name (default: the newest run, of --dataset if given), "
+                        "skipping finished splits; its settings come from its config.yaml, so "
+                        "nothing else needs repeating" if run_folder else argparse.SUPPRESS)
     g.add_argument("--tracking-uri", help="MLflow tracking URI (default: sqlite:///mlflow.db)")
     g.add_argument("--experiment", help="MLflow experiment (default: the dataset name)")
     g.add_argument("--no-mlflow", action="store_true", help="write the run folder only")
@@ -94,12 +98,14 @@ FLAG_FIELDS = {  # flag -> config field it sets
 }
 
 
-def build_config(args: argparse.Namespace) -> C.RunConfig:
-    cfg = C.RunConfig()
+def build_config(args: argparse.Namespace, base: C.RunConfig | None = None) -> C.RunConfig:
+    """`base` (the defaults; a resumed run: its saved config) < --preset < --config < --set < flags.
+    A --config file never names the run: its `name` is ignored (--name or the default decides)."""
+    cfg = base or C.RunConfig()
     if getattr(args, "preset", None):
         cfg = apply_preset(cfg, args.preset)
     if getattr(args, "config", None):
-        cfg = C.load_yaml(args.config, base=cfg)
+        cfg = C.load_yaml(args.config, base=cfg, with_name=False)
     cfg = C.merge(cfg, C.parse_overrides(getattr(args, "set", [])), "--set")
     flags = {field: getattr(args, flag) for flag, field in FLAG_FIELDS.items()
              if getattr(args, flag, None) is not None}
@@ -108,15 +114,30 @@ def build_config(args: argparse.Namespace) -> C.RunConfig:
     return C.merge(cfg, flags, "command line")
 
 
+def resumed_config(args: argparse.Namespace, latest) -> C.RunConfig | None:
+    """--resume: the run's own config.yaml (run --name, else `latest(runs_dir, --dataset or None)`,
+    the newest), with runs_dir set to where it was found; None without --resume."""
+    if not args.resume:
+        return None
+    runs_dir = args.runs_dir or C.RunConfig().runs_dir
+    name = args.name or latest(runs_dir, args.dataset)
+    if name is None:
+        what = f"{args.dataset} run" if args.dataset else "run"
+        raise C.ConfigError(f"--resume: no earlier {what} in {runs_dir}/; give --name and --runs-dir")
+    saved = Path(runs_dir).expanduser() / C.plain_name(name, "--name") / "config.yaml"
+    if not saved.is_file():
+        raise C.ConfigError(f"--resume: no run at {saved.parent} (no config.yaml); check --name and "
+                            f"--runs-dir")
+    return C.merge(C.load_yaml(saved), {"name": name, "runs_dir": runs_dir})
+
+
 def cmd_kfold(args: argparse.Namespace) -> int:
     from bench.cv import run_cv
     from bench.runfolder import default_name, latest_run
     from reports import summary_table
-    cfg = C.validate(build_config(args))
+    cfg = C.validate(build_config(args, base=resumed_config(args, latest_run)))
     if cfg.name is None:
-        cfg.name = latest_run(cfg.runs_dir, cfg.dataset.name) if args.resume else default_name(cfg)
-        if cfg.name is None:
-            raise C.ConfigError(f"--resume: no earlier {cfg.dataset.name} run in {cfg.runs_dir}/")
+        cfg.name = default_name(cfg)
     result = run_cv(cfg, resume=args.resume, progress=not args.quiet)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
@@ -329,14 +350,40 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+class Default(int):
+    """An option's default, told apart from the same value given on the command line (a resumed
+    nested run takes its saved search settings unless they are given)."""
+
+
+SEARCH_SAVED = {"trials": "trials", "inner_splits": "inner_splits", "sampler_seed": "sampler_seed",
+                "prune_startup": "prune_startup", "prune_warmup": "prune_warmup"}  # arg -> search.json
+
+
+def resume_search(args: argparse.Namespace, run_dir: Path) -> None:
+    """A resumed nested run's search settings from its search.json, where not given as flags."""
+    import json
+
+    from bench.tune import load_space
+    try:
+        saved = json.loads((run_dir / "search.json").read_text())
+    except (OSError, ValueError):
+        return  # not started far enough to save them (or not a nested run: run_nested says so)
+    for arg, key in SEARCH_SAVED.items():
+        if isinstance(getattr(args, arg), Default) and isinstance(saved.get(key), int):
+            setattr(args, arg, saved[key])
+    if args.space is None and "space" in saved and saved["space"] != json.loads(json.dumps(load_space(None))):
+        raise C.ConfigError(f"--resume {run_dir}: this run searched a space from a --space file; "
+                            f"give that --space FILE again")
+
+
 def cmd_nested(args: argparse.Namespace) -> int:
     from bench.nested import latest_nested, render_summary, run_nested
     from bench.runfolder import default_name
-    cfg = C.validate(build_config(args))
+    cfg = C.validate(build_config(args, base=resumed_config(args, latest_nested)))
     if cfg.name is None:
-        cfg.name = latest_nested(cfg.runs_dir, cfg.dataset.name) if args.resume else f"nested-{default_name(cfg)}"
-        if cfg.name is None:
-            raise C.ConfigError(f"--resume: no earlier nested {cfg.dataset.name} run in {cfg.runs_dir}/")
+        cfg.name = f"nested-{default_name(cfg)}"
+    if args.resume:
+        resume_search(args, Path(cfg.runs_dir).expanduser() / cfg.name)
     result = run_nested(cfg, tune_config(args), args.inner_splits, resume=args.resume,
                         non_nested=not args.no_non_nested, progress=not args.quiet)
     print(render_summary(result.summary).split("\n## Chosen")[0].rstrip())
@@ -377,10 +424,40 @@ def cmd_suite(args: argparse.Namespace) -> int:
     return 0
 
 
+def version() -> str:
+    """The installed package's version; from pyproject.toml beside this file when not installed."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+    try:
+        return installed("foldbench")
+    except PackageNotFoundError:
+        import re
+        try:
+            text = (Path(__file__).resolve().parent / "pyproject.toml").read_text()
+        except OSError:
+            return "unknown (not installed)"
+        found = re.search(r'^version\s*=\s*"([^"]+)"', text, re.MULTILINE)
+        return f"{found.group(1)} (not installed)" if found else "unknown (not installed)"
+
+
+class VersionAction(argparse.Action):
+    """--version: looked up only when asked for."""
+
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0,
+                         help="print foldbench's version and exit")
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"foldbench {version()}")
+        parser.exit()
+
+
 def make_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cli.py", description="foldbench: honest cross-validation for audio classification.",
+        prog="foldbench" if Path(sys.argv[0]).name == "foldbench" else "cli.py",
+        description="foldbench: honest cross-validation for audio classification.",
         formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action=VersionAction)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     kfold = sub.add_parser(
         "kfold", help="cross-validate: one model per split, report over all folds",
@@ -495,6 +572,9 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-non-nested", action="store_true",
                    help="skip the non-nested estimate (a study and a kfold run: about 1/folds of the cost)")
     search_options(g)
+    for action in nested._actions:  # told apart from flags given: --resume takes the saved ones
+        if action.dest in SEARCH_SAVED and type(action.default) is int:
+            action.default = Default(action.default)
     nested.set_defaults(func=cmd_nested)
     return parser
 

@@ -231,7 +231,10 @@ def _coerce(value: Any, annotation: str, current: Any, where: str) -> Any:
     raise ConfigError(f"{where}: {value!r} is not a valid {annotation}{hint}")
 
 
-def load_yaml(path: str | os.PathLike, base: RunConfig | None = None) -> RunConfig:
+def load_yaml(path: str | os.PathLike, base: RunConfig | None = None, *, with_name: bool = True) -> RunConfig:
+    """The config in `path` over `base` (default: the defaults). `with_name=False` (a `--config`
+    file): a `name` in the file is ignored, so a run's saved config.yaml starts a new run (the
+    name given with --name, or a fresh default) instead of pointing at the run it came from."""
     try:
         data = yaml.safe_load(Path(path).read_text()) or {}
     except FileNotFoundError:
@@ -242,6 +245,8 @@ def load_yaml(path: str | os.PathLike, base: RunConfig | None = None) -> RunConf
         raise ConfigError(f"--config {path}: cannot read it ({e.strerror})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    if not with_name:
+        data.pop("name", None)
     return merge(base or RunConfig(), data, str(path))
 
 

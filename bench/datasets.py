@@ -43,9 +43,11 @@ def create_dataset(cfg: DatasetConfig, cache_dir: str | Path, problems: list[str
         raise problems_error(found)
     if problems is not None:
         problems.extend(found)
+    dataset.hash_memo = Path(cache_dir).expanduser() / HASH_MEMO
     return dataset
 
 
+HASH_MEMO = "file-hashes.tsv"  # in the cache dir: the files' content hashes (bench.filehash)
 US8K_COLUMNS = ["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"]
 US8K_FOLDS = range(1, 11)  # UrbanSound8K's folds, as the predefined protocol requires them
 US8K_LAYOUT = ("metadata/UrbanSound8K.csv (slice_file_name,fsID,start,end,salience,fold,classID,class) "

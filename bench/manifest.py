@@ -16,7 +16,6 @@ missing column) is raised as a `DatasetError` at once.
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -26,6 +25,8 @@ import pandas as pd
 from .config import DatasetConfig
 
 SHOWN = 10  # problems listed in one error; the rest are counted
+# Prefix of content fingerprints; runs made before them carry 16 bare hex digits (file stamps).
+FINGERPRINT_FORMAT = "c1-"
 
 
 class DatasetError(ValueError):
@@ -41,25 +42,25 @@ class Dataset:
     protocol: str  # the protocol used when none is asked for
     notes: list[str] = field(default_factory=list)  # things skipped or odd, for the report
     _fingerprint: str | None = field(default=None, repr=False, compare=False)
+    hash_memo: Path | None = field(default=None, repr=False, compare=False)  # see bench.filehash
 
     def fingerprint(self) -> str:
-        """Changes when a clip, its label or its file (size, modification and change time, inode)
-        changes; computed once per manifest (it stats every file)."""
+        """The dataset's identity from its content: each clip's id (its path relative to the root),
+        label, class name and metadata fold, and its file's content hash (which covers its size);
+        never the root, absolute paths or file times. A copy elsewhere fingerprints the same; one
+        changed byte, label or clip changes it. Computed once per manifest; the content hashes are
+        remembered in `hash_memo`, so an unchanged dataset is not read again."""
         if self._fingerprint is None:
-            self._fingerprint = self._stat_files()
+            from .filehash import content_hashes
+            hashes = content_hashes(self.table["path"].tolist(), self.hash_memo)
+            h = hashlib.sha256(FINGERPRINT_FORMAT.encode())
+            folds = self.table["fold"] if "fold" in self.table else [None] * len(self.table)
+            for clip, label, cls, fold, digest in zip(self.table["clip"], self.table["label"],
+                                                      self.table["class"], folds, hashes):
+                fold = "" if fold is None or fold != fold else int(fold)  # NaN: no metadata fold
+                h.update(f"{clip}\t{label}\t{cls}\t{fold}\t{digest}\n".encode())
+            self._fingerprint = FINGERPRINT_FORMAT + h.hexdigest()[:16]
         return self._fingerprint
-
-    def _stat_files(self) -> str:
-        h = hashlib.sha1()
-        for clip, path, label in zip(self.table["clip"], self.table["path"], self.table["label"]):
-            try:
-                st = os.stat(path)
-                # ctime too: a same-size rewrite with its mtime set back (os.utime) still changes it
-                stamp = f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}"
-            except OSError:
-                stamp = "missing"
-            h.update(f"{clip}\t{label}\t{stamp}\n".encode())
-        return h.hexdigest()[:16]
 
 
 Loader = Callable[[DatasetConfig, Path, list], Dataset]  # (cfg, cache_dir, problems) -> manifest

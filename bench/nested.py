@@ -64,12 +64,12 @@ def inner_prepared(prepared: Prepared, fold: int, val: str = "next") -> Prepared
     return replace(prepared, plan=replace(plan, splits=splits))
 
 
-def latest_nested(runs_dir: str | Path, dataset: str) -> str | None:
-    """The newest nested run of `dataset` in `runs_dir` (what `nested --resume` continues)."""
+def latest_nested(runs_dir: str | Path, dataset: str | None) -> str | None:
+    """The newest nested run of `dataset` (None: of any) in `runs_dir` (what `nested --resume` continues)."""
     found = []
     for marker in Path(runs_dir).glob("*/search.json"):
         try:
-            if load_yaml(marker.parent / "config.yaml").dataset.name == dataset:
+            if dataset is None or load_yaml(marker.parent / "config.yaml").dataset.name == dataset:
                 found.append((marker.stat().st_mtime, marker.parent.name))
         except (OSError, ConfigError):
             continue

@@ -59,14 +59,15 @@ def default_name(cfg: RunConfig) -> str:
     return f"{cfg.dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def latest_run(runs_dir: str | Path, dataset: str) -> str | None:
-    """The newest run folder of this dataset (what `--resume` without `--name` continues)."""
+def latest_run(runs_dir: str | Path, dataset: str | None) -> str | None:
+    """The newest kfold run folder of this dataset (None: of any dataset): what `kfold --resume`
+    without `--name` continues. Nested runs (search.json) are `nested --resume`'s."""
     found = []
     for cfg_file in Path(runs_dir).glob("*/config.yaml"):
         if (cfg_file.parent / "search.json").exists():  # a nested run: `nested --resume` continues it
             continue
         try:
-            if (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset", {}).get("name") == dataset:
+            if dataset is None or (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset", {}).get("name") == dataset:
                 found.append((cfg_file.stat().st_mtime, cfg_file.parent.name))
         except (OSError, yaml.YAMLError, AttributeError):
             continue
@@ -209,7 +210,12 @@ class RunFolder:
         path = self.path / "folds.csv"
         if path.exists():
             old_plan = read_json(self.path / "plan.json")
-            if old_plan.get("dataset_fingerprint") not in (None, plan.get("dataset_fingerprint")):
+            old_fp = old_plan.get("dataset_fingerprint")
+            if old_fp not in (None, plan.get("dataset_fingerprint")) and not str(old_fp).startswith("c1-"):
+                raise RunFolderError(f"--resume {self.path}: this run was started by a foldbench whose "
+                                     f"dataset fingerprint was made of file times, not content, so it "
+                                     f"cannot tell whether the dataset changed; start a new run")
+            if old_fp not in (None, plan.get("dataset_fingerprint")):
                 raise RunFolderError(f"--resume {self.path}: the dataset changed since this run started "
                                      f"(a file, a label or the clip list differs); start a new run")
             old = pd.read_csv(path, dtype={"clip": str})

@@ -124,3 +124,50 @@ def test_resume_refuses_a_dataset_whose_labels_or_files_changed(tiny_us8k, tmp_p
 def test_unknown_split_index_is_an_error(tiny_us8k_master, tmp_path):
     with pytest.raises(ValueError, match="no split 11"):
         run_cv(fast_config(tmp_path, tiny_us8k_master, splits=[1, 11]), progress=False)
+
+
+HEAVY = ("torch", "torchaudio", "sklearn", "pandas", "mlflow", "optuna", "matplotlib", "scipy")
+
+
+def test_help_imports_nothing_heavy():
+    """Every command's --help is built without torch, scikit-learn, pandas or MLflow: that is what
+    makes `cli.py --help` answer at once (the time itself is measured in the README, not here)."""
+    probe = ("import sys, contextlib, io, cli\n"
+             "for argv in ([], ['kfold'], ['tune'], ['nested'], ['speed'], ['suite'], ['datasets', 'check'],"
+             " ['compare'], ['--version']):\n"
+             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+             "        cli.make_parser().parse_args([*argv, '--help'] if argv != ['--version'] else argv)\n"
+             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr[-2000:]
+
+
+def test_the_light_name_lists_equal_the_registries():
+    from bench.datasets import list_datasets
+    from bench.models import list_models
+    from bench.names import dataset_names, model_names, protocol_names
+    from protocols import list_protocols
+    assert dataset_names() == list_datasets()
+    assert protocol_names() == list_protocols()
+    assert model_names() == list_models()
+
+
+def test_version_and_the_console_command(capsys):
+    from importlib.metadata import PackageNotFoundError, version
+    with pytest.raises(SystemExit) as stop:
+        cli.main(["--version"])
+    assert stop.value.code == 0
+    out = capsys.readouterr().out.strip()
+    try:
+        assert out == f"foldbench {version('foldbench')}"
+    except PackageNotFoundError:
+        assert out.startswith("foldbench ") and "not installed" in out
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert project["scripts"] == {"foldbench": "cli:main"}
+
+
+def test_an_unknown_name_is_refused_at_parse_time_in_one_line():
+    run = subprocess.run([sys.executable, "cli.py", "kfold", "--model", "resnet"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert run.returncode == 2 and "invalid choice: 'resnet'" in run.stderr and "tutorial_cnn" in run.stderr
