@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.runfolder import read_json
+from bench.config import ConfigError, load_yaml
+from bench.runfolder import read_json, result_view
 from reports.aggregate import class_names, fold_scores, interval_text, load_predictions, summary
 from reports.files import dataset_name, missing_splits, read_plan, read_split_json, run_name
 from reports.stats import bayes_correlated_ttest, corrected_ttest, mcnemar_exact
@@ -55,6 +56,7 @@ class Run:
     plan: dict = field(default_factory=dict)
     folds: pd.DataFrame | None = None  # folds.csv: clip and its fold/repeat columns
     dataset: str | None = None
+    settings: dict = field(default_factory=dict)  # config.yaml's result-deciding settings, protocol aside
 
     @property
     def acc(self) -> dict[int, float]:
@@ -84,7 +86,16 @@ def load_run(run_dir) -> Run:
         raise CompareError(f"{run_dir}: {e}") from None
     scores["repeat"] = [int(info[k].get("repeat", 1)) for k in scores["split"]]
     return Run(run_dir, run_name(run_dir), pred, scores, info, read_plan(run_dir),
-               _fold_key(run_dir / "folds.csv"), dataset_name(run_dir))
+               _fold_key(run_dir / "folds.csv"), dataset_name(run_dir), _settings(run_dir))
+
+
+def _settings(run_dir: Path) -> dict:
+    """The settings that decide results, except the protocol's (a leaky run's only difference)."""
+    try:
+        view = result_view(load_yaml(run_dir / "config.yaml"))
+    except (ConfigError, OSError):
+        return {}
+    return {k: v for k, v in view.items() if not k.startswith(("protocol.", "dataset.root"))}
 
 
 def _ratio(run: Run, splits: list[int]) -> float | None:
@@ -185,11 +196,13 @@ def _run_row(run: Run, rank: int) -> dict:
             "n_classes": len(class_names(run.pred)), "missing_splits": missing_splits(run.dir),
             "mlflow_parent": read_json(run.dir / "mlflow.json").get("parent"),
             "splits": run.scores[["split", "test_fold", "repeat", "accuracy"]].to_dict(orient="records"),
-            "vs_best": None}
+            "vs": None, "vs_best": None, "settings": run.settings}
 
 
 def compare_runs(*run_dirs, rope: float = 0.01) -> dict:
-    """Every run against the best of them (highest mean accuracy; the first given on a tie)."""
+    """Every run against the best of them (highest mean accuracy; the first given on a tie), or,
+    where the best is on other folds or data (a leaky protocol, another fold plan), against the
+    best-ranked run it can be paired with, so paired tests are made wherever they can be."""
     if len(run_dirs) < 2:
         raise CompareError(f"compare needs two or more run folders, got {len(run_dirs)}")
     if not (0 <= rope < 1):
@@ -216,8 +229,11 @@ def compare_runs(*run_dirs, rope: float = 0.01) -> dict:
     order = sorted(range(len(runs)), key=lambda i: -runs[i].scores["accuracy"].mean())
     runs = [runs[i] for i in order]
     rows = [_run_row(r, i + 1) for i, r in enumerate(runs)]
-    for row, run in zip(rows[1:], runs[1:]):
-        row["vs_best"] = _against(runs[0], run, rope)
+    for i, (row, run) in enumerate(zip(rows[1:], runs[1:]), start=1):
+        # against the best run it can be paired with (same data, same folds), else the best overall
+        ref = next((r for r in runs[:i] if _pairing(r, run)[1] is None), runs[0])
+        row["vs"] = ref.label
+        row["vs_best"] = _against(ref, run, rope)
     return {"best": runs[0].label, "rope": rope, "experiment": runs[0].dataset or "foldbench",
             "runs": rows, "skipped": skipped}
 
@@ -234,21 +250,25 @@ def _p(x) -> str:
 
 def notes(result: dict) -> list[str]:
     best = result["runs"][0]
-    out = [f"Δ vs best: the run's accuracy minus {best['run']}'s, mean over the paired splits "
+    out = [f"Δ vs best: the run's accuracy minus {best['run']}'s (or, where noted, the best run on its folds), mean over the paired splits "
            "(the difference of means where not paired). t-test: Nadeau-Bengio corrected resampled "
            f"t-test, two-sided. P(better/equiv./worse): Bayesian correlated t-test, rope ±{result['rope']:g}: "
            "the posterior probability that the run beats the best by more than the rope, lies within "
            "it, or trails by more. McNemar: exact, per clip, pooled over the compared splits."]
     for row in result["runs"][1:]:
-        v, name = row["vs_best"], row["run"]
+        v, name, ref = row["vs_best"], row["run"], row.get("vs", best["run"])
         if not v["paired"]:
-            out.append(f"{name}: not paired with {best['run']}: {v['reason']}; compared by means only"
+            out.append(f"{name}: not paired with {ref}: {v['reason']}; compared by means only"
                        + (" and per clip (McNemar)." if v["mcnemar"] else "."))
+        elif ref != best["run"]:
+            out.append(f"{name}: tested against {ref}, the best run on the same folds ({best['run']} "
+                       f"is on other folds or data).")
         for n in v["notes"]:
             out.append(f"{name}: {n}.")
         if v["mcnemar"] is None and v["mcnemar_reason"]:
             out.append(f"{name}: no McNemar test: {v['mcnemar_reason']}.")
-        if row["leaky"] != best["leaky"] and row["dataset"] == best["dataset"]:
+        if (row["leaky"] != best["leaky"] and row["dataset"] == best["dataset"]
+                and row["settings"] == best["settings"]):  # the protocol is the only difference
             leaky, honest = (row, best) if row["leaky"] else (best, row)
             gap = leaky["acc_mean"] - honest["acc_mean"]
             out.append(f"The leaky protocol ({leaky['run']}) scores {gap:+.3f} against the honest one "
@@ -275,7 +295,8 @@ def render_comparison(result: dict) -> str:
         v = row["vs_best"] or {}
         t, b, m = v.get("ttest") or {}, v.get("bayes") or {}, v.get("mcnemar") or {}
         splits = f"{row['n_splits']}" + (f" ({row['repeats']} repeats)" if row["repeats"] > 1 else "")
-        diff = "best" if not v else f"{v['diff']:+.3f}" + ("" if v["paired"] else " (means)")
+        diff = "best" if not v else f"{v['diff']:+.3f}" + ("" if v["paired"] else " (means)") + (
+            f" vs {row['vs']}" if row["vs"] != result["best"] else "")
         lines.append(f"| {row['rank']} | {row['run']}{' LEAKY' if row['leaky'] else ''} | `{row['protocol']}` | "
                      f"{row['acc_mean']:.3f} ± {row['acc_std']:.3f} | "
                      f"{interval_text(row['acc_ci95_low'], row['acc_ci95_high'])} | {splits} | {diff} | {_p(t.get('p'))} | "

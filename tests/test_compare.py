@@ -233,8 +233,10 @@ def test_real_runs_pair_only_on_the_same_folds(real_runs, capsys):
     three = {"three", "three-seed1"}
     for row in r["runs"][1:]:
         v = row["vs_best"]
-        should_pair = {row["run"], r["best"]} <= three
+        # against the best run on the same folds where the best overall is on others
+        should_pair = row["run"] in three and (r["best"] in three or names.index(row["run"]) == 2)
         assert v["paired"] == should_pair, (names, v["reason"])
+        assert row["vs"] == (names[1] if should_pair and r["best"] not in three else r["best"])
         if should_pair:
             assert v["splits"] == [1, 2, 3] and v["ttest"] is not None and v["mcnemar"]["n_clips"] == 24
             # n_train / n_test as split.json writes them: 1 test fold, 1 validation fold, 1 training fold
