@@ -108,19 +108,27 @@ def plot_fold_scores(fold_df: pd.DataFrame, path, n_classes: int | None = None,
 
 def plot_comparison(result: dict, path) -> None:
     """`compare`'s figure: accuracy per split of every run, one x position per run, best first; grey
-    lines join a split across the runs paired with the best (same folds; dotted where they pass a run
-    that is not); hollow markers: a run not paired with it (other folds or data); a black bar: the run's mean; dashed: chance (1 / classes)."""
+    lines join a split across runs that were paired (same data, same folds; dotted where they pass
+    a run of another fold plan); hollow markers: a run paired with no other; a black bar: the run's
+    mean; dashed: chance (1 / classes)."""
     runs = result["runs"]
     fig, ax = plt.subplots(figsize=(max(6.0, 1.3 * len(runs) + 2), 4.8))
-    paired = [i for i, r in enumerate(runs) if i == 0 or r["vs_best"]["paired"]]
-    by_split: dict[int, list[tuple[int, float]]] = {}
-    for i in paired:
-        for s in runs[i]["splits"]:
-            by_split.setdefault(s["split"], []).append((i, s["accuracy"]))
-    for points in by_split.values():
-        points = sorted(points)
-        for (x0, y0), (x1, y1) in zip(points, points[1:]):  # dotted where it passes an unpaired run
-            ax.plot([x0, x1], [y0, y1], color="gray", alpha=0.45, lw=1, zorder=1, ls="-" if x1 == x0 + 1 else ":")
+    index = {r["run"]: i for i, r in enumerate(runs)}
+    group = list(range(len(runs)))  # runs on one fold plan share the group of the run they pair with
+    for i, r in enumerate(runs[1:], start=1):
+        if r["vs_best"]["paired"]:
+            group[i] = group[index[r["vs"]]]
+    paired = [i for i in range(len(runs)) if group.count(group[i]) > 1]
+    for g in set(group[i] for i in paired):
+        by_split: dict[int, list[tuple[int, float]]] = {}
+        for i in (i for i in paired if group[i] == g):
+            for s in runs[i]["splits"]:
+                by_split.setdefault(s["split"], []).append((i, s["accuracy"]))
+        for points in by_split.values():
+            points = sorted(points)
+            for (x0, y0), (x1, y1) in zip(points, points[1:]):  # dotted where it passes another plan's run
+                ax.plot([x0, x1], [y0, y1], color="gray", alpha=0.45, lw=1, zorder=1,
+                        ls="-" if x1 == x0 + 1 else ":")
     for i, (r, color) in enumerate(zip(runs, _colors(len(runs)))):
         acc = [s["accuracy"] for s in r["splits"]]
         jitter = np.linspace(-0.08, 0.08, len(acc)) if len(acc) > 1 and i not in paired else np.zeros(len(acc))
@@ -133,9 +141,9 @@ def plot_comparison(result: dict, path) -> None:
         ax.legend(loc="lower left", fontsize=8)
     ax.set_xticks(range(len(runs)), [f"{r['rank']}. {r['run']}" + (" (LEAKY)" if r["leaky"] else "")
                                      for r in runs], rotation=20 if len(runs) > 3 else 0, ha="right" if len(runs) > 3 else "center")
-    title = "test accuracy per split, best first\n(bar: mean; grey lines join one split across runs)"
+    title = "test accuracy per split, best first\n(bar: mean; grey lines: one split across runs on the same folds)"
     if len(paired) < len(runs):
-        title += "\nhollow: not paired with the best (other folds or data)"
+        title += "\nhollow: paired with no other run (other folds or data)"
     ax.set(ylabel="accuracy", ylim=(0, 1.05), xlim=(-0.5, len(runs) - 0.5), title=title)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
