@@ -231,18 +231,24 @@ class Objective:
                    parent_run=run, progress=self.progress)  # `report` saw every split, in order
             value = float(mean_fraction([(c, n) for _, c, n in seen]))  # the float nearest the mean
         except optuna.TrialPruned as e:
-            self._finish(trial, tracker, run, "pruned", str(e))
+            self._finish(trial, tracker, run, "pruned", str(e), folder=Path(cfg.runs_dir) / cfg.name)
             raise
         except BaseException as e:
             interrupted = isinstance(e, KeyboardInterrupt)
             self._finish(trial, tracker, run, "failed", "interrupted" if interrupted else
-                         f"{type(e).__name__}: {e}", "KILLED" if interrupted else "FAILED")
+                         f"{type(e).__name__}: {e}", "KILLED" if interrupted else "FAILED",
+                         folder=Path(cfg.runs_dir) / cfg.name)
             raise
-        self._finish(trial, tracker, run, "complete")
+        self._finish(trial, tracker, run, "complete", folder=Path(cfg.runs_dir) / cfg.name)
         return value
 
     @staticmethod
-    def _finish(trial, tracker, run, state: str, reason: str = "", status: str = "FINISHED") -> None:
+    def _finish(trial, tracker, run, state: str, reason: str = "", status: str = "FINISHED",
+                 folder: Path | None = None) -> None:
+        """The trial's state (and reason) on its run; its config.yaml as the run's one artifact, so
+        every trial run has the settings it tried at hand in the artifact view."""
+        if folder is not None:
+            tracker.log_files(run, [folder / "config.yaml"])  # absent when excluded before training
         if reason:
             trial.set_user_attr("reason", reason)
         tracker.set_tags(run, {"state": state, **({"reason": reason[:5000]} if reason else {})})

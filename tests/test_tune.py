@@ -169,6 +169,8 @@ def test_mlflow_holds_a_run_per_trial_with_its_split_runs(study):
         assert sorted(splits["params.test_fold"].astype(int)) == [1, 2]
         assert (splits["tags.trial"] == trial["tags.trial"]).all() and (splits["tags.study"] == "s").all()
         assert trial["metrics.val_acc_mean"] == pytest.approx(values[int(trial["tags.trial"])])
+        trial_files = [a.path for a in mlflow.tracking.MlflowClient().list_artifacts(trial["run_id"])]
+        assert trial_files == ["config.yaml"]  # the settings it tried, in the artifact view
     # The same param names as a kfold run, so the compare view lines trials and kfold runs up.
     kfold = runs[runs["tags.mlflow.runName"] == "best"]
     param_names = {c for c in runs.columns if c.startswith("params.") and kfold[c].notna().any()}
