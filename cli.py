@@ -337,7 +337,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("\ninterrupted: finished trials are kept; run the same command to continue the study",
               file=sys.stderr)
         return 130
-    print(f"study {result.study.study_name}: {result.added} trial(s) added; "
+    print(f"study {result.study.study_name}: {result.added} trial(s) added by this run, {result.total} of "
+          f"{tune.trials} in the study; "
           f"report: {result.folder / 'report.md'}")
     best = best_trial(result.study)
     if best is not None:

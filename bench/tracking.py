@@ -248,7 +248,12 @@ def _strings(d: dict[str, Any]) -> dict[str, str]:
 # ---- opening the store: check it, create its schema one worker at a time, retry known races ----
 
 # What workers creating one schema at once fail with (SQLite, alembic's version row, Optuna's)
-RACES = ("database is locked", "already exists", "unique constraint failed", "expected to match one row")
+# SQLite: a locked file, a table made twice, a row inserted twice; PostgreSQL (workers creating a
+# fresh database's schema at once): `CREATE TYPE`/`CREATE TABLE` of one name (UniqueViolation on
+# pg_type, DuplicateObject, DuplicateTable), the version row inserted twice, a DDL deadlock.
+RACES = ("database is locked", "already exists", "unique constraint failed", "expected to match one row",
+         "violates unique constraint", "uniqueviolation", "duplicateobject", "duplicatetable",
+         "deadlock detected")
 
 
 def retry_races(fn: Callable[[], T], tries: int = 6, wait_s: float = 0.1) -> T:

@@ -192,8 +192,18 @@ class Objective:
         self.tracker = tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
         self.study_run, self.progress = study_run, progress
         self.status = None
+        self.target: int | None = None  # --trials: a trial not needed to reach it is not run
+        self.full = False  # a trial was not run: the study had --trials counted or running trials
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if self.target is not None:  # before suggesting: a trial not run has no params (TPE ignores it)
+            ahead = ahead_of(trial.study, trial.number)
+            if ahead >= self.target:
+                self.full = True
+                trial.set_user_attr("excluded", True)
+                trial.set_user_attr("reason", f"not run: the study already has its {self.target} "
+                                    f"trials ({ahead} counted, or running since before it)")
+                raise optuna.TrialPruned("the study is full")
         cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
                     {"name": str(trial.number), "runs_dir": str(self.folder / "trials")})
         flat = flatten(cfg)
@@ -303,18 +313,44 @@ def parse_duration(text: str | None) -> float | None:
     return seconds
 
 
+def counts(t: optuna.trial.FrozenTrial) -> bool:
+    """Whether a trial counts towards --trials: a finished one, except one excluded before training
+    (or not run: the study was full) and one interrupted (Ctrl-C, SIGTERM) before it ended: a
+    continued study still runs the budget it was asked for (a nested run's outer split is selected
+    from --trials trials, as recorded)."""
+    return (t.state in FINISHED and not t.user_attrs.get("excluded")
+            and t.user_attrs.get("reason") != "interrupted")
+
+
 def counted(study: optuna.Study) -> int:
-    """Trials that count towards --trials: finished ones, except those excluded before training and
-    those interrupted (Ctrl-C, SIGTERM) before they ended: a continued study still runs the budget
-    it was asked for (a nested run's outer split is selected from --trials trials, as recorded)."""
-    return sum(t.state in FINISHED and not t.user_attrs.get("excluded")
-               and t.user_attrs.get("reason") != "interrupted"
-               for t in study.get_trials(deepcopy=False))
+    """The trials that count towards --trials (`counts`)."""
+    return sum(counts(t) for t in study.get_trials(deepcopy=False))
+
+
+def ahead_of(study: optuna.Study, number: int) -> int:
+    """Counted trials plus the trials still running that started before trial `number` (a lower
+    number: Optuna numbers trials in the order they are created). Workers sharing a study run trial
+    `number` only while this is below --trials: of two trials started at once, the earlier one runs,
+    so the workers together stop at exactly --trials (unless a running trial is interrupted)."""
+    trials = study.get_trials(deepcopy=False)
+    return sum(counts(t) or (t.state == optuna.trial.TrialState.RUNNING and t.number < number)
+               for t in trials)
+
+
+def storage_url(url: str) -> str:
+    """`postgresql://` (and `postgres://`) with the driver foldbench installs, psycopg2: SQLAlchemy
+    2.1 would otherwise look for psycopg 3. A URL naming its driver (`postgresql+...://`) is kept."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg2://" + url[len(prefix):]
+    return url
 
 
 def _storage(url: str) -> optuna.storages.RDBStorage:
     """The study's storage. Workers creating a fresh database at once race in its schema (a table
-    already exists, the version row is written twice, the file is locked): the loser retries."""
+    or PostgreSQL enum type already exists, the version row is written twice, the file is locked):
+    the loser retries (`retry_races`)."""
+    url = storage_url(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
         # Heartbeats: a trial whose process was killed is marked failed when the study next runs.
@@ -394,7 +430,8 @@ def write_outputs(study: optuna.Study, folder: Path, cfg: RunConfig, plots: bool
 class StudyResult:
     study: optuna.Study
     folder: Path
-    added: int  # trials this invocation added towards --trials
+    added: int  # counted trials this invocation ran (other workers sharing the study add theirs)
+    total: int = 0  # counted trials in the study at the end, this invocation's and others'
 
 
 def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyResult:
@@ -462,15 +499,19 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
     bar = tqdm(total=tune.trials, initial=min(before, tune.trials), desc=f"trials ({name})", unit="trial",
                disable=not progress, dynamic_ncols=True)
     objective.status = bar.set_postfix_str
+    objective.target = tune.trials
+    own = 0  # counted trials this invocation ran (other workers may share the study)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        nonlocal own
+        own += counts(trial)
         write_outputs(study, folder, cfg, plots=False)
         done = counted(study)
         bar.n = min(done, tune.trials)
         bar.set_postfix_str("", refresh=True)
         if trial_lines:
             tqdm.write(trial_line(study, trial, done, tune.trials))
-        if done >= tune.trials:
+        if done >= tune.trials or objective.full:
             study.stop()
 
     status = "FINISHED"
@@ -485,7 +526,7 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
         files = write_outputs(study, folder, cfg, plots=True)
         _log_study(tracker, study_run, study, files)
         tracker.end(study_run, status)
-    return StudyResult(study, folder, counted(study) - before)
+    return StudyResult(study, folder, own, counted(study))
 
 
 # ---- one line per finished trial -------------------------------------------------------------
