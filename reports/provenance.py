@@ -97,7 +97,8 @@ def what_was_run(run_dir, plan: dict, asked: list[int], nested: bool) -> list[Bl
     rows = [["dataset", data], ["protocol", _protocol_text(plan, grouped.get("protocol", {}).get("val"))],
             ["splits", splits]]
     if run:
-        attempts = run.get("attempts") or []
+        attempts = run.get("attempts")  # unverified provenance: entries that are not records are skipped
+        attempts = [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
         version = f"`{run.get('code_version') or 'unknown'}`"
         if run.get("foldbench_version"):
             version += f" (foldbench {run['foldbench_version']})"

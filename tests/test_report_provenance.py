@@ -152,6 +152,15 @@ def test_run_json_is_not_in_the_done_digests(run_copy):
     assert RunFolder(run_copy).verified() == [1]
 
 
+@pytest.mark.parametrize("attempts", [[5, "x", None], {"a": 1}, 3])
+def test_cli_report_reads_a_damaged_run_json_without_a_traceback(run_copy, attempts):
+    """run.json is unverified provenance: entries that are not attempt records are skipped."""
+    record = json.loads((run_copy / "run.json").read_text())
+    (run_copy / "run.json").write_text(json.dumps({**record, "attempts": attempts}))
+    assert cli.main(["report", str(run_copy)]) == 0
+    assert record["command"] in (run_copy / "report.md").read_text()
+
+
 def test_resumed_run_keeps_the_first_start_and_adds_an_attempt(one_split_run, tiny_us8k_master, tmp_path):
     run, _, base = one_split_run
     runs = tmp_path / "runs"
