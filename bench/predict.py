@@ -103,6 +103,11 @@ def choose_splits(folder: RunFolder, split: int | None) -> list[int]:
         if split not in planned:
             raise ConfigError(f"--split {split}: no such split in {folder.path} (its splits: "
                               f"{_ranges(planned) or 'none'})")
+        from reports.files import asked_splits
+        asked = asked_splits(folder.path)
+        if split not in asked and split not in folder.done():  # --resume would not train it
+            raise ConfigError(f"--split {split}: {folder.path} was run on splits {_ranges(asked)} only "
+                              f"(--splits), so it has no model for split {split}")
         if split not in folder.done():
             raise RunFolderError(f"--split {split}: that split of {folder.path} is not finished; "
                                  f"finish it with `kfold --name {folder.path.name} --resume`")

@@ -155,6 +155,11 @@ def test_unknown_and_unfinished_splits_are_refused(run, tmp_path, capsys):
     assert predict("--run", run_dir, files[0], "--split", "99") == 2
     assert "--split 99: no such split" in one_error(capsys)
     assert predict("--run", run_dir, files[0], "--split", "4") == 2  # planned, not run (--splits 1,2,3)
+    err = one_error(capsys)  # not "finish it with --resume": a resume trains splits 1..3 only
+    assert "--split 4" in err and "splits 1..3 only" in err and "--resume" not in err
+    unfinished = copy_run(run_dir, tmp_path)
+    (unfinished / "splits" / "3" / "DONE").unlink()  # asked for, killed before it finished
+    assert predict("--run", unfinished, files[0], "--split", "3") == 2
     assert "not finished" in one_error(capsys)
     assert predict("--run", tmp_path / "nothing", files[0]) == 2
     assert "not a run folder" in one_error(capsys)
