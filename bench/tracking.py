@@ -270,6 +270,8 @@ def _open_store(uri: str, experiment: str):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # a failed async write is raised by `Tracker.end` in one line; MLflow's queue would log it too
     logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
+    # and its SQL store logs every failed statement with a traceback before raising it (to us)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith(("http://", "https://")):
         try:
             with _short_requests():
