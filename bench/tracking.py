@@ -395,7 +395,10 @@ def _chain_text(e: BaseException) -> str:
 
 REASONS = {"connection refused": "connection refused", "timed out": "timed out",
            "name or service not known": "unknown host", "nodename nor servname": "unknown host",
-           "temporary failure in name resolution": "unknown host"}
+           "temporary failure in name resolution": "unknown host",
+           # MLflow 3 refuses a file store (file:///..., ./mlruns); its hint is past the first line's cut
+           "mlflow_allow_file_store": "this MLflow refuses file stores: use sqlite:///<folder>/mlflow.db, "
+                                      "or set MLFLOW_ALLOW_FILE_STORE=true"}
 
 
 def _reason(e: BaseException) -> str:

@@ -111,6 +111,14 @@ def immutable():
         subprocess.run(["chattr", "-i", str(path)], check=True)
 
 
+def test_a_file_store_is_refused_with_the_way_out(tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    with pytest.raises(TrackingError) as e:
+        Tracker(TrackingConfig(tracking_uri=(tmp_path / "mlruns").as_uri()), "exp")
+    line = one_line(e)
+    assert "use sqlite:///" in line and "MLFLOW_ALLOW_FILE_STORE=true" in line
+
+
 def test_a_read_only_database_is_refused_before_anything_is_written(tmp_path, immutable, made_db):
     db = Path(shutil.copy(made_db, tmp_path))
     tracker(db)  # the database and its experiment exist: only a write would fail
