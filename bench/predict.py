@@ -126,7 +126,8 @@ def choose_splits(folder: RunFolder, split: int | None) -> list[int]:
 
 
 def _ranges(ks: list[int]) -> str:
-    return f"{ks[0]}..{ks[-1]}" if ks and ks == list(range(ks[0], ks[-1] + 1)) else ", ".join(map(str, ks))
+    return (f"{ks[0]}..{ks[-1]}" if len(ks) > 1 and ks == list(range(ks[0], ks[-1] + 1))
+            else ", ".join(map(str, ks)))
 
 
 def expand_files(items: list[str]) -> list[Path]:
@@ -185,6 +186,7 @@ class Prediction:
     table: pd.DataFrame  # path, predicted, prob_<class> (6 decimals, as predictions.csv)
     splits: list[int]
     classes: list[str]
+    unfinished: list[int] = ()  # splits the run asked for that have no model (default ensemble only)
 
 
 def predict_files(run: str | Path, items: list[str], split: int | None = None,
@@ -211,7 +213,11 @@ def predict_files(run: str | Path, items: list[str], split: int | None = None,
                           "predicted": [classes[i] for i in mean.argmax(axis=1)]})
     for c, name in enumerate(classes):
         table[f"prob_{name}"] = mean[:, c].round(6)
-    return Prediction(table, splits, classes)
+    unfinished = []
+    if split is None:  # an ensemble of a run killed (or still running) part way is a smaller one: say so
+        from reports.files import asked_splits
+        unfinished = [k for k in asked_splits(folder.path) if k not in splits]
+    return Prediction(table, splits, classes, unfinished)
 
 
 def render(pred: Prediction) -> str:
@@ -219,5 +225,8 @@ def render(pred: Prediction) -> str:
     ks = pred.splits
     head = (f"split {ks[0]}'s model" if len(ks) == 1 else
             f"ensemble of {len(ks)} split models (splits {_ranges(ks)}): the mean of their class probabilities")
+    if pred.unfinished:
+        head += (f"; the run is unfinished: no model yet for split(s) {_ranges(list(pred.unfinished))} "
+                 f"(the run's command with --resume finishes them)")
     t = pred.table.rename(columns={f"prob_{c}": c for c in pred.classes})
     return head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")

@@ -110,6 +110,18 @@ def one_error(capsys) -> str:
     return lines[0]
 
 
+def test_the_ensemble_of_an_unfinished_run_says_which_splits_it_lacks(run, tmp_path, capsys):
+    run_dir = copy_run(run[0], tmp_path)
+    (run_dir / "splits" / "2" / "DONE").unlink()  # killed (or still training) in split 2
+    files, _ = clips_of(run_dir, 1)
+    assert predict("--run", run_dir, files[0]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("ensemble of 2 split models (splits 1, 3)")
+    assert "unfinished: no model yet for split(s) 2 " in head
+    assert predict("--run", run[0], files[0]) == 0
+    assert "unfinished" not in capsys.readouterr().out
+
+
 def test_a_tampered_model_is_refused(run, tmp_path, capsys):
     run_dir = copy_run(run[0], tmp_path)
     files, _ = clips_of(run_dir, 2)
