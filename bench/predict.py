@@ -165,6 +165,21 @@ def decode_files(files: list[Path], audio: AudioConfig) -> np.ndarray:
     return np.stack(out)
 
 
+def longer_than(files: list[Path], audio: AudioConfig) -> list[Path]:
+    """The files longer than the run's clips (`audio.duration`): only their start is classified, as
+    training kept only the start of each clip. Files whose header does not say are not listed."""
+    import soundfile as sf
+    longer = []
+    for f in files:
+        try:
+            info = sf.info(str(f))
+        except Exception:  # noqa: BLE001 (decode_files has already read it; a header is a nicety here)
+            continue
+        if info.samplerate and info.frames / info.samplerate > audio.duration + 1 / info.samplerate:
+            longer.append(f)
+    return longer
+
+
 @torch.no_grad()
 def split_probs(m: SplitModel, waves: np.ndarray, device: torch.device) -> np.ndarray:
     """Split model `m`'s class probabilities [n, classes] for the decoded clips `waves`."""
@@ -187,6 +202,8 @@ class Prediction:
     splits: list[int]
     classes: list[str]
     unfinished: list[int] = ()  # splits the run asked for that have no model (default ensemble only)
+    longer: list[Path] = ()  # files longer than the run's clips: only their first `duration` s counted
+    duration: float = 0.0
 
 
 def predict_files(run: str | Path, items: list[str], split: int | None = None,
@@ -217,7 +234,8 @@ def predict_files(run: str | Path, items: list[str], split: int | None = None,
     if split is None:  # an ensemble of a run killed (or still running) part way is a smaller one: say so
         from reports.files import asked_splits
         unfinished = [k for k in asked_splits(folder.path) if k not in splits]
-    return Prediction(table, splits, classes, unfinished)
+    audio = models[0].audio
+    return Prediction(table, splits, classes, unfinished, longer_than(files, audio), audio.duration)
 
 
 def render(pred: Prediction) -> str:
@@ -229,4 +247,9 @@ def render(pred: Prediction) -> str:
         head += (f"; the run is unfinished: no model yet for split(s) {_ranges(list(pred.unfinished))} "
                  f"(the run's command with --resume finishes them)")
     t = pred.table.rename(columns={f"prob_{c}": c for c in pred.classes})
-    return head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    text = head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    if pred.longer:
+        text += (f"\nnote: {len(pred.longer)} file(s) longer than the run's {pred.duration:g} s clips "
+                 f"(e.g. {pred.longer[0]}): only their first {pred.duration:g} s was classified, as "
+                 f"training kept only each clip's start")
+    return text

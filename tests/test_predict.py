@@ -122,6 +122,20 @@ def test_the_ensemble_of_an_unfinished_run_says_which_splits_it_lacks(run, tmp_p
     assert "unfinished" not in capsys.readouterr().out
 
 
+def test_a_file_longer_than_the_runs_clips_is_noted(run, tmp_path, capsys):
+    import soundfile as sf
+    run_dir, _ = run
+    files, _ = clips_of(run_dir, 1)
+    long = tmp_path / "long.wav"  # 3 s; the run's clips are 1 s: its start alone is classified
+    sf.write(long, np.random.default_rng(0).uniform(-0.5, 0.5, 3 * 8000).astype(np.float32), 8000)
+    assert predict("--run", run_dir, long, files[0], "--out", tmp_path / "p.csv") == 0
+    out = capsys.readouterr().out
+    assert f"note: 1 file(s) longer than the run's 1 s clips (e.g. {long})" in out
+    assert "note" not in pd.read_csv(tmp_path / "p.csv").to_string()
+    assert predict("--run", run_dir, *files) == 0  # the run's own clips (at most 1 s): no note
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_a_tampered_model_is_refused(run, tmp_path, capsys):
     run_dir = copy_run(run[0], tmp_path)
     files, _ = clips_of(run_dir, 2)
