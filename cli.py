@@ -220,7 +220,8 @@ def add_predict_command(sub) -> None:
     predict = sub.add_parser(
         "predict", help="classify audio files with a run's saved split models (their ensemble by default)",
         description="Decode each file exactly as the run's training did (its audio settings and the "
-                    "cache's int16 round trip), compute its front end, normalise with the split's "
+                    "cache's int16 round trip; like a training clip, only its first audio.duration seconds, a "
+                    "longer file is noted), compute its front end, normalise with the split's "
                     "training statistics, run the model and take the softmax. Default: the ensemble "
                     "of every finished split model (the mean of their probabilities); --split K: that "
                     "split's model alone. Models are checked against their split's DONE digest first. "

@@ -103,6 +103,11 @@ def choose_splits(folder: RunFolder, split: int | None) -> list[int]:
         if split not in planned:
             raise ConfigError(f"--split {split}: no such split in {folder.path} (its splits: "
                               f"{_ranges(planned) or 'none'})")
+        from reports.files import asked_splits
+        asked = asked_splits(folder.path)
+        if split not in asked and split not in folder.done():  # --resume would not train it
+            raise ConfigError(f"--split {split}: {folder.path} was run on splits {_ranges(asked)} only "
+                              f"(--splits), so it has no model for split {split}")
         if split not in folder.done():
             raise RunFolderError(f"--split {split}: that split of {folder.path} is not finished; "
                                  f"finish it with `kfold --name {folder.path.name} --resume`")
@@ -121,7 +126,8 @@ def choose_splits(folder: RunFolder, split: int | None) -> list[int]:
 
 
 def _ranges(ks: list[int]) -> str:
-    return f"{ks[0]}..{ks[-1]}" if ks and ks == list(range(ks[0], ks[-1] + 1)) else ", ".join(map(str, ks))
+    return (f"{ks[0]}..{ks[-1]}" if len(ks) > 1 and ks == list(range(ks[0], ks[-1] + 1))
+            else ", ".join(map(str, ks)))
 
 
 def expand_files(items: list[str]) -> list[Path]:
@@ -159,6 +165,21 @@ def decode_files(files: list[Path], audio: AudioConfig) -> np.ndarray:
     return np.stack(out)
 
 
+def longer_than(files: list[Path], audio: AudioConfig) -> list[Path]:
+    """The files longer than the run's clips (`audio.duration`): only their start is classified, as
+    training kept only the start of each clip. Files whose header does not say are not listed."""
+    import soundfile as sf
+    longer = []
+    for f in files:
+        try:
+            info = sf.info(str(f))
+        except Exception:  # noqa: BLE001 (decode_files has already read it; a header is a nicety here)
+            continue
+        if info.samplerate and info.frames / info.samplerate > audio.duration + 1 / info.samplerate:
+            longer.append(f)
+    return longer
+
+
 @torch.no_grad()
 def split_probs(m: SplitModel, waves: np.ndarray, device: torch.device) -> np.ndarray:
     """Split model `m`'s class probabilities [n, classes] for the decoded clips `waves`."""
@@ -180,6 +201,9 @@ class Prediction:
     table: pd.DataFrame  # path, predicted, prob_<class> (6 decimals, as predictions.csv)
     splits: list[int]
     classes: list[str]
+    unfinished: list[int] = ()  # splits the run asked for that have no model (default ensemble only)
+    longer: list[Path] = ()  # files longer than the run's clips: only their first `duration` s counted
+    duration: float = 0.0
 
 
 def predict_files(run: str | Path, items: list[str], split: int | None = None,
@@ -206,7 +230,12 @@ def predict_files(run: str | Path, items: list[str], split: int | None = None,
                           "predicted": [classes[i] for i in mean.argmax(axis=1)]})
     for c, name in enumerate(classes):
         table[f"prob_{name}"] = mean[:, c].round(6)
-    return Prediction(table, splits, classes)
+    unfinished = []
+    if split is None:  # an ensemble of a run killed (or still running) part way is a smaller one: say so
+        from reports.files import asked_splits
+        unfinished = [k for k in asked_splits(folder.path) if k not in splits]
+    audio = models[0].audio
+    return Prediction(table, splits, classes, unfinished, longer_than(files, audio), audio.duration)
 
 
 def render(pred: Prediction) -> str:
@@ -214,5 +243,13 @@ def render(pred: Prediction) -> str:
     ks = pred.splits
     head = (f"split {ks[0]}'s model" if len(ks) == 1 else
             f"ensemble of {len(ks)} split models (splits {_ranges(ks)}): the mean of their class probabilities")
+    if pred.unfinished:
+        head += (f"; the run is unfinished: no model yet for split(s) {_ranges(list(pred.unfinished))} "
+                 f"(the run's command with --resume finishes them)")
     t = pred.table.rename(columns={f"prob_{c}": c for c in pred.classes})
-    return head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    text = head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    if pred.longer:
+        text += (f"\nnote: {len(pred.longer)} file(s) longer than the run's {pred.duration:g} s clips "
+                 f"(e.g. {pred.longer[0]}): only their first {pred.duration:g} s was classified, as "
+                 f"training kept only each clip's start")
+    return text

@@ -275,6 +275,8 @@ def _open_store(uri: str, experiment: str):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # a failed async write is raised by `Tracker.end` in one line; MLflow's queue would log it too
     logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
+    # and its SQL store logs every failed statement with a traceback before raising it (to us)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
     if uri.startswith(("http://", "https://")):
         try:
             with _short_requests():
@@ -398,7 +400,10 @@ def _chain_text(e: BaseException) -> str:
 
 REASONS = {"connection refused": "connection refused", "timed out": "timed out",
            "name or service not known": "unknown host", "nodename nor servname": "unknown host",
-           "temporary failure in name resolution": "unknown host"}
+           "temporary failure in name resolution": "unknown host",
+           # MLflow 3 refuses a file store (file:///..., ./mlruns); its hint is past the first line's cut
+           "mlflow_allow_file_store": "this MLflow refuses file stores: use sqlite:///<folder>/mlflow.db, "
+                                      "or set MLFLOW_ALLOW_FILE_STORE=true"}
 
 
 def _reason(e: BaseException) -> str:

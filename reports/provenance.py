@@ -79,6 +79,15 @@ def _value(v) -> str:
     return "none" if v is None else str(v)
 
 
+def _enclosing_run(run_dir) -> Path | None:
+    """The run folder (with a run.json) that holds `run_dir` within two levels (a nested run's
+    non-nested/kfold), or None."""
+    for parent in list(Path(run_dir).resolve().parents)[:2]:
+        if (parent / "run.json").is_file() and (parent / "config.yaml").is_file():
+            return parent
+    return None
+
+
 def what_was_run(run_dir, plan: dict, asked: list[int], nested: bool) -> list[Block]:
     """The "What was run" section of report.md / report.html."""
     grouped = settings(run_dir)
@@ -97,7 +106,8 @@ def what_was_run(run_dir, plan: dict, asked: list[int], nested: bool) -> list[Bl
     rows = [["dataset", data], ["protocol", _protocol_text(plan, grouped.get("protocol", {}).get("val"))],
             ["splits", splits]]
     if run:
-        attempts = run.get("attempts") or []
+        attempts = run.get("attempts")  # unverified provenance: entries that are not records are skipped
+        attempts = [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
         version = f"`{run.get('code_version') or 'unknown'}`"
         if run.get("foldbench_version"):
             version += f" (foldbench {run['foldbench_version']})"
@@ -110,6 +120,8 @@ def what_was_run(run_dir, plan: dict, asked: list[int], nested: bool) -> list[Bl
                                     f"{duration_text(run.get('duration_s'))} in all"])
             rows += [[f"attempt {i}", f"{_attempt_text(a)}: `{a.get('command', '?')}`"]
                      for i, a in enumerate(attempts, start=1)]
+    elif (outer := _enclosing_run(run_dir)) is not None:  # nested's non-nested/kfold: no run.json of its own
+        rows.append(["command", f"recorded by the run this one is part of: {outer / 'run.json'}"])
     else:
         rows.append(["command", "not recorded (run.json is missing: a run made before foldbench wrote it)"])
     doc: list[Block] = [Heading(2, "What was run"), Table(["", "value"], rows)]

@@ -110,6 +110,32 @@ def one_error(capsys) -> str:
     return lines[0]
 
 
+def test_the_ensemble_of_an_unfinished_run_says_which_splits_it_lacks(run, tmp_path, capsys):
+    run_dir = copy_run(run[0], tmp_path)
+    (run_dir / "splits" / "2" / "DONE").unlink()  # killed (or still training) in split 2
+    files, _ = clips_of(run_dir, 1)
+    assert predict("--run", run_dir, files[0]) == 0
+    head = capsys.readouterr().out.splitlines()[0]
+    assert head.startswith("ensemble of 2 split models (splits 1, 3)")
+    assert "unfinished: no model yet for split(s) 2 " in head
+    assert predict("--run", run[0], files[0]) == 0
+    assert "unfinished" not in capsys.readouterr().out
+
+
+def test_a_file_longer_than_the_runs_clips_is_noted(run, tmp_path, capsys):
+    import soundfile as sf
+    run_dir, _ = run
+    files, _ = clips_of(run_dir, 1)
+    long = tmp_path / "long.wav"  # 3 s; the run's clips are 1 s: its start alone is classified
+    sf.write(long, np.random.default_rng(0).uniform(-0.5, 0.5, 3 * 8000).astype(np.float32), 8000)
+    assert predict("--run", run_dir, long, files[0], "--out", tmp_path / "p.csv") == 0
+    out = capsys.readouterr().out
+    assert f"note: 1 file(s) longer than the run's 1 s clips (e.g. {long})" in out
+    assert "note" not in pd.read_csv(tmp_path / "p.csv").to_string()
+    assert predict("--run", run_dir, *files) == 0  # the run's own clips (at most 1 s): no note
+    assert "note:" not in capsys.readouterr().out
+
+
 def test_a_tampered_model_is_refused(run, tmp_path, capsys):
     run_dir = copy_run(run[0], tmp_path)
     files, _ = clips_of(run_dir, 2)
@@ -155,6 +181,11 @@ def test_unknown_and_unfinished_splits_are_refused(run, tmp_path, capsys):
     assert predict("--run", run_dir, files[0], "--split", "99") == 2
     assert "--split 99: no such split" in one_error(capsys)
     assert predict("--run", run_dir, files[0], "--split", "4") == 2  # planned, not run (--splits 1,2,3)
+    err = one_error(capsys)  # not "finish it with --resume": a resume trains splits 1..3 only
+    assert "--split 4" in err and "splits 1..3 only" in err and "--resume" not in err
+    unfinished = copy_run(run_dir, tmp_path)
+    (unfinished / "splits" / "3" / "DONE").unlink()  # asked for, killed before it finished
+    assert predict("--run", unfinished, files[0], "--split", "3") == 2
     assert "not finished" in one_error(capsys)
     assert predict("--run", tmp_path / "nothing", files[0]) == 2
     assert "not a run folder" in one_error(capsys)

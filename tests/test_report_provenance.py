@@ -152,6 +152,30 @@ def test_run_json_is_not_in_the_done_digests(run_copy):
     assert RunFolder(run_copy).verified() == [1]
 
 
+@pytest.mark.parametrize("attempts", [[5, "x", None], {"a": 1}, 3])
+def test_cli_report_reads_a_damaged_run_json_without_a_traceback(run_copy, attempts):
+    """run.json is unverified provenance: entries that are not attempt records are skipped."""
+    record = json.loads((run_copy / "run.json").read_text())
+    (run_copy / "run.json").write_text(json.dumps({**record, "attempts": attempts}))
+    assert cli.main(["report", str(run_copy)]) == 0
+    assert record["command"] in (run_copy / "report.md").read_text()
+
+
+def test_a_run_inside_another_points_to_its_run_json_not_to_an_old_foldbench(run_copy, tmp_path):
+    """A nested run's non-nested/kfold has no run.json of its own: its command is the nested run's."""
+    inner = tmp_path / "runs" / "outer" / "non-nested" / "kfold"
+    shutil.copytree(run_copy, inner)
+    (inner / "run.json").unlink()
+    shutil.copy(run_copy / "run.json", inner.parent.parent / "run.json")
+    shutil.copy(run_copy / "config.yaml", inner.parent.parent / "config.yaml")
+    assert cli.main(["report", str(inner)]) == 0
+    md = (inner / "report.md").read_text()
+    assert f"part of: {(inner.parent.parent / 'run.json').resolve()}" in md and "before foldbench" not in md
+    (run_copy / "run.json").unlink()  # a lone run without one: made before run.json existed
+    assert cli.main(["report", str(run_copy)]) == 0
+    assert "made before foldbench wrote it" in (run_copy / "report.md").read_text()
+
+
 def test_resumed_run_keeps_the_first_start_and_adds_an_attempt(one_split_run, tiny_us8k_master, tmp_path):
     run, _, base = one_split_run
     runs = tmp_path / "runs"
