@@ -43,8 +43,8 @@ from .prepare import Prepared, prepare
 from .provenance import Attempt, clock
 from .runfolder import RunFolder, RunFolderError, read_json
 from .tracking import Tracker
-from .tune import (TuneConfig, best_config, best_trial, check_space, check_tune, check_validation,
-                   load_space, search)
+from .space import check_space, load_space
+from .tune import TuneConfig, best_config, best_trial, check_tune, check_validation, search
 
 
 @dataclass
