@@ -177,9 +177,10 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         attempt = Attempt.begin(folder.path, resume, code_version(), began) if own_parent else None  # run.json
         if own_parent:
             parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
+        digest = folder.settings_digest() if resume else None  # once, not once per split
         try:
             for split in tqdm(chosen, desc=f"splits ({cfg.name})", unit="split", disable=not progress):
-                reason = folder.problem(split.index, score_test) if resume else "not finished"
+                reason = folder.problem(split.index, score_test, digest) if resume else "not finished"
                 if reason is None:
                     info = folder.read_split_info(split.index)
                     _mirror_finished(SplitJob(split, cfg, score_test), prepared, folder, tracker, parent_run,

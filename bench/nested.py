@@ -134,8 +134,11 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
         saved = read_json(folder.path / "search.json")
         # What each finished outer split was selected with (its DONE vouches for split.json; search.json
         # is only the latest invocation's): a resume must match it, or the estimate mixes budgets.
-        selected = {k: folder.read_split_info(k).get("search") for k in folder.done()
-                    if folder.problem(k) is None} if resume else {}
+        reasons = {s.index: "not finished" for s in outer}  # why each split is (re)trained; None: kept
+        if resume and folder.done():  # (a run killed before its plan was written has nothing to keep)
+            digest = folder.settings_digest()  # once, for every split's check
+            reasons = {k: folder.problem(k, settings=digest) for k in set(reasons) | set(folder.done())}
+        selected = {k: folder.read_split_info(k).get("search") for k in folder.done() if reasons[k] is None}
         if resume and not saved and not (folder.path / "inner").is_dir() and folder.done():
             raise RunFolderError(f"--resume {folder.path}: a kfold run, not a nested one; continue it "
                                  f"with `kfold --resume`, or give nested another --name")
@@ -156,7 +159,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
         folder.keep()  # the studies under inner/ are finished work before any outer split is DONE
         try:
             for split in tqdm(outer, desc=f"outer splits ({cfg.name})", unit="split", disable=not progress):
-                reason = folder.problem(split.index) if resume else "not finished"
+                reason = reasons[split.index]
                 if reason is None:
                     continue
                 if reason != "not finished":
@@ -184,11 +187,8 @@ def _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settin
                  progress) -> dict:
     """Select on the inner splits, then train on the outer training folds and score fold k once."""
     name = f"outer-{split.index}"
-    run = tracker.child_run(parent, name, {"outer_split": split.index})
-    run = tracker.start(name, run_id=run, parent=parent, tags={"outer_split": split.index,
-                                                                "test_fold": split.test_fold})
-    status = "FINISHED"
-    try:
+    with tracker.run(name, run_id=tracker.child_run(parent, name, {"outer_split": split.index}),
+                     parent=parent, tags={"outer_split": split.index, "test_fold": split.test_fold}) as run:
         study_tune = replace(tune, study=f"{cfg.name}-outer-{split.index}")
         best = select(cfg, study_tune, space, prepared, split, folder.path / "inner" / str(split.index),
                       inner_splits, tracker, run)
@@ -199,24 +199,17 @@ def _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settin
         info = run_split(SplitJob(split, chosen, notes=notes), prepared, folder, tracker, run, progress)
         tracker.log_metrics(run, {"test_acc": info["test_acc"], "inner_val_acc_mean": best.value})
         tracker.set_tags(run, {f"chosen.{k}": v for k, v in best.params.items()})
-        print(f"outer split {split.index} (test fold {split.test_fold}): inner trial {best.number} "
-              f"chosen (val {best.value:.3f}), test {info['test_acc']:.3f}", file=sys.stderr)
-        return info
-    except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        raise
-    finally:
-        tracker.end(run, status)
+    print(f"outer split {split.index} (test fold {split.test_fold}): inner trial {best.number} "
+          f"chosen (val {best.value:.3f}), test {info['test_acc']:.3f}", file=sys.stderr)
+    return info
 
 
 def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker, parent,
                 progress) -> dict:
     """The usual shortcut with the same budget: one study on the full plan's first `inner_splits`
     splits (whose validation folds are other splits' test folds), then kfold of its best config."""
-    run = tracker.child_run(parent, "non-nested", {"kind": "non-nested"})
-    run = tracker.start("non-nested", run_id=run, parent=parent, tags={"kind": "non-nested"})
-    status = "FINISHED"
-    try:
+    with tracker.run("non-nested", run_id=tracker.child_run(parent, "non-nested", {"kind": "non-nested"}),
+                     parent=parent, tags={"kind": "non-nested"}) as run:
         study_cfg = merge(cfg, {"splits": list(range(1, inner_splits + 1))})
         result = search(study_cfg, replace(tune, study=f"{cfg.name}-non-nested"), space, prepared,
                         folder, tracker=tracker, parent_run=run, progress=False)
@@ -229,15 +222,10 @@ def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker,
         cv = run_cv(kfold_cfg, prepared=prepared, resume=resume, tracker=tracker, parent_run=run,
                     progress=progress)
         tracker.log_metrics(run, {"acc_mean": cv.scores["acc_mean"], "acc_std": cv.scores["acc_std"]})
-        return {**{k: cv.scores.get(k) for k in ("acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high",
-                                                 "n_splits")},
-                "chosen": {k: best.params[k] for k in sorted(best.params)}, "trial": best.number,
-                "val_acc_mean": best.value, "run": str(cv.run_dir)}
-    except BaseException as e:
-        status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-        raise
-    finally:
-        tracker.end(run, status)
+    return {**{k: cv.scores.get(k) for k in ("acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high",
+                                             "n_splits")},
+            "chosen": {k: best.params[k] for k in sorted(best.params)}, "trial": best.number,
+            "val_acc_mean": best.value, "run": str(cv.run_dir)}
 
 
 # ---- the summary ----
