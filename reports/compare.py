@@ -84,7 +84,6 @@ def load_run(run_dir) -> Run:
         info = {int(k): read_split_json(run_dir, int(k)) for k in scores["split"]}
     except (OSError, ValueError) as e:
         raise CompareError(f"{run_dir}: {e}") from None
-    scores["repeat"] = [int(info[k].get("repeat", 1)) for k in scores["split"]]
     return Run(run_dir, run_name(run_dir), pred, scores, info, read_plan(run_dir),
                _fold_key(run_dir / "folds.csv"), dataset_name(run_dir), _settings(run_dir))
 
@@ -145,9 +144,10 @@ def _pairing(best: Run, run: Run) -> tuple[list[int], str | None]:
 
 
 def _mcnemar(best: Run, run: Run, splits: list[int] | None) -> tuple[dict | None, str | None]:
-    """Per clip, over `splits` (None: all finished) when both runs tested the same clips."""
+    """Per clip, over `splits` (None: all finished) when both runs tested the same clips; with
+    repeats a clip is tested once per repeat, so its tests are paired repeat by repeat."""
     a, b = (r.pred if splits is None else r.pred[r.pred["split"].isin(splits)] for r in (run, best))
-    both = a.merge(b, on="clip", suffixes=("_a", "_b"))
+    both = a.merge(b, on=["repeat", "clip"], suffixes=("_a", "_b"))
     if not (len(both) == len(a) == len(b)):
         return None, "the runs did not test the same clips"
     if (both["label_a"] != both["label_b"]).any():

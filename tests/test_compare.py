@@ -19,28 +19,36 @@ from reports.stats import bayes_correlated_ttest, corrected_ttest, mcnemar_exact
 CLIPS = [(f"c{f}{j}", f, j % 2) for f in (1, 2, 3) for j in range(4)]
 
 
-def write_run(run, right, dataset="toy", plan=None, info=None, labels=None):
+def write_run(run, right, dataset="toy", plan=None, info=None, labels=None, repeats=None):
     """A sealed run folder; `right`: the clips it predicts correctly. Split k tests fold k, validates
-    on fold k+1 (4 clips) and trains on the other 4: n_train 4, n_test 4 in split.json."""
+    on fold k+1 (4 clips) and trains on the other 4: n_train 4, n_test 4 in split.json. `repeats` R:
+    the same fold plan R times over (split 3(r-1)+k tests fold k of repeat r), each clip tested R
+    times; `right` then applies to every repeat."""
     (run / "splits").mkdir(parents=True)
     (run / "config.yaml").write_text(f"name: {run.name}\ndataset:\n  name: {dataset}\n")
     df = pd.DataFrame(CLIPS, columns=["clip", "fold", "label"])
     df["label"] = [(labels or {}).get(c, y) for c, _, y in CLIPS]
     df["pred"] = [y if c in right else 1 - y for c, y in zip(df["clip"], df["label"])]
-    repeats = max([1] + [i.get("repeat", 1) for i in (info or {}).values()])
-    for r in range(2, repeats + 1):  # a repeat's fold column (here the same assignment again)
+    columns = repeats or max([1] + [i.get("repeat", 1) for i in (info or {}).values()])
+    for r in range(2, columns + 1):  # a repeat's fold column (here the same assignment again)
         df[f"fold_{r}"] = df["fold"]
-    df[["clip", "fold", "label", *(f"fold_{r}" for r in range(2, repeats + 1))]].to_csv(
+    df[["clip", "fold", "label", *(f"fold_{r}" for r in range(2, columns + 1))]].to_csv(
         run / "folds.csv", index=False)
-    (run / "plan.json").write_text(json.dumps(plan or {"protocol": "Toy(n_folds=3)", "leaky": False}))
-    for k, part in df.groupby("fold"):
+    splits = [(3 * (r - 1) + f, r, f) for r in range(1, (repeats or 1) + 1) for f in (1, 2, 3)]
+    plan = plan or {"protocol": "Toy(n_folds=3)", "leaky": False}
+    if repeats:
+        plan = {**plan, "splits": [{"split": k, "repeat": r, "test_fold": f} for k, r, f in splits]}
+    (run / "plan.json").write_text(json.dumps(plan))
+    for k, r, f in splits:
+        part = df[df["fold"] == f][["clip", "fold", "label", "pred"]]
         d = run / "splits" / str(k)
         d.mkdir()
         part.assign(prob_x=np.where(part["pred"] == 0, 0.9, 0.1),
                     prob_y=np.where(part["pred"] == 1, 0.9, 0.1)).to_csv(d / "predictions.csv", index=False)
-        (d / "split.json").write_text(json.dumps({"split": int(k), "test_fold": int(k), "n_train": 4,
-                                                  "n_val": 4, "n_test": 4, **(info or {}).get(k, {})}))
-        RunFolder(run).seal(int(k))
+        extra = {"repeat": r} if repeats else (info or {}).get(k, {})
+        (d / "split.json").write_text(json.dumps({"split": k, "test_fold": f, "n_train": 4,
+                                                  "n_val": 4, "n_test": 4, **extra}))
+        RunFolder(run).seal(k)
     return run
 
 
@@ -133,6 +141,20 @@ def test_repeats_are_read_from_split_json(tmp_path):
     assert "| 3 (2 repeats) |" in render_comparison(r)
     assert not r["runs"][1]["vs_best"]["paired"]  # a repeated plan is another fold assignment
     assert "other folds" in r["runs"][1]["vs_best"]["reason"]
+
+
+def test_two_repeated_runs_on_the_same_plans_are_paired_per_split_and_per_clip(tmp_path):
+    a = write_run(tmp_path / "a", A_RIGHT, repeats=2)
+    b = write_run(tmp_path / "b", B_RIGHT, repeats=2)
+    r = compare_runs(a, b)
+    v = r["runs"][1]["vs_best"]
+    assert r["best"] == "a" and v["paired"] and v["splits"] == [1, 2, 3, 4, 5, 6]
+    # each clip tested once per repeat: 12 clips x 2 repeats, paired repeat by repeat
+    assert v["mcnemar"] is not None, v["mcnemar_reason"]
+    assert v["mcnemar"]["n_clips"] == 24
+    # per repeat: only b right on the clips b has and a lacks, only a right on the reverse
+    assert (v["mcnemar"]["only_run_right"], v["mcnemar"]["only_best_right"]) == (
+        2 * len(B_RIGHT - A_RIGHT), 2 * len(A_RIGHT - B_RIGHT))
 
 
 def test_refusals(tmp_path, capsys):
