@@ -86,30 +86,39 @@ _BANKS: dict[tuple, torch.Tensor] = {}
 _KEEP = 2  # feature banks kept in memory (a tune study alternates between a few configs)
 
 
-def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
-                 batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
-    """The front end's map [N, channels, bands, frames] of every cached clip, on `device`, kept per
-    (waveforms, every FeatureConfig field, device).
+def frontend_maps(get, n: int, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
+                  batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+    """The front end's maps [n, channels, bands, frames] of clips `get(start, stop)` (a float32
+    [clips, channels, samples] array), computed on `device` in batches: the feature bank's loop,
+    and `predict`'s for new files.
 
     Default batches: 8 clips on CPU, where the STFT's intermediates then stay in cache (1.6-1.9x
     faster than 64 on one core), 64 elsewhere."""
-    check_features(audio, feat)
     batch_size = batch_size or (8 if torch.device(device).type == "cpu" else 64)
-    key = (waves.key, astuple(feat), str(device))
-    if key in _BANKS:
-        return _BANKS[key]
     transform = create_frontend(feat.frontend, audio, feat).to(device)
-    n, bank = len(waves), None
+    bank = None
     with torch.no_grad():
         for start in tqdm(range(0, n, batch_size), disable=not progress,
                           desc=f"{feat.frontend} features", unit="batch"):
-            chunk = torch.from_numpy(waves.get(start, start + batch_size)).to(device)
+            chunk = torch.from_numpy(get(start, start + batch_size)).to(device)
             maps = transform(chunk)
             if bank is None:
                 bank = torch.empty((n, *maps.shape[1:]), dtype=torch.float32, device=device)
             bank[start:start + len(chunk)] = maps
     if bank is None:
         raise FeatureError("no clips to featurise")
+    return bank
+
+
+def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
+                 batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+    """The front end's map [N, channels, bands, frames] of every cached clip, on `device`, kept per
+    (waveforms, every FeatureConfig field, device)."""
+    check_features(audio, feat)
+    key = (waves.key, astuple(feat), str(device))
+    if key in _BANKS:
+        return _BANKS[key]
+    bank = frontend_maps(waves.get, len(waves), audio, feat, device, batch_size, progress)
     while len(_BANKS) >= _KEEP:
         _BANKS.pop(next(iter(_BANKS)))
     _BANKS[key] = bank

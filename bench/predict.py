@@ -32,7 +32,7 @@ from .audio import BadAudio, load_clip
 from .cache import dequantise, quantise
 from .config import AudioConfig, ConfigError, FeatureConfig, ModelConfig
 from .folder_datasets import AUDIO_EXTENSIONS
-from .frontends import create_frontend
+from .features import frontend_maps
 from .runfolder import RunFolder, RunFolderError, read_json
 from .train import make_model, predict, resolve_device
 
@@ -181,12 +181,8 @@ def longer_than(files: list[Path], audio: AudioConfig) -> list[Path]:
 
 
 @torch.no_grad()
-def split_probs(m: SplitModel, waves: np.ndarray, device: torch.device) -> np.ndarray:
-    """Split model `m`'s class probabilities [n, classes] for the decoded clips `waves`."""
-    frontend = create_frontend(m.features.frontend, m.audio, m.features).to(device)
-    step = 8 if device.type == "cpu" else 64  # the feature bank's batches (bench.features)
-    maps = torch.cat([frontend(torch.from_numpy(waves[s:s + step]).to(device))
-                      for s in range(0, len(waves), step)])
+def split_probs(m: SplitModel, maps: torch.Tensor, device: torch.device) -> np.ndarray:
+    """Split model `m`'s class probabilities [n, classes] for the feature maps `maps` of the clips."""
     if tuple(maps.shape[1:]) != m.input_shape:
         raise RunFolderError(f"split {m.split}: features of shape {tuple(maps.shape[1:])}, its model "
                              f"takes {m.input_shape}")
@@ -218,13 +214,20 @@ def predict_files(run: str | Path, items: list[str], split: int | None = None,
     if any(m.classes != classes for m in models):
         raise RunFolderError(f"{folder.path}: the split models disagree on the classes")
     dev = resolve_device(device)
-    decoded: dict[str, np.ndarray] = {}  # per audio config (the same for every split of a run)
+    # Decoded once per audio config and featurised once per feature config (every split of a kfold
+    # run shares both; a nested run's outer splits may not)
+    decoded: dict[str, np.ndarray] = {}
+    maps: dict[str, torch.Tensor] = {}
     probs = []
     for m in models:
-        key = repr(asdict(m.audio))
-        if key not in decoded:
-            decoded[key] = decode_files(files, m.audio)
-        probs.append(split_probs(m, decoded[key], dev))
+        audio_key = repr(asdict(m.audio))
+        if audio_key not in decoded:
+            decoded[audio_key] = decode_files(files, m.audio)
+        waves = decoded[audio_key]
+        key = audio_key + repr(asdict(m.features))
+        if key not in maps:
+            maps[key] = frontend_maps(lambda a, b: waves[a:b], len(waves), m.audio, m.features, dev)
+        probs.append(split_probs(m, maps[key], dev))
     mean = np.mean(probs, axis=0)
     table = pd.DataFrame({"path": [str(f) for f in files],
                           "predicted": [classes[i] for i in mean.argmax(axis=1)]})

@@ -78,7 +78,7 @@ def test_split_model_reproduces_the_saved_predictions(run, k, tmp_path, capsys):
     np.testing.assert_array_equal(probs(got), probs(saved))
 
 
-def test_default_is_the_ensemble_mean_of_the_split_models(run, tmp_path, capsys):
+def test_default_is_the_ensemble_mean_of_the_split_models(run, tmp_path, capsys, monkeypatch):
     run_dir, _ = run
     files = clips_of(run_dir, 1)[0] + clips_of(run_dir, 2)[0]
     per_split = []
@@ -86,7 +86,12 @@ def test_default_is_the_ensemble_mean_of_the_split_models(run, tmp_path, capsys)
         assert predict("--run", run_dir, *files, "--split", k, "--out", tmp_path / f"{k}.csv") == 0
         per_split.append(probs(pd.read_csv(tmp_path / f"{k}.csv")))
     capsys.readouterr()
+    import bench.predict as predict_mod
+    featurised = []  # the splits share one feature config: the files are featurised once, not per model
+    real_maps = predict_mod.frontend_maps
+    monkeypatch.setattr(predict_mod, "frontend_maps", lambda *a, **kw: featurised.append(a[1]) or real_maps(*a, **kw))
     assert predict("--run", run_dir, *files, "--out", tmp_path / "all.csv") == 0
+    assert featurised == [len(files)]
     assert "ensemble of 3 split models (splits 1..3)" in capsys.readouterr().out
     got = pd.read_csv(tmp_path / "all.csv")
     mean = np.mean(per_split, axis=0)  # of 6-decimal values: within 1e-6 of the exact mean's rounding
