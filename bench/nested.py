@@ -37,11 +37,11 @@ from tqdm.auto import tqdm
 from protocols import Split
 
 from .atomic import atomic_write_text
-from .config import ConfigError, RunConfig, load_yaml, merge
+from .config import ConfigError, RunConfig, merge
 from .cv import SplitJob, code_version, open_parent_run, report, run_cv, run_split
 from .prepare import Prepared, prepare
 from .provenance import Attempt, clock
-from .runfolder import RunFolder, RunFolderError, read_json
+from .runfolder import RunFolder, RunFolderError, latest_run, read_json
 from .tracking import Tracker
 from .space import check_space, load_space
 from .tune import TuneConfig, best_config, best_trial, check_tune, check_validation, search
@@ -66,14 +66,7 @@ def inner_prepared(prepared: Prepared, fold: int, val: str = "next") -> Prepared
 
 def latest_nested(runs_dir: str | Path, dataset: str | None) -> str | None:
     """The newest nested run of `dataset` (None: of any) in `runs_dir` (what `nested --resume` continues)."""
-    found = []
-    for marker in Path(runs_dir).glob("*/search.json"):
-        try:
-            if dataset is None or load_yaml(marker.parent / "config.yaml").dataset.name == dataset:
-                found.append((marker.stat().st_mtime, marker.parent.name))
-        except (OSError, ConfigError):
-            continue
-    return max(found)[1] if found else None
+    return latest_run(runs_dir, dataset, nested=True)
 
 
 def check_nested(cfg: RunConfig, prepared: Prepared, inner_splits: int) -> None:

@@ -59,12 +59,12 @@ def default_name(cfg: RunConfig) -> str:
     return f"{cfg.dataset.name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def latest_run(runs_dir: str | Path, dataset: str | None) -> str | None:
-    """The newest kfold run folder of this dataset (None: of any dataset): what `kfold --resume`
-    without `--name` continues. Nested runs (search.json) are `nested --resume`'s."""
+def latest_run(runs_dir: str | Path, dataset: str | None, nested: bool = False) -> str | None:
+    """The newest run folder of this dataset (None: of any dataset): what `--resume` without
+    `--name` continues; kfold runs, or with `nested` the nested runs (those with search.json)."""
     found = []
     for cfg_file in Path(runs_dir).glob("*/config.yaml"):
-        if (cfg_file.parent / "search.json").exists():  # a nested run: `nested --resume` continues it
+        if (cfg_file.parent / "search.json").exists() != nested:  # the other command's run
             continue
         try:
             if dataset is None or (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset", {}).get("name") == dataset:
