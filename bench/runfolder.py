@@ -30,7 +30,7 @@ import pandas as pd
 import yaml
 
 from .atomic import atomic_path, atomic_write_csv, atomic_write_text
-from .config import RunConfig, dump_yaml, flatten, load_yaml, plain_name
+from .config import ConfigError, RunConfig, dump_yaml, flatten, load_yaml, plain_name
 
 # Sections that decide the results: a resumed run must match them exactly.
 RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
@@ -53,6 +53,14 @@ def result_view(cfg: RunConfig) -> dict:
     return {k: v for k, v in flatten(cfg).items()
             if k.split(".")[0] in RESULT_KEYS and k not in NOT_RESULT_KEYS
             and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+
+
+def saved_result_view(run_dir: str | Path) -> dict:
+    """`result_view` of a run folder's config.yaml; {} when it cannot be read."""
+    try:
+        return result_view(load_yaml(Path(run_dir) / "config.yaml"))
+    except (ConfigError, OSError):
+        return {}
 
 
 def default_name(cfg: RunConfig) -> str:

@@ -35,8 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.config import ConfigError, load_yaml
-from bench.runfolder import read_json, result_view
+from bench.runfolder import read_json, saved_result_view
 from reports.aggregate import class_names, fold_scores, interval_text, load_predictions, summary
 from reports.files import dataset_name, missing_splits, read_plan, read_split_json, run_name
 from reports.stats import bayes_correlated_ttest, corrected_ttest, mcnemar_exact
@@ -90,11 +89,8 @@ def load_run(run_dir) -> Run:
 
 def _settings(run_dir: Path) -> dict:
     """The settings that decide results, except the protocol's (a leaky run's only difference)."""
-    try:
-        view = result_view(load_yaml(run_dir / "config.yaml"))
-    except (ConfigError, OSError):
-        return {}
-    return {k: v for k, v in view.items() if not k.startswith(("protocol.", "dataset.root"))}
+    return {k: v for k, v in saved_result_view(run_dir).items()
+            if not k.startswith(("protocol.", "dataset.root"))}
 
 
 def _ratio(run: Run, splits: list[int]) -> float | None:

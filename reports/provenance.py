@@ -10,9 +10,8 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from bench.config import ConfigError, load_yaml
 from bench.provenance import read_run_json
-from bench.runfolder import result_view
+from bench.runfolder import saved_result_view
 from reports.document import Block, Heading, Note, Table
 
 SECTIONS = ("audio", "features", "augment", "model", "train")  # settings tables, in this order
@@ -21,12 +20,8 @@ VALIDATION = {"next": "fold k+1 chooses the epoch", "none": "none (the last epoc
 
 def settings(run_dir) -> dict[str, dict]:
     """config.yaml's result settings grouped by section: {"features": {"n_mels": 64, ...}, ...}."""
-    try:
-        view = result_view(load_yaml(Path(run_dir) / "config.yaml"))
-    except ConfigError:
-        return {}
     grouped: dict[str, dict] = {}
-    for key, value in view.items():
+    for key, value in saved_result_view(run_dir).items():
         section, _, name = key.partition(".")
         grouped.setdefault(section, {})[name or section] = value
     return grouped
