@@ -88,17 +88,9 @@ def summary_table(scores: dict) -> str:
     return "\n".join(lines)
 
 
-def _cell(value) -> str:
-    text = f"{value:.3f}" if isinstance(value, float) else str(value)
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def markdown_table(df: pd.DataFrame, headers: list[str] | None = None) -> str:
-    headers = headers or [str(c) for c in df.columns]
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    for row in df.itertuples(index=False):
-        lines.append("| " + " | ".join(_cell(v) for v in row) + " |")
-    return "\n".join(lines)
+    """A data frame as one Markdown table, through the report document's own table renderer."""
+    return to_markdown([Table(headers or [str(c) for c in df.columns], _rows(df))]).rstrip("\n")
 
 
 def _rows(df: pd.DataFrame) -> list[list[str]]:
