@@ -8,6 +8,7 @@ outputs verify and trains again, with a message, those that do not.
 from __future__ import annotations
 
 import json
+import functools
 import subprocess
 import sys
 import time
@@ -48,7 +49,9 @@ class CVResult:
         return float(np.mean(values)) if values else float("nan")
 
 
+@functools.lru_cache(maxsize=1)
 def code_version() -> str:
+    """`git describe` of the running code (once per process: each job and study asks for it)."""
     try:
         out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
                              text=True, cwd=Path(__file__).parent, timeout=5)
@@ -76,12 +79,13 @@ class SplitJob:
 
 
 def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker,
-              parent_run: str | None, progress: bool) -> dict:
-    """Fit one split, save its outputs (DONE last) and mirror them to the split's MLflow run."""
+              parent_run: str | None, progress: bool, resume: bool = False) -> dict:
+    """Fit one split, save its outputs (DONE last) and mirror them to the split's MLflow run.
+    `resume`: `parent_run` was reopened, so it may hold a killed attempt's run of this split."""
     split, cfg, table, classes = job.split, job.cfg, prepared.plan.table, prepared.dataset.classes
     keep, name = prepared.plan.rows, job.run_name
-    # A killed attempt's run would mix two learning curves: it is replaced, so one run per split.
-    tracker.delete(tracker.child_run(parent_run, name, {"split": split.index}) if parent_run else None)
+    if resume and parent_run:  # a killed attempt's run would mix two learning curves: replaced
+        tracker.delete(tracker.child_run(parent_run, name, {"split": split.index}))
     params = split_params(run_params(cfg, prepared), split)  # the job's params and this split's
     with tracker.run(name, params=params, parent=parent_run, tags={"split": split.index}) as child:
         tracker.log_inputs(child, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
@@ -190,7 +194,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                         retrained[split.index] = reason
                         print(f"split {split.index}: {reason}; training it again", file=sys.stderr)
                     info = run_split(SplitJob(split, cfg, score_test), prepared, folder, tracker,
-                                     parent_run, progress)
+                                     parent_run, progress, resume)
                 val_acc[split.index] = info["val_acc"]
                 if on_split is not None:
                     on_split(split, info)

@@ -158,7 +158,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
                 if reason != "not finished":
                     print(f"outer split {split.index}: {reason}; training it again", file=sys.stderr)
                 _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settings,
-                             tracker, parent, progress)
+                             tracker, parent, progress, resume)
             scores = report(folder, tracker, parent)
             baseline = (_non_nested(cfg, tune, space, prepared, folder.path / "non-nested",
                                     inner_splits, tracker, parent, progress) if non_nested else None)
@@ -177,7 +177,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
 
 
 def _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settings, tracker, parent,
-                 progress) -> dict:
+                 progress, resume) -> dict:
     """Select on the inner splits, then train on the outer training folds and score fold k once."""
     name = f"outer-{split.index}"
     with tracker.run(name, run_id=tracker.child_run(parent, name, {"outer_split": split.index}),
@@ -189,7 +189,8 @@ def _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settin
                                                   "splits": cfg.splits})
         notes = {"chosen": {k: best.params[k] for k in sorted(best.params)},
                  "inner_trial": best.number, "inner_val_acc_mean": best.value, "search": settings}
-        info = run_split(SplitJob(split, chosen, notes=notes), prepared, folder, tracker, run, progress)
+        info = run_split(SplitJob(split, chosen, notes=notes), prepared, folder, tracker, run, progress,
+                         resume)
         tracker.log_metrics(run, {"test_acc": info["test_acc"], "inner_val_acc_mean": best.value})
         tracker.set_tags(run, {f"chosen.{k}": v for k, v in best.params.items()})
     print(f"outer split {split.index} (test fold {split.test_fold}): inner trial {best.number} "
