@@ -198,8 +198,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     from bench.predict import predict_files, render
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or not out.parent.is_dir() or out.suffix.lower() != ".csv"):
@@ -402,9 +400,6 @@ def cmd_presets(args: argparse.Namespace) -> int:
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
-    from bench.presets import PRESETS
     from bench.suite import Entry, render, run_suite
     entries = []
     for label in [p for p in (args.presets or "").split(",") if p]:

@@ -86,7 +86,7 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
     keep, name = prepared.plan.rows, job.run_name
     if resume and parent_run:  # a killed attempt's run would mix two learning curves: replaced
         tracker.delete(tracker.child_run(parent_run, name, {"split": split.index}))
-    params = split_params(run_params(cfg, prepared), split)  # the job's params and this split's
+    params = split_params(run_params(cfg, prepared), job.params)  # the job's params and this split's
     with tracker.run(name, params=params, parent=parent_run, tags={"split": split.index}) as child:
         tracker.log_inputs(child, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
 
@@ -144,7 +144,7 @@ def _mirror_finished(job: SplitJob, prepared: Prepared, folder: RunFolder, track
     child = tracker.child_run(parent_run, job.run_name, {"split": job.split.index})
     if tracker.finished(child):
         return
-    params = split_params(run_params(job.cfg, prepared), job.split)
+    params = split_params(run_params(job.cfg, prepared), job.params)
     with tracker.run(job.run_name, params=params, parent=parent_run, run_id=child,
                      tags={"split": job.split.index}) as run:
         _log_split(tracker, run, job, folder, info)

@@ -78,10 +78,9 @@ def run_params(cfg: RunConfig, prepared=None, *, leave_out=()) -> dict[str, str]
     return {k: str(v) for k, v in sorted(p.items())}
 
 
-def split_params(base: dict[str, str], split) -> dict[str, str]:
-    """A split run's params: its job's, plus which split it is."""
-    own = {"split": split.index, "repeat": split.repeat, "test_fold": split.test_fold,
-           "val_fold": split.val_fold}  # val_fold None (--val none): no validation fold, no param
+def split_params(base: dict[str, str], own: dict) -> dict[str, str]:
+    """A split run's params: its job's, plus which split it is (`SplitJob.params`; a val_fold of
+    None, with --val none, is no param)."""
     return {**base, **{k: str(v) for k, v in own.items() if v is not None}}
 
 
