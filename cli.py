@@ -138,7 +138,7 @@ def cmd_kfold(args: argparse.Namespace) -> int:
     cfg = C.validate(build_config(args, base=resumed_config(args, latest_run)))
     if cfg.name is None:
         cfg.name = default_name(cfg)
-    result = run_cv(cfg, resume=args.resume, progress=not args.quiet)
+    result = run_cv(cfg, resume=args.resume, progress=not args.quiet, engine=engine(args))
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if len(result.quarantine):
@@ -157,6 +157,37 @@ def cmd_report(args: argparse.Namespace) -> int:
     print(summary_table(scores))
     print(f"\nreport: {args.run.rstrip('/')}/report.md (also report.html, scores.json, plots)")
     return 0
+
+
+def engine_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("execution (Ray: pip install -c constraints.txt -e '.[ray]')")
+    g.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local: splits one after another in this process (default); ray: each split a "
+                        "Ray task, run side by side, written here as each finishes (identical results)")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="join the Ray cluster started with `ray start --head` (e.g. 10.0.0.5:6379; "
+                        "default: $RAY_ADDRESS, else a local Ray with this machine's cores and GPUs)")
+    g.add_argument("--split-cpus", type=int, metavar="N",
+                   help="cores (and torch threads) per Ray task (default: --threads, else 1)")
+    g.add_argument("--split-gpus", type=float, metavar="F",
+                   help="GPUs per Ray task; 0.25 lets four splits share one GPU "
+                        "(default: 1 when training on CUDA, else 0)")
+
+
+def engine(args: argparse.Namespace):
+    """`run_cv`'s engine for --executor (None: in this process); Ray's absence is refused here."""
+    if args.executor != "ray":
+        for flag in ("ray_address", "split_cpus", "split_gpus"):
+            if getattr(args, flag) is not None:
+                raise C.ConfigError(f"--{flag.replace('_', '-')} is for --executor ray")
+        return None
+    if args.split_cpus is not None and args.split_cpus < 1:
+        raise C.ConfigError(f"--split-cpus {args.split_cpus}: at least 1")
+    if args.split_gpus is not None and not 0 <= args.split_gpus:
+        raise C.ConfigError(f"--split-gpus {args.split_gpus}: 0 or more")
+    from bench.ray_engine import RayEngine, require_ray
+    require_ray()
+    return RayEngine(args.ray_address, args.split_cpus, args.split_gpus)
 
 
 def print_mlflow_hint(cfg, run_dir) -> None:
@@ -467,6 +498,7 @@ def make_parser() -> argparse.ArgumentParser:
         help="R fold plans in one run (default: 1): stratified/random reshuffle the folds, repeat r "
              "with protocol seed + r - 1; predefined folds and fixed lists keep their folds and vary "
              "the training seed only. Split (r-1)*n + k is repeat r, fold k")
+    engine_options(kfold)
     kfold.set_defaults(func=cmd_kfold)
     add_datasets_command(sub)
     add_predict_command(sub)

@@ -14,7 +14,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -31,7 +31,7 @@ from .provenance import Attempt, clock
 from .runfolder import RunFolder, RunFolderError, read_json
 from .mlflow_layout import dataset_inputs, run_params, split_params
 from .tracking import Tracker
-from .train import fit_split
+from .train import SplitResult, fit_split
 
 
 @dataclass
@@ -78,47 +78,73 @@ class SplitJob:
         return f"split-{self.split.index}"
 
 
-def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker,
-              parent_run: str | None, progress: bool, resume: bool = False) -> dict:
-    """Fit one split, save its outputs (DONE last) and mirror them to the split's MLflow run.
-    `resume`: `parent_run` was reopened, so it may hold a killed attempt's run of this split."""
+def fit_job(job: SplitJob, bank: torch.Tensor, labels: np.ndarray, rows: np.ndarray, n_classes: int,
+            on_epoch=None, progress: bool = False) -> tuple[SplitResult, float]:
+    """Train `job` on the feature bank (`rows`: the plan's positions in it): the fitted split and its
+    seconds. Pure computation, no files and no MLflow: it runs in this process or in a Ray task."""
+    split, cfg, start = job.split, job.cfg, time.perf_counter()
+    result = fit_split(bank, labels, rows[split.train], rows[split.val] if len(split.val) else None,
+                       rows[split.test] if job.score_test else None, n_classes, cfg,
+                       seed=train_seed(job), on_epoch=on_epoch, progress=progress)
+    return result, round(time.perf_counter() - start, 2)
+
+
+def train_seed(job: SplitJob) -> int:
+    return job.cfg.train.seed + job.split.index  # split numbers run on across repeats: a seed per repeat
+
+
+def save_job(job: SplitJob, prepared: Prepared, folder: RunFolder, result: SplitResult, seconds: float,
+             input_shape: tuple) -> dict:
+    """A fitted split's outputs written to the run folder (DONE last): split.json's info (returned),
+    history, and for a scored split its predictions, confusion counts and model."""
     split, cfg, table, classes = job.split, job.cfg, prepared.plan.table, prepared.dataset.classes
-    keep, name = prepared.plan.rows, job.run_name
+    info = {**job.params, **job.notes, "train_seed": train_seed(job), "best_epoch": result.best_epoch,
+            "val_acc": result.val_acc, "val_correct": result.val_correct,  # val_acc = val_correct / n_val
+            "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
+            "n_test": len(split.test), "fit_seconds": seconds}
+    predictions = confusion = None
+    if result.test_probs is not None:
+        from reports.confusion import confusion_counts
+        test = table.iloc[split.test]
+        pred = result.test_probs.argmax(axis=1)
+        info["test_acc"] = float((pred == test["label"].to_numpy()).mean())
+        predictions = pd.DataFrame({"clip": test["clip"].to_numpy(), "fold": split.test_fold,
+                                    "label": test["label"].to_numpy(), "pred": pred})
+        for c, name in enumerate(classes):
+            predictions[f"prob_{name}"] = result.test_probs[:, c].round(6)
+        confusion = confusion_counts(predictions)
+    history = pd.DataFrame(result.history, columns=["epoch", "train_loss", "val_acc", "lr"])
+    # the chosen weights, for scored splits only (a study's thousands of trials keep none)
+    model = pack_model(result, cfg, classes, input_shape, info) if job.score_test else None
+    folder.write_split(split.index, info, history, predictions, confusion, model=model)
+    return info
+
+
+def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker,
+              parent_run: str | None, progress: bool, resume: bool = False,
+              fitted: tuple[SplitResult, float] | None = None) -> dict:
+    """Fit one split, save its outputs (DONE last) and mirror them to the split's MLflow run.
+    `resume`: `parent_run` was reopened, so it may hold a killed attempt's run of this split.
+    `fitted`: the split already trained elsewhere (a Ray task); its learning curve is logged here."""
+    name = job.run_name
     if resume and parent_run:  # a killed attempt's run would mix two learning curves: replaced
-        tracker.delete(tracker.child_run(parent_run, name, {"split": split.index}))
-    params = split_params(run_params(cfg, prepared), job.params)  # the job's params and this split's
-    with tracker.run(name, params=params, parent=parent_run, tags={"split": split.index}) as child:
+        tracker.delete(tracker.child_run(parent_run, name, {"split": job.split.index}))
+    params = split_params(run_params(job.cfg, prepared), job.params)  # the job's params and this split's
+    with tracker.run(name, params=params, parent=parent_run, tags={"split": job.split.index}) as child:
         tracker.log_inputs(child, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
 
         def on_epoch(epoch, train_loss, val_acc):  # queued: a slow store never holds up training
             tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch,
                                 asynchronous=True)
 
-        bank, start = prepared.bank(cfg, progress), time.perf_counter()
-        seed = cfg.train.seed + split.index  # split numbers run on across repeats: a seed per repeat
-        result = fit_split(bank, prepared.labels, keep[split.train],
-                           keep[split.val] if len(split.val) else None,
-                           keep[split.test] if job.score_test else None, len(classes), cfg,
-                           seed=seed, on_epoch=on_epoch, progress=progress)
-        info = {**job.params, **job.notes, "train_seed": seed, "best_epoch": result.best_epoch,
-                "val_acc": result.val_acc, "val_correct": result.val_correct,  # val_acc = val_correct / n_val
-                "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
-                "n_test": len(split.test), "fit_seconds": round(time.perf_counter() - start, 2)}
-        predictions = confusion = None
-        if result.test_probs is not None:
-            from reports.confusion import confusion_counts
-            test = table.iloc[split.test]
-            pred = result.test_probs.argmax(axis=1)
-            info["test_acc"] = float((pred == test["label"].to_numpy()).mean())
-            predictions = pd.DataFrame({"clip": test["clip"].to_numpy(), "fold": split.test_fold,
-                                        "label": test["label"].to_numpy(), "pred": pred})
-            for c, name in enumerate(classes):
-                predictions[f"prob_{name}"] = result.test_probs[:, c].round(6)
-            confusion = confusion_counts(predictions)
-        history = pd.DataFrame(result.history, columns=["epoch", "train_loss", "val_acc", "lr"])
-        # the chosen weights, for scored splits only (a study's thousands of trials keep none)
-        model = pack_model(result, cfg, classes, tuple(bank.shape[1:]), info) if job.score_test else None
-        folder.write_split(split.index, info, history, predictions, confusion, model=model)
+        bank = prepared.bank(job.cfg, progress)
+        if fitted is None:
+            fitted = fit_job(job, bank, prepared.labels, prepared.plan.rows, len(prepared.dataset.classes),
+                             on_epoch, progress)
+        else:
+            for row in fitted[0].history:
+                on_epoch(row["epoch"], row["train_loss"], row["val_acc"])
+        info = save_job(job, prepared, folder, *fitted, tuple(bank.shape[1:]))
         _log_split(tracker, child, job, folder, info)
     return info
 
@@ -153,12 +179,14 @@ def _mirror_finished(job: SplitJob, prepared: Prepared, folder: RunFolder, track
 def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None, *,
            prepared: Prepared | None = None, score_test: bool = True, resume: bool = False,
            tracker: Tracker | None = None, parent_run: str | None = None,
-           progress: bool = True) -> CVResult:
+           progress: bool = True, engine: Callable | None = None) -> CVResult:
     """Cross-validate `cfg` into `runs_dir/name`; `on_split(split, info)` after each split.
 
     `prepared` (tune: once per study) must come from a config with the same dataset, audio and
     protocol; `score_test=False` (tune) never predicts a test fold. `parent_run` nests the split runs
     under an MLflow run the caller owns; otherwise this job has its own parent (reopened on resume).
+    `engine(jobs, prepared, folder, tracker, parent_run, progress, resume)` yields (job, info) as each
+    job's split is saved: `local_jobs` (one after another, here) unless given (`bench.ray_engine`).
     """
     began = clock()  # run.json: the job's start, before its data is loaded
     if prepared is None:
@@ -182,22 +210,30 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         if own_parent:
             parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
         digest = folder.settings_digest() if resume else None  # once, not once per split
+        bar = tqdm(total=len(chosen), desc=f"splits ({cfg.name})", unit="split", disable=not progress)
+
+        def finished(split: Split, info: dict) -> None:
+            val_acc[split.index] = info["val_acc"]
+            bar.update()
+            if on_split is not None:
+                on_split(split, info)
+
         try:
-            for split in tqdm(chosen, desc=f"splits ({cfg.name})", unit="split", disable=not progress):
+            todo = []
+            for split in chosen:
                 reason = folder.problem(split.index, score_test, digest) if resume else "not finished"
                 if reason is None:
                     info = folder.read_split_info(split.index)
                     _mirror_finished(SplitJob(split, cfg, score_test), prepared, folder, tracker, parent_run,
                                      info)
-                else:
-                    if resume and reason != "not finished":
-                        retrained[split.index] = reason
-                        print(f"split {split.index}: {reason}; training it again", file=sys.stderr)
-                    info = run_split(SplitJob(split, cfg, score_test), prepared, folder, tracker,
-                                     parent_run, progress, resume)
-                val_acc[split.index] = info["val_acc"]
-                if on_split is not None:
-                    on_split(split, info)
+                    finished(split, info)
+                    continue
+                if resume and reason != "not finished":
+                    retrained[split.index] = reason
+                    print(f"split {split.index}: {reason}; training it again", file=sys.stderr)
+                todo.append(SplitJob(split, cfg, score_test))
+            for job, info in (engine or local_jobs)(todo, prepared, folder, tracker, parent_run, progress, resume):
+                finished(job.split, info)
             if attempt:
                 attempt.end(status)  # training's end, which the report shows
             scores = report(folder, tracker, parent_run if own_parent else None) if score_test else None
@@ -205,11 +241,19 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
             status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
             raise
         finally:
+            bar.close()
             if attempt and status != "FINISHED":
                 attempt.end(status)
             if own_parent:
                 tracker.end(parent_run, status)
     return CVResult(folder.path, val_acc, scores, prepared.quarantine, prepared.plan.warnings, retrained)
+
+
+def local_jobs(jobs: list[SplitJob], prepared: Prepared, folder: RunFolder, tracker: Tracker,
+               parent_run: str | None, progress: bool, resume: bool) -> Iterator[tuple[SplitJob, dict]]:
+    """The split jobs one after another in this process."""
+    for job in jobs:
+        yield job, run_split(job, prepared, folder, tracker, parent_run, progress, resume)
 
 
 def open_parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: Tracker,

@@ -1,0 +1,185 @@
+"""`kfold --executor ray` (issue 14): split jobs as Ray tasks on a local Ray (loopback, 2 CPUs) give the
+per-fold scores and predictions of the in-process run of the same config and seed; a Ray worker
+killed with SIGKILL mid-split is retried and the run still matches; a resumed run trains only the
+splits without verified outputs; without Ray, one line and exit 2."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import cli
+from bench.cv import run_cv
+from bench.runfolder import RunFolder
+from tests.conftest import FAST, fast_config
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -c constraints.txt -e '.[ray]'")
+
+DEADLINE = 240  # seconds; a bound for waits on a shared 2-core machine, not a timing assertion
+
+
+def kfold_args(tmp_path: Path, root: Path, name: str, epochs: int, *extra: str) -> list[str]:
+    args = ["kfold", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--name", name, "--epochs", str(epochs),
+            "--threads", "1", "--quiet"]
+    for key, value in FAST.items():
+        if key not in ("tracking.mlflow", "train.epochs"):
+            args += ["--set", f"{key}={value}"]
+    return [*args, *extra]
+
+
+def reference(tmp_path: Path, root: Path, epochs: int) -> Path:
+    """The in-process run of the same config and seed."""
+    cfg = fast_config(tmp_path, root, name="in-process", **{"train.epochs": epochs, "train.threads": 1})
+    return run_cv(cfg, progress=False).run_dir
+
+
+def assert_same_run(run: Path, ref: Path) -> None:
+    """Every split verified, and the same predictions, chosen epochs and per-fold scores."""
+    assert RunFolder(run).done() == list(range(1, 11))
+    assert [k for k in range(1, 11) if RunFolder(run).problem(k) is not None] == []
+    for k in range(1, 11):
+        pd.testing.assert_frame_equal(pd.read_csv(run / f"splits/{k}/predictions.csv"),
+                                      pd.read_csv(ref / f"splits/{k}/predictions.csv"))
+        a, b = (json.loads((r / f"splits/{k}/split.json").read_text()) for r in (run, ref))
+        a.pop("fit_seconds"), b.pop("fit_seconds")
+        assert a == b
+        pd.testing.assert_frame_equal(pd.read_csv(run / f"splits/{k}/history.csv"),
+                                      pd.read_csv(ref / f"splits/{k}/history.csv"))
+    scores, ref_scores = (json.loads((r / "scores.json").read_text()) for r in (run, ref))
+    assert scores["per_fold"] == ref_scores["per_fold"]
+    assert scores["acc_mean"] == ref_scores["acc_mean"]
+
+
+# Runs first, with no Ray running: foldbench starts a local Ray on loopback itself and shuts it down.
+def test_ray_kfold_equals_the_in_process_run_and_mirrors_to_mlflow(tiny_us8k_master, tmp_path, capsys):
+    ref = reference(tmp_path, tiny_us8k_master, epochs=3)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    code = cli.main(kfold_args(tmp_path, tiny_us8k_master, "ray", 3, "--executor", "ray", "--split-cpus", "1",
+                               "--tracking-uri", uri, "--experiment", "ray"))
+    assert code == 0, capsys.readouterr().err
+    assert not ray.is_initialized()  # the Ray it started is shut down
+    assert "ray: 10 split job(s), 1 CPU(s) each" in capsys.readouterr().err
+    assert_same_run(tmp_path / "runs/ray", ref)
+
+    from mlflow import MlflowClient
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("ray")
+    runs = client.search_runs([exp.experiment_id])
+    parent = [r for r in runs if r.data.tags.get("kind") == "kfold"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent[0].info.run_id]
+    assert len(parent) == 1 and sorted(int(r.data.tags["split"]) for r in children) == list(range(1, 11))
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    curve = client.get_metric_history(children[0].info.run_id, "val_acc")
+    assert [m.step for m in curve] == [1, 2, 3]  # the learning curve the task recorded, logged here
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray (loopback, 2 CPUs) for the rest of this module; foldbench uses it as it is."""
+    import logging
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.ERROR)
+    yield
+    ray.shutdown()
+
+
+def task_workers() -> dict[int, float]:
+    """pid -> when first seen, of the Ray worker processes running a split job now."""
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                if (proc / "cmdline").read_bytes().startswith(b"ray::_fit_task"):
+                    found[int(proc.name)] = time.monotonic()
+            except OSError:
+                pass
+    return found
+
+
+def test_a_ray_worker_killed_mid_split_is_retried_and_the_run_still_matches(tiny_us8k_master, tmp_path,
+                                                                           local_ray, capsys):
+    epochs = 60  # long enough that a split is still training when its worker is killed
+    ref = reference(tmp_path, tiny_us8k_master, epochs)
+    killed: list[int] = []
+
+    def kill_one() -> None:  # the first worker seen training for a second, killed with SIGKILL
+        seen: dict[int, float] = {}
+        end = time.monotonic() + DEADLINE
+        while time.monotonic() < end and not killed:
+            now = task_workers()
+            for pid in now:
+                seen.setdefault(pid, now[pid])
+            for pid in [p for p in now if time.monotonic() - seen[p] > 1.0]:
+                try:
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_fit_task"):
+                        os.kill(pid, signal.SIGKILL)
+                        killed.append(pid)
+                        return
+                except OSError:
+                    pass
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one, daemon=True)
+    killer.start()
+    code = cli.main(kfold_args(tmp_path, tiny_us8k_master, "killed", epochs, "--executor", "ray"))
+    killer.join(timeout=5)
+    assert code == 0, capsys.readouterr().err
+    assert killed, "no split job was seen running long enough to be killed"
+    assert_same_run(tmp_path / "runs/killed", ref)
+
+
+def test_resume_on_ray_trains_only_the_splits_without_verified_outputs(tiny_us8k_master, tmp_path, local_ray,
+                                                                       capsys):
+    ref = reference(tmp_path, tiny_us8k_master, epochs=3)
+    args = kfold_args(tmp_path, tiny_us8k_master, "resumed", 3, "--no-mlflow")
+    assert cli.main(args) == 0  # in process
+    run = tmp_path / "runs/resumed"
+    for k in (3, 5, 7):  # killed before their DONE was written
+        (run / f"splits/{k}/DONE").unlink()
+    before = {k: (run / f"splits/{k}/DONE").stat().st_ino for k in (1, 2, 4, 6, 8, 9, 10)}
+    capsys.readouterr()
+    assert cli.main(["kfold", "--resume", "--name", "resumed", "--runs-dir", str(tmp_path / "runs"),
+                     "--executor", "ray", "--quiet"]) == 0, capsys.readouterr().err
+    assert "ray: 3 split job(s)" in capsys.readouterr().err
+    assert {k: (run / f"splits/{k}/DONE").stat().st_ino for k in before} == before  # never trained again
+    assert_same_run(run, ref)
+
+
+def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
+    """A task's TrainingError (a NaN loss) is the same user error as in process (one line, exit 2)."""
+    from types import SimpleNamespace
+
+    from bench.ray_engine import _result
+    from bench.train import TrainingError
+
+    def fails():  # a local function: shipped to the worker by value
+        from bench.train import TrainingError
+        raise TrainingError("split 4: training loss became nan at epoch 2")
+
+    ref = ray.remote(fails).options(max_retries=0).remote()
+    with pytest.raises(TrainingError, match="training loss became nan") as err:
+        _result(ray, ref, SimpleNamespace(split=SimpleNamespace(index=4)))
+    assert type(err.value) is TrainingError
+
+
+def test_executor_ray_without_ray_is_one_line_and_writes_nothing(tiny_us8k_master, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    assert cli.main(kfold_args(tmp_path, tiny_us8k_master, "no-ray", 1, "--no-mlflow", "--executor", "ray")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install" in err[0] and "[ray]" in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("flag", [["--split-cpus", "2"], ["--ray-address", "127.0.0.1:6379"],
+                                  ["--split-gpus", "0.5"]])
+def test_ray_options_without_executor_ray_are_refused(tiny_us8k_master, tmp_path, flag, capsys):
+    assert cli.main(kfold_args(tmp_path, tiny_us8k_master, "x", 1, "--no-mlflow", *flag)) == 2
+    assert "--executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
