@@ -174,19 +174,44 @@ def engine_options(parser: argparse.ArgumentParser) -> None:
                         "(default: 1 when training on CUDA, else 0)")
 
 
+def worker_options(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("workers (Ray: pip install -c constraints.txt -e '.[ray]')")
+    g.add_argument("--workers", type=int, metavar="N",
+                   help="N Optuna workers as Ray tasks on the study's storage, stopping together at "
+                        "exactly --trials (default: this process alone; several `tune` processes "
+                        "with one --storage cooperate the same way without Ray)")
+    g.add_argument("--ray-address", metavar="ADDR",
+                   help="join the Ray cluster started with `ray start --head` (default: $RAY_ADDRESS, "
+                        "else a local Ray); a cluster of several machines needs --storage postgresql://... "
+                        "and an MLflow server (--tracking-uri http://...)")
+    g.add_argument("--worker-cpus", type=int, metavar="N",
+                   help="cores (and torch threads) per worker (default: --threads, else 1)")
+    g.add_argument("--worker-gpus", type=float, metavar="F",
+                   help="GPUs per worker, 0.5 lets two share one (default: 1 when training on CUDA, else 0)")
+
+
+def ray_check(args: argparse.Namespace, on: bool, flags: tuple[str, ...], switch: str) -> None:
+    """Ray's flags given without Ray asked for, or with bad values, refused; Ray's absence too."""
+    if not on:
+        for flag in flags:
+            if getattr(args, flag) is not None:
+                raise C.ConfigError(f"--{flag.replace('_', '-')} is for {switch}")
+        return
+    cpus, gpus = getattr(args, flags[1]), getattr(args, flags[2])
+    if cpus is not None and cpus < 1:
+        raise C.ConfigError(f"--{flags[1].replace('_', '-')} {cpus}: at least 1")
+    if gpus is not None and not 0 <= gpus:
+        raise C.ConfigError(f"--{flags[2].replace('_', '-')} {gpus}: 0 or more")
+    from bench.ray_engine import require_ray
+    require_ray()
+
+
 def engine(args: argparse.Namespace):
     """`run_cv`'s engine for --executor (None: in this process); Ray's absence is refused here."""
+    ray_check(args, args.executor == "ray", ("ray_address", "split_cpus", "split_gpus"), "--executor ray")
     if args.executor != "ray":
-        for flag in ("ray_address", "split_cpus", "split_gpus"):
-            if getattr(args, flag) is not None:
-                raise C.ConfigError(f"--{flag.replace('_', '-')} is for --executor ray")
         return None
-    if args.split_cpus is not None and args.split_cpus < 1:
-        raise C.ConfigError(f"--split-cpus {args.split_cpus}: at least 1")
-    if args.split_gpus is not None and not 0 <= args.split_gpus:
-        raise C.ConfigError(f"--split-gpus {args.split_gpus}: 0 or more")
-    from bench.ray_engine import RayEngine, require_ray
-    require_ray()
+    from bench.ray_engine import RayEngine
     return RayEngine(args.ray_address, args.split_cpus, args.split_gpus)
 
 
@@ -361,8 +386,14 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             "continues its study: use --study instead of --name/--resume")
     cfg = build_config(args)
     tune = tune_config(args, study=args.study, storage=args.storage, timeout=parse_duration(args.timeout))
+    ray_check(args, args.workers is not None, ("ray_address", "worker_cpus", "worker_gpus"), "--workers N")
     try:
-        result = run_study(cfg, tune, progress=not args.quiet)
+        if args.workers is not None:
+            from bench.ray_engine import tune_workers
+            result = tune_workers(cfg, tune, args.workers, args.ray_address, args.worker_cpus,
+                                  args.worker_gpus, progress=not args.quiet)
+        else:
+            result = run_study(cfg, tune, progress=not args.quiet)
     except KeyboardInterrupt:
         print("\ninterrupted: finished trials are kept; run the same command to continue the study",
               file=sys.stderr)
@@ -577,6 +608,7 @@ def make_parser() -> argparse.ArgumentParser:
         epilog=TUNE_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     config_options(tune, splits="1,2,3", run_folder=False)
     tune_options(tune)
+    worker_options(tune)
     tune.set_defaults(func=cmd_tune)
     nested = sub.add_parser(
         "nested", help="nested CV: tune inside each outer split, score the chosen settings on its "

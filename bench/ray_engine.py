@@ -33,6 +33,10 @@ RETRIES = 3  # a split's task is started again this often when its worker proces
 
 def require_ray() -> None:
     """One clear line when Ray is not installed."""
+    # every worker's lines shown as printed: Ray would fold similar ones ("[repeated 4x across cluster]")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not sys.stdout.isatty():  # no colour codes in a log file
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         import ray  # noqa: F401
     except ImportError:
@@ -44,7 +48,7 @@ def session(address: str | None = None, cpus: int | None = None) -> Iterator[obj
     """Ray, connected: to `address` (or RAY_ADDRESS) when given, else a local Ray on loopback with
     `cpus` (default: the cores here), shut down at the end. An already connected Ray is used as is."""
     require_ray()
-    import ray
+    import ray  # noqa: F811
     if ray.is_initialized():
         yield ray
         return
@@ -64,7 +68,7 @@ def session(address: str | None = None, cpus: int | None = None) -> Iterator[obj
         ray.shutdown()
 
 
-def _fit_task(job, bank: np.ndarray, labels: np.ndarray, rows: np.ndarray, n_classes: int, threads: int):
+def split_job(job, bank: np.ndarray, labels: np.ndarray, rows: np.ndarray, n_classes: int, threads: int):
     """One split job in a Ray worker: the fitted split (weights on the CPU) and its seconds."""
     import torch
 
@@ -96,7 +100,7 @@ class RayEngine:
         cpus = self.cpus or cfg.train.threads or 1
         gpus = self.gpus if self.gpus is not None else (1.0 if prepared.device.type == "cuda" else 0.0)
         with session(self.address) as ray:
-            task = ray.remote(_fit_task).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
+            task = ray.remote(split_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
                                                  retry_exceptions=False)
             banks: dict[str, object] = {}  # one object per feature config, put once
             labels = ray.put(prepared.labels)
@@ -113,7 +117,7 @@ class RayEngine:
                 while pending:
                     done, _ = ray.wait(list(pending), num_returns=1)
                     job = pending.pop(done[0])
-                    fitted = _result(ray, done[0], job)
+                    fitted = _result(ray, done[0], f"split {job.split.index}")
                     yield job, run_split(job, prepared, folder, tracker, parent_run, False, resume,
                                          fitted=fitted)
             finally:
@@ -128,9 +132,9 @@ def _resources(ray) -> str:
             + (f" and {total['GPU']:g} GPU(s)" if total.get("GPU") else ""))
 
 
-def _result(ray, ref, job):
+def _result(ray, ref, what: str):
     """A task's value; the error it raised as itself (a NaN loss is the same TrainingError as in
-    this process); a worker that died more than RETRIES times as one line naming the split."""
+    this process); a worker that died more than RETRIES times as one line naming `what` it ran."""
     from ray import exceptions as rex
     try:
         return ray.get(ref)
@@ -140,5 +144,82 @@ def _result(ray, ref, job):
             raise cause from None
         raise
     except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError) as e:
-        raise RuntimeError(f"split {job.split.index}: its Ray worker died {RETRIES + 1} times "
-                           f"({type(e).__name__}); finished splits are kept: --resume continues") from None
+        raise RuntimeError(f"{what}: its Ray worker died {RETRIES + 1} times ({type(e).__name__}); "
+                           f"finished work is kept: the same command continues it") from None
+
+
+# ---- tune --workers N --------------------------------------------------------------------------
+
+def tune_worker(cfg, tune, threads: int) -> int:
+    """One Optuna worker: `tune`'s own loop on the shared study, until it holds --trials counted
+    trials; the counted trials this worker ran."""
+    import torch
+
+    from .tune import run_study
+    torch.set_num_threads(threads)
+    return run_study(cfg, tune, progress=False).added
+
+
+def _absolute(cfg, tune):
+    """Paths as the driver means them: a Ray worker starts in a folder of Ray's own."""
+    from dataclasses import replace
+    from pathlib import Path
+
+    from .config import merge
+
+    def sqlite(url):
+        if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
+            return "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
+        return url
+    paths = {"runs_dir": str(Path(cfg.runs_dir).resolve()),
+             "tracking.tracking_uri": sqlite(cfg.tracking.tracking_uri)}
+    for key, value in (("cache_dir", cfg.cache_dir), ("dataset.root", cfg.dataset.root)):
+        if value:
+            paths[key] = str(Path(value).expanduser().resolve())
+    return merge(cfg, paths), replace(tune, storage=sqlite(tune.storage),
+                                      space=tune.space and str(Path(tune.space).resolve()))
+
+
+def tune_workers(cfg, tune, workers: int, address: str | None = None, cpus: int | None = None,
+                 gpus: float | None = None, progress: bool = True):
+    """`tune --workers N`: the study checked, the data prepared (the cache built once) and the study
+    opened here, then N Optuna workers as Ray tasks on its storage; they stop together at exactly
+    --trials counted trials (`tune.ahead_of`). A worker whose process dies is started again by Ray;
+    the trial it was running is marked failed by Optuna's heartbeat and retried by another worker.
+    The study's outputs (trials.csv, best.yaml, plots, report.md) are written here at the end."""
+    from .prepare import prepare
+    from .tune import StudyResult, check_study, counted, open_study, optuna_quiet, study_folder, write_outputs
+    if workers < 1:
+        raise ConfigError(f"--workers {workers}: at least 1")
+    cfg, tune, space = check_study(*_absolute(cfg, tune))
+    device = prepare(cfg, progress=progress).device  # every refusal before a worker starts; the cache built once
+    folder = study_folder(cfg, tune)
+    cpus = cpus or cfg.train.threads or 1
+    with session(address) as ray:
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        local = [what for what, url in (("--storage", tune.storage or "sqlite:"),
+                                        ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri))
+                 if url and str(url).startswith("sqlite:")]
+        if nodes > 1 and local:
+            raise ConfigError(f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
+                              f"cluster has {nodes} nodes: give a server every node reaches "
+                              f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)")
+        folder.mkdir(parents=True, exist_ok=True)
+        with optuna_quiet():
+            open_study(cfg, tune, space, folder)  # its schema and settings, once, before the workers
+        gpus = gpus if gpus is not None else (1.0 if device.type == "cuda" else 0.0)
+        task = ray.remote(tune_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
+                                              retry_exceptions=False)
+        print(f"ray: {workers} tune worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
+              + f" each, on {_resources(ray)}; study {tune.study}, {tune.trials} trials", file=sys.stderr)
+        refs = [task.remote(cfg, tune, cpus) for _ in range(workers)]
+        try:
+            added = [_result(ray, ref, f"tune worker {i + 1}") for i, ref in enumerate(refs)]
+        finally:
+            for ref in refs:
+                ray.cancel(ref, force=True)
+    print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
+    with optuna_quiet():
+        study = open_study(cfg, tune, space, folder)
+        write_outputs(study, folder, cfg, plots=True)
+    return StudyResult(study, folder, sum(added), counted(study))

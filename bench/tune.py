@@ -321,6 +321,14 @@ class StudyResult:
 def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyResult:
     """Run (or continue) the study until it holds `tune.trials` counted trials (or times out);
     one line per finished trial on stdout, and a trials bar unless `progress` is off."""
+    cfg, tune, space = check_study(cfg, tune)
+    prepared = prepare(cfg, progress=progress)  # checked and decoded once, for every trial
+    return search(cfg, tune, space, prepared, study_folder(cfg, tune), progress=progress, trial_lines=True)
+
+
+def check_study(cfg: RunConfig, tune: TuneConfig) -> tuple[RunConfig, TuneConfig, dict[str, Any]]:
+    """The study's config (tune's default splits), its options (the study named) and search space,
+    checked: whatever `tune` refuses, refused before anything is written."""
     cfg = merge(cfg, {"splits": cfg.splits or DEFAULT_SPLITS})
     check_tune(tune)
     check_validation(cfg)
@@ -329,10 +337,11 @@ def run_study(cfg: RunConfig, tune: TuneConfig, progress: bool = True) -> StudyR
                           "best.yaml with `kfold --config best.yaml --repeats R`")
     space = load_space(tune.space)
     check_space(space, cfg)
-    name = plain_name(tune.study or cfg.dataset.name, "--study")
-    prepared = prepare(cfg, progress=progress)  # checked and decoded once, for every trial
-    return search(cfg, replace(tune, study=name), space, prepared, Path(cfg.runs_dir) / f"tune-{name}",
-                  progress=progress, trial_lines=True)
+    return cfg, replace(tune, study=plain_name(tune.study or cfg.dataset.name, "--study")), space
+
+
+def study_folder(cfg: RunConfig, tune: TuneConfig) -> Path:
+    return Path(cfg.runs_dir) / f"tune-{tune.study}"
 
 
 @contextlib.contextmanager

@@ -19,7 +19,9 @@ import cli
 from bench.cv import run_cv
 from bench.runfolder import RunFolder
 from tests.conftest import FAST, fast_config
+from tests.test_pg_workers import pg_database  # noqa: F401  (a fresh PostgreSQL database, a fixture)
 
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when ray is imported: as bench.ray_engine sets it
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -c constraints.txt -e '.[ray]'")
 
 DEADLINE = 240  # seconds; a bound for waits on a shared 2-core machine, not a timing assertion
@@ -96,7 +98,7 @@ def task_workers() -> dict[int, float]:
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
             try:
-                if (proc / "cmdline").read_bytes().startswith(b"ray::_fit_task"):
+                if (proc / "cmdline").read_bytes().startswith(b"ray::split_job"):
                     found[int(proc.name)] = time.monotonic()
             except OSError:
                 pass
@@ -118,7 +120,7 @@ def test_a_ray_worker_killed_mid_split_is_retried_and_the_run_still_matches(tiny
                 seen.setdefault(pid, now[pid])
             for pid in [p for p in now if time.monotonic() - seen[p] > 1.0]:
                 try:
-                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::_fit_task"):
+                    if Path(f"/proc/{pid}/cmdline").read_bytes().startswith(b"ray::split_job"):
                         os.kill(pid, signal.SIGKILL)
                         killed.append(pid)
                         return
@@ -182,4 +184,52 @@ def test_executor_ray_without_ray_is_one_line_and_writes_nothing(tiny_us8k_maste
 def test_ray_options_without_executor_ray_are_refused(tiny_us8k_master, tmp_path, flag, capsys):
     assert cli.main(kfold_args(tmp_path, tiny_us8k_master, "x", 1, "--no-mlflow", *flag)) == 2
     assert "--executor ray" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+# ---- tune --workers N -----------------------------------------------------------------------------
+
+def tune_args(tmp_path: Path, root: Path, storage: str | None, trials: int, *extra: str) -> list[str]:
+    from tests.test_tune import SPACE, TINY, write_space
+    args = ["tune", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
+            "--cache-dir", str(tmp_path / "cache"), "--space", write_space(tmp_path / "space.yaml", SPACE),
+            "--splits", "1", "--trials", str(trials), "--study", "shared", "--threads", "1", "--quiet",
+            "--no-mlflow", *(["--storage", storage] if storage else []), *extra]
+    for key, value in {**TINY, "train.epochs": 1}.items():
+        if key != "tracking.mlflow":
+            args += ["--set", f"{key}={value}"]
+    return args
+
+
+def assert_exact_study(tmp_path: Path, storage: str | None, trials: int) -> None:
+    import optuna
+
+    from bench.tune import counts, storage_url
+    url = storage_url(storage) if storage else f"sqlite:///{tmp_path / 'runs/tune-shared/study.db'}"
+    study = optuna.load_study(study_name="shared", storage=url)
+    all_trials = study.get_trials(deepcopy=False)
+    numbers = [t.number for t in all_trials]
+    assert len(numbers) == len(set(numbers))
+    assert sum(counts(t) for t in all_trials) == trials
+    assert not [t for t in all_trials if t.state == optuna.trial.TrialState.RUNNING]
+    assert (tmp_path / "runs/tune-shared/trials.csv").exists() and (tmp_path / "runs/tune-shared/best.yaml").exists()
+
+
+@pytest.mark.parametrize("where", ["sqlite", "postgresql"])
+def test_tune_workers_on_ray_reach_exactly_the_target(tiny_us8k_master, tmp_path, local_ray, capsys, where,
+                                                      request):
+    storage = request.getfixturevalue("pg_database") if where == "postgresql" else None
+    code = cli.main(tune_args(tmp_path, tiny_us8k_master, storage, 5, "--workers", "2"))
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert "ray: 2 tune worker(s), 1 CPU(s) each" in err
+    assert "5 of 5 in the study" in out
+    assert_exact_study(tmp_path, storage, 5)
+
+
+def test_tune_workers_refused_before_anything_is_written(tiny_us8k_master, tmp_path, capsys):
+    assert cli.main(tune_args(tmp_path, tiny_us8k_master, None, 3, "--worker-cpus", "2")) == 2
+    assert "--workers N" in capsys.readouterr().err
+    assert cli.main(tune_args(tmp_path, tiny_us8k_master, None, 3, "--workers", "0")) == 2
+    assert "--workers 0" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
