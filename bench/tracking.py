@@ -34,6 +34,10 @@ HINT = "or pass another --tracking-uri, or --no-mlflow"
 PROBE_TIMEOUT_S = 5  # the server check: one request, no retries, this long at most
 
 
+# MLflow writes "View run ... at: <url>" to stdout for every run ended on a server: a line per split
+# and trial, between foldbench's own lines. The links foldbench prints are enough.
+os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 class TrackingError(Exception):
     """The MLflow store cannot be reached, read or written."""
 
