@@ -58,7 +58,8 @@ def session(address: str | None = None, cpus: int | None = None) -> Iterator[obj
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet)
+            ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                     **quiet)  # a new Ray here, even when `ray start` left one running
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise ConfigError(f"cannot start or join {where}: {str(e).strip().splitlines()[0]}") from None

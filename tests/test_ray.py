@@ -87,7 +87,8 @@ def test_ray_kfold_equals_the_in_process_run_and_mirrors_to_mlflow(tiny_us8k_mas
 def local_ray():
     """One local Ray (loopback, 2 CPUs) for the rest of this module; foldbench uses it as it is."""
     import logging
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.ERROR)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             logging_level=logging.ERROR)
     yield
     ray.shutdown()
 
