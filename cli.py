@@ -13,6 +13,7 @@ pandas, MLflow) are imported inside the commands, never to build the parser: `--
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from pathlib import Path
 
@@ -206,6 +207,15 @@ def ray_check(args: argparse.Namespace, on: bool, flags: tuple[str, ...], switch
     require_ray()
 
 
+def study_workers(args: argparse.Namespace):
+    """`--workers N` as Ray tasks (None: this process alone); Ray's flags checked, its absence refused."""
+    ray_check(args, args.workers is not None, ("ray_address", "worker_cpus", "worker_gpus"), "--workers N")
+    if args.workers is None:
+        return None
+    from bench.ray_engine import StudyWorkers
+    return StudyWorkers(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus)
+
+
 def engine(args: argparse.Namespace):
     """`run_cv`'s engine for --executor (None: in this process); Ray's absence is refused here."""
     ray_check(args, args.executor == "ray", ("ray_address", "split_cpus", "split_gpus"), "--executor ray")
@@ -386,12 +396,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
                             "continues its study: use --study instead of --name/--resume")
     cfg = build_config(args)
     tune = tune_config(args, study=args.study, storage=args.storage, timeout=parse_duration(args.timeout))
-    ray_check(args, args.workers is not None, ("ray_address", "worker_cpus", "worker_gpus"), "--workers N")
+    workers = study_workers(args)
     try:
-        if args.workers is not None:
+        if workers is not None:
             from bench.ray_engine import tune_workers
-            result = tune_workers(cfg, tune, args.workers, args.ray_address, args.worker_cpus,
-                                  args.worker_gpus, progress=not args.quiet)
+            result = tune_workers(cfg, tune, workers, progress=not args.quiet)
         else:
             result = run_study(cfg, tune, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -446,8 +455,13 @@ def cmd_nested(args: argparse.Namespace) -> int:
         cfg.name = f"nested-{default_name(cfg)}"
     if args.resume:
         resume_search(args, Path(cfg.runs_dir).expanduser() / cfg.name)
-    result = run_nested(cfg, tune_config(args), args.inner_splits, resume=args.resume,
-                        non_nested=not args.no_non_nested, progress=not args.quiet)
+    workers = study_workers(args)
+    with contextlib.ExitStack() as ray:
+        if workers is not None:  # one Ray for every study of the run
+            from bench.ray_engine import session
+            ray.enter_context(session(workers.address))
+        result = run_nested(cfg, tune_config(args), args.inner_splits, resume=args.resume,
+                            non_nested=not args.no_non_nested, progress=not args.quiet, workers=workers)
     print(render_summary(result.summary).split("\n## Chosen")[0].rstrip())
     print(f"\nreport: {result.run_dir / 'nested.md'} (per outer split: the settings chosen; "
           f"{result.run_dir / 'report.md'}: the nested scores)")
@@ -636,6 +650,7 @@ def make_parser() -> argparse.ArgumentParser:
     for action in nested._actions:  # told apart from flags given: --resume takes the saved ones
         if action.dest in SEARCH_SAVED and type(action.default) is int:
             action.default = Default(action.default)
+    worker_options(nested)
     nested.set_defaults(func=cmd_nested)
     return parser
 

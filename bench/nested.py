@@ -89,12 +89,17 @@ def check_nested(cfg: RunConfig, prepared: Prepared, inner_splits: int) -> None:
 
 def select(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Prepared, split: Split,
            folder: Path, inner_splits: int, tracker: Tracker | None = None,
-           parent_run: str | None = None):
-    """The study of outer split `split` over its inner splits; its best FrozenTrial (or an error)."""
-    inner = inner_prepared(prepared, split.test_fold, cfg.protocol.val)
+           parent_run: str | None = None, workers=None):
+    """The study of outer split `split` over its inner splits; its best FrozenTrial (or an error).
+    `workers` (`ray_engine.StudyWorkers`): the study run by several Optuna workers on Ray."""
     inner_cfg = merge(cfg, {"splits": list(range(1, inner_splits + 1))})
-    result = search(inner_cfg, tune, space, inner, folder, tracker=tracker, parent_run=parent_run,
-                    progress=False)
+    if workers is not None:
+        result = workers.search(inner_cfg, tune, space, folder, prepared.device, parent_run=parent_run,
+                                inner_fold=split.test_fold)
+    else:
+        inner = inner_prepared(prepared, split.test_fold, cfg.protocol.val)
+        result = search(inner_cfg, tune, space, inner, folder, tracker=tracker, parent_run=parent_run,
+                        progress=False)
     best = best_trial(result.study)
     if best is None:
         raise RunFolderError(f"outer split {split.index}: no inner trial completed (see "
@@ -110,8 +115,9 @@ def _settings(cfg: RunConfig, tune: TuneConfig, space: dict, inner_splits: int) 
 
 
 def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resume: bool = False,
-               non_nested: bool = True, progress: bool = True) -> NestedResult:
-    """Nested CV of `cfg` + search space into `runs_dir/name`; the non-nested estimate beside it."""
+               non_nested: bool = True, progress: bool = True, workers=None) -> NestedResult:
+    """Nested CV of `cfg` + search space into `runs_dir/name`; the non-nested estimate beside it.
+    `workers` (`ray_engine.StudyWorkers`): every study run by several Optuna workers on Ray."""
     began = clock()  # run.json: the job's start
     check_tune(tune)
     check_validation(cfg)
@@ -158,10 +164,10 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
                 if reason != "not finished":
                     print(f"outer split {split.index}: {reason}; training it again", file=sys.stderr)
                 _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settings,
-                             tracker, parent, progress, resume)
+                             tracker, parent, progress, resume, workers)
             scores = report(folder, tracker, parent)
             baseline = (_non_nested(cfg, tune, space, prepared, folder.path / "non-nested",
-                                    inner_splits, tracker, parent, progress) if non_nested else None)
+                                    inner_splits, tracker, parent, progress, workers) if non_nested else None)
             summary = summarise(folder, scores, baseline)
             _write_summary(folder.path, summary)
             tracker.log_metrics(parent, {"non_nested_acc_mean": baseline and baseline["acc_mean"],
@@ -177,14 +183,14 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
 
 
 def _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settings, tracker, parent,
-                 progress, resume) -> dict:
+                 progress, resume, workers) -> dict:
     """Select on the inner splits, then train on the outer training folds and score fold k once."""
     name = f"outer-{split.index}"
     with tracker.run(name, run_id=tracker.child_run(parent, name, {"outer_split": split.index}),
                      parent=parent, tags={"outer_split": split.index, "test_fold": split.test_fold}) as run:
         study_tune = replace(tune, study=f"{cfg.name}-outer-{split.index}")
         best = select(cfg, study_tune, space, prepared, split, folder.path / "inner" / str(split.index),
-                      inner_splits, tracker, run)
+                      inner_splits, tracker, run, workers)
         chosen = merge(best_config(cfg, best), {"name": cfg.name, "runs_dir": cfg.runs_dir,
                                                   "splits": cfg.splits})
         notes = {"chosen": {k: best.params[k] for k in sorted(best.params)},
@@ -199,14 +205,17 @@ def _outer_split(cfg, tune, space, prepared, split, folder, inner_splits, settin
 
 
 def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker, parent,
-                progress) -> dict:
+                progress, workers) -> dict:
     """The usual shortcut with the same budget: one study on the full plan's first `inner_splits`
     splits (whose validation folds are other splits' test folds), then kfold of its best config."""
     with tracker.run("non-nested", run_id=tracker.child_run(parent, "non-nested", {"kind": "non-nested"}),
                      parent=parent, tags={"kind": "non-nested"}) as run:
         study_cfg = merge(cfg, {"splits": list(range(1, inner_splits + 1))})
-        result = search(study_cfg, replace(tune, study=f"{cfg.name}-non-nested"), space, prepared,
-                        folder, tracker=tracker, parent_run=run, progress=False)
+        study_tune = replace(tune, study=f"{cfg.name}-non-nested")
+        result = (workers.search(study_cfg, study_tune, space, folder, prepared.device, parent_run=run)
+                  if workers is not None else
+                  search(study_cfg, study_tune, space, prepared, folder, tracker=tracker, parent_run=run,
+                         progress=False))
         best = best_trial(result.study)
         if best is None:
             raise RunFolderError(f"non-nested study: no trial completed (see {folder / 'report.md'})")

@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import warnings
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -149,22 +150,82 @@ def _result(ray, ref, what: str):
                            f"finished work is kept: the same command continues it") from None
 
 
-# ---- tune --workers N --------------------------------------------------------------------------
+# ---- tune --workers N, nested --workers N ----------------------------------------------------
 
-def tune_worker(cfg, tune, threads: int) -> int:
-    """One Optuna worker: `tune`'s own loop on the shared study, until it holds --trials counted
-    trials; the counted trials this worker ran."""
+def study_worker(cfg, tune, space, folder, inner_fold, parent_run, trial_lines: bool, threads: int) -> int:
+    """One Optuna worker: `tune.search`, the loop `tune` runs, on the shared study until it holds
+    --trials counted trials, over the data prepared here (the dataset path and cache on this node;
+    nested CV: the inner splits of outer fold `inner_fold`); the counted trials it ran."""
     import torch
 
-    from .tune import run_study
+    from .prepare import prepare
+    from .tracking import Tracker
+    from .tune import search
     torch.set_num_threads(threads)
-    return run_study(cfg, tune, progress=False).added
+    prepared = prepare(cfg, progress=False, tracking=False)
+    if inner_fold is not None:
+        from .nested import inner_prepared
+        prepared = inner_prepared(prepared, inner_fold, cfg.protocol.val)
+    tracker = Tracker(cfg.tracking, experiment=cfg.dataset.name)
+    return search(cfg, tune, space, prepared, folder, tracker=tracker, parent_run=parent_run,
+                  progress=False, trial_lines=trial_lines).added
 
 
-def _absolute(cfg, tune):
-    """Paths as the driver means them: a Ray worker starts in a folder of Ray's own."""
+class StudyWorkers:
+    """N Optuna workers as Ray tasks on one study's storage, each asking for `cpus` cores (its torch
+    threads) and `gpus` of a GPU. They stop together at exactly --trials counted trials
+    (`tune.ahead_of`). A worker whose process dies is started again by Ray; the trial it was running
+    is marked failed by Optuna's heartbeat and retried by a worker (`RetryFailedTrialCallback`)."""
+
+    def __init__(self, workers: int, address: str | None = None, cpus: int | None = None,
+                 gpus: float | None = None):
+        if workers < 1:
+            raise ConfigError(f"--workers {workers}: at least 1")
+        self.workers, self.address, self.cpus, self.gpus = workers, address, cpus, gpus
+
+    def search(self, cfg, tune, space, folder, device, *, parent_run: str | None = None,
+               inner_fold: int | None = None, trial_lines: bool = False):
+        """`tune.search` of `cfg` in `folder` by the workers; the study's outputs (trials.csv,
+        best.yaml, plots, report.md) written here at the end. The study is opened here first: its
+        schema and settings exist before any worker starts."""
+        from .tune import StudyResult, counted, open_study, optuna_quiet, write_outputs
+        cfg, tune = absolute(cfg, tune)  # a Ray worker starts in a folder of Ray's own
+        folder = Path(folder).expanduser().resolve()
+        cpus = self.cpus or cfg.train.threads or 1
+        with session(self.address) as ray:
+            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+            local = [what for what, url in (("--storage", tune.storage or "sqlite:"),
+                                            ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri))
+                     if url and str(url).startswith("sqlite:")]
+            if nodes > 1 and local:
+                raise ConfigError(f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
+                                  f"cluster has {nodes} nodes: give a server every node reaches "
+                                  f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)")
+            folder.mkdir(parents=True, exist_ok=True)
+            with optuna_quiet():
+                open_study(cfg, tune, space, folder)
+            gpus = self.gpus if self.gpus is not None else (1.0 if device.type == "cuda" else 0.0)
+            task = ray.remote(study_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
+                                                    retry_exceptions=False)
+            print(f"ray: {self.workers} Optuna worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
+                  + f" each, on {_resources(ray)}; study {tune.study}, {tune.trials} trials", file=sys.stderr)
+            refs = [task.remote(cfg, tune, space, folder, inner_fold, parent_run, trial_lines, cpus)
+                    for _ in range(self.workers)]
+            try:
+                added = [_result(ray, ref, f"Optuna worker {i + 1}") for i, ref in enumerate(refs)]
+            finally:
+                for ref in refs:
+                    ray.cancel(ref, force=True)
+        print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
+        with optuna_quiet():
+            study = open_study(cfg, tune, space, folder)
+            write_outputs(study, folder, cfg, plots=True)
+        return StudyResult(study, folder, sum(added), counted(study))
+
+
+def absolute(cfg, tune):
+    """`cfg` and `tune` with their paths absolute, as the driver means them."""
     from dataclasses import replace
-    from pathlib import Path
 
     from .config import merge
 
@@ -172,55 +233,21 @@ def _absolute(cfg, tune):
         if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
             return "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
         return url
-    paths = {"runs_dir": str(Path(cfg.runs_dir).resolve()),
+    paths = {"runs_dir": str(Path(cfg.runs_dir).expanduser().resolve()),
              "tracking.tracking_uri": sqlite(cfg.tracking.tracking_uri)}
     for key, value in (("cache_dir", cfg.cache_dir), ("dataset.root", cfg.dataset.root)):
         if value:
             paths[key] = str(Path(value).expanduser().resolve())
     return merge(cfg, paths), replace(tune, storage=sqlite(tune.storage),
-                                      space=tune.space and str(Path(tune.space).resolve()))
+                                      space=tune.space and str(Path(tune.space).expanduser().resolve()))
 
 
-def tune_workers(cfg, tune, workers: int, address: str | None = None, cpus: int | None = None,
-                 gpus: float | None = None, progress: bool = True):
-    """`tune --workers N`: the study checked, the data prepared (the cache built once) and the study
-    opened here, then N Optuna workers as Ray tasks on its storage; they stop together at exactly
-    --trials counted trials (`tune.ahead_of`). A worker whose process dies is started again by Ray;
-    the trial it was running is marked failed by Optuna's heartbeat and retried by another worker.
-    The study's outputs (trials.csv, best.yaml, plots, report.md) are written here at the end."""
+def tune_workers(cfg, tune, workers: StudyWorkers, progress: bool = True):
+    """`tune --workers N`: the study checked and the data prepared here (every refusal before a
+    worker starts; the cache built once), then `workers.search`, one line per finished trial."""
     from .prepare import prepare
-    from .tune import StudyResult, check_study, counted, open_study, optuna_quiet, study_folder, write_outputs
-    if workers < 1:
-        raise ConfigError(f"--workers {workers}: at least 1")
-    cfg, tune, space = check_study(*_absolute(cfg, tune))
-    device = prepare(cfg, progress=progress).device  # every refusal before a worker starts; the cache built once
-    folder = study_folder(cfg, tune)
-    cpus = cpus or cfg.train.threads or 1
-    with session(address) as ray:
-        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-        local = [what for what, url in (("--storage", tune.storage or "sqlite:"),
-                                        ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri))
-                 if url and str(url).startswith("sqlite:")]
-        if nodes > 1 and local:
-            raise ConfigError(f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
-                              f"cluster has {nodes} nodes: give a server every node reaches "
-                              f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)")
-        folder.mkdir(parents=True, exist_ok=True)
-        with optuna_quiet():
-            open_study(cfg, tune, space, folder)  # its schema and settings, once, before the workers
-        gpus = gpus if gpus is not None else (1.0 if device.type == "cuda" else 0.0)
-        task = ray.remote(tune_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
-                                              retry_exceptions=False)
-        print(f"ray: {workers} tune worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
-              + f" each, on {_resources(ray)}; study {tune.study}, {tune.trials} trials", file=sys.stderr)
-        refs = [task.remote(cfg, tune, cpus) for _ in range(workers)]
-        try:
-            added = [_result(ray, ref, f"tune worker {i + 1}") for i, ref in enumerate(refs)]
-        finally:
-            for ref in refs:
-                ray.cancel(ref, force=True)
-    print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
-    with optuna_quiet():
-        study = open_study(cfg, tune, space, folder)
-        write_outputs(study, folder, cfg, plots=True)
-    return StudyResult(study, folder, sum(added), counted(study))
+    from .tune import check_study, study_folder
+    cfg, tune, space = check_study(cfg, tune)
+    device = prepare(cfg, progress=progress).device
+    with session(workers.address):
+        return workers.search(cfg, tune, space, study_folder(cfg, tune), device, trial_lines=True)

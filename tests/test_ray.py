@@ -223,7 +223,7 @@ def test_tune_workers_on_ray_reach_exactly_the_target(tiny_us8k_master, tmp_path
     code = cli.main(tune_args(tmp_path, tiny_us8k_master, storage, 5, "--workers", "2"))
     out, err = capsys.readouterr()
     assert code == 0, err
-    assert "ray: 2 tune worker(s), 1 CPU(s) each" in err
+    assert "ray: 2 Optuna worker(s), 1 CPU(s) each" in err
     assert "5 of 5 in the study" in out
     assert_exact_study(tmp_path, storage, 5)
 
@@ -234,3 +234,26 @@ def test_tune_workers_refused_before_anything_is_written(tiny_us8k_master, tmp_p
     assert cli.main(tune_args(tmp_path, tiny_us8k_master, None, 3, "--workers", "0")) == 2
     assert "--workers 0" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+def test_nested_with_ray_workers_runs_every_study_to_exactly_its_trials(tiny_us8k_master, tmp_path, local_ray,
+                                                                        capsys):
+    """nested --workers 2: each outer split's inner study (and the non-nested one) by two Optuna
+    workers on Ray, exactly --trials each; no inner trial validated or tested on its outer fold."""
+    import optuna
+
+    from bench.tune import counts
+    from tests.test_nested import nested_args
+    code = cli.main(nested_args(tmp_path, tiny_us8k_master, "--trials", "3", "--workers", "2"))
+    assert code == 0, capsys.readouterr().err
+    run = tmp_path / "runs/n1"
+    summary = json.loads((run / "nested.json").read_text())
+    assert [r["split"] for r in summary["outer"]] == [1, 2] and summary["non_nested"]["n_splits"] == 2
+    for folder, outer_fold in ((run / "inner/1", 1), (run / "inner/2", 2), (run / "non-nested", None)):
+        (name,) = optuna.get_all_study_names(f"sqlite:///{folder / 'study.db'}")
+        trials = optuna.load_study(study_name=name, storage=f"sqlite:///{folder / 'study.db'}").trials
+        assert sum(counts(t) for t in trials) == 3
+        for info in folder.glob("trials/*/splits/*/split.json"):
+            split = json.loads(info.read_text())
+            assert outer_fold not in (split["test_fold"], split["val_fold"])
+    assert "ray: 2 Optuna worker(s)" in capsys.readouterr().err
