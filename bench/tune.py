@@ -84,7 +84,8 @@ class Objective:
         self.note = None  # `note(text)`, when set, prints a line (a wait for other workers' trials)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if _priority(frozen(trial))[0] == 0:  # a retry: its user attrs are copies of the killed trial's
+        if isinstance(trial, optuna.Trial) and _priority(frozen(trial))[0] == 0:  # a retry (not a
+            # FixedTrial): its user attrs are copies of the killed trial's
             for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run"):
                 if key in trial.user_attrs:
                     trial.set_user_attr(key, None)
@@ -158,12 +159,14 @@ class Objective:
                 optuna.storages.fail_stale_trials(trial.study)  # a killed worker's trial: failed, retried
             trials = trial.study.get_trials(deepcopy=False)
             done = sum(counts(t) for t in trials)
-            running = holding(trials, next(t for t in trials if t.number == trial.number))
-            waiting = [t.number for t in trials if t.state == optuna.trial.TrialState.WAITING]
+            me = next(t for t in trials if t.number == trial.number)
+            running = holding(trials, me)
+            waiting = [t.number for t in trials  # retries queued by `RetryStale`, not yet taken
+                       if t.state == optuna.trial.TrialState.WAITING and _priority(t)[0] == 0]
             if done >= self.target:
                 self.full = True
                 self._not_run(trial, f"the study already has its {self.target} trials")
-            if waiting and not trial.params:
+            if waiting and _priority(me)[0] == 1 and "fixed_params" not in me.system_attrs:  # fresh
                 self._not_run(trial, f"gave way to waiting trial {waiting[0]} (a stopped trial's retry)")
             if done + len(running) < self.target:
                 trial.set_user_attr("admitted", True)
