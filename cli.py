@@ -380,13 +380,19 @@ def tune_options(parser: argparse.ArgumentParser) -> None:
                         "share one study (default: sqlite:///<runs-dir>/tune-<study>/study.db)")
     g.add_argument("--timeout", metavar="DURATION",
                    help="start no new trial after this long, e.g. 3h, 90m, 600 (seconds)")
+    g.add_argument("--heartbeat", metavar="SECONDS", type=int, default=60,
+                   help="a running trial's heartbeat interval in the storage: a trial without one for "
+                        "3x this (its worker was killed) is failed by another worker, not counted, and "
+                        "run again with the same settings (default: 60, so a killed trial is retried "
+                        "after 3 minutes)")
     search_options(g)
 
 
 def tune_config(args: argparse.Namespace, **kw):
     from bench.tune import TuneConfig
     return TuneConfig(trials=args.trials, space=args.space, seed=args.sampler_seed,
-                      prune_startup=args.prune_startup, prune_warmup=args.prune_warmup, **kw)
+                      prune_startup=args.prune_startup, prune_warmup=args.prune_warmup,
+                      heartbeat=getattr(args, "heartbeat", 60), **kw)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -15,8 +15,10 @@ per finished trial and a trials bar; Optuna's own INFO log is silenced while it 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import shutil
+import time
 import warnings
 from dataclasses import dataclass, replace
 from fractions import Fraction
@@ -77,17 +79,18 @@ class Objective:
         self.study_run, self.progress = study_run, progress
         self.status = None
         self.target: int | None = None  # --trials: a trial not needed to reach it is not run
-        self.full = False  # a trial was not run: the study had --trials counted or running trials
+        self.full = False  # a trial was not run: the study had --trials counted trials
+        self.poll_s = 5.0  # how often a trial held back by other workers' running trials looks again
+        self.note = None  # `note(text)`, when set, prints a line (a wait for other workers' trials)
 
     def __call__(self, trial: optuna.Trial) -> float:
+        if isinstance(trial, optuna.Trial) and _priority(frozen(trial))[0] == 0:  # a retry (not a
+            # FixedTrial): its user attrs are copies of the killed trial's
+            for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run"):
+                if key in trial.user_attrs:
+                    trial.set_user_attr(key, None)
         if self.target is not None:  # before suggesting: a trial not run has no params (TPE ignores it)
-            ahead = ahead_of(trial.study, trial.number)
-            if ahead >= self.target:
-                self.full = True
-                trial.set_user_attr("excluded", True)
-                trial.set_user_attr("reason", f"not run: the study already has its {self.target} "
-                                    f"trials ({ahead} counted, or running since before it)")
-                raise optuna.TrialPruned("the study is full")
+            self._wait_for_room(trial)
         cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
                     {"name": str(trial.number), "runs_dir": str(self.folder / "trials")})
         flat = flatten(cfg)
@@ -96,6 +99,8 @@ class Objective:
         run = tracker.start(f"trial-{trial.number}", params=run_params(cfg, self.prepared),
                             parent=self.study_run, tags={
             "state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())})
+        if run:  # for whoever finds this trial's worker gone (`RetryStale`): it closes the run KILLED
+            trial.set_user_attr("mlflow_run", run)
         shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # numbers are never reused
         seen: list[tuple[int, int, int]] = []  # (split, correct, total)
         if self.status:
@@ -136,6 +141,43 @@ class Objective:
         self._finish(trial, tracker, run, "complete", folder=Path(cfg.runs_dir) / cfg.name)
         return value
 
+    def _not_run(self, trial: optuna.Trial, reason: str) -> None:
+        trial.set_user_attr("excluded", True)
+        trial.set_user_attr("reason", "not run: " + reason)
+        raise optuna.TrialPruned(reason)
+
+    def _wait_for_room(self, trial: optuna.Trial) -> None:
+        """Return when the study needs trial `trial.number` to reach --trials; else end it as not
+        run (pruned, not counted). A fresh trial gives way to a waiting one (a killed trial's retry,
+        which has its params). While the target is reached only counting other workers' running
+        trials, it waits: one of them may be a killed worker's, which the heartbeat then fails and
+        `RetryStale` queues again, and that retry is what this worker runs next."""
+        told = False
+        while True:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(trial.study)  # a killed worker's trial: failed, retried
+            trials = trial.study.get_trials(deepcopy=False)
+            done = sum(counts(t) for t in trials)
+            me = next(t for t in trials if t.number == trial.number)
+            running = holding(trials, me)
+            waiting = [t.number for t in trials  # retries queued by `RetryStale`, not yet taken
+                       if t.state == optuna.trial.TrialState.WAITING and _priority(t)[0] == 0]
+            if done >= self.target:
+                self.full = True
+                self._not_run(trial, f"the study already has its {self.target} trials")
+            if waiting and _priority(me)[0] == 1 and "fixed_params" not in me.system_attrs:  # fresh
+                self._not_run(trial, f"gave way to waiting trial {waiting[0]} (a stopped trial's retry)")
+            if done + len(running) < self.target:
+                trial.set_user_attr("admitted", True)
+                return
+            if not told and self.note:
+                self.note(f"trial {trial.number} waits: {done} of {self.target} trials counted, "
+                          f"trial(s) {', '.join(map(str, running))} still running elsewhere (if their "
+                          f"worker was killed, the heartbeat fails them and this worker retries them)")
+            told = True
+            time.sleep(self.poll_s)
+
     @staticmethod
     def _finish(trial, tracker, run, state: str, reason: str = "", status: str = "FINISHED",
                  folder: Path | None = None) -> None:
@@ -161,6 +203,8 @@ class TuneConfig:
     seed: int = 0  # TPE seed (plus the number of trials already in the study, so none repeat)
     prune_startup: int = 3  # trials that must complete before any trial is pruned
     prune_warmup: int = 0  # splits a trial finishes before it can be pruned
+    heartbeat: int = 60  # seconds between a running trial's heartbeats; 3x this without one: its
+    # worker is taken for dead, the trial failed (not counted) and retried with the same params
 
 
 # What may fail one trial while the study goes on: NaN loss (TrainingError), out of memory, a bad
@@ -179,6 +223,8 @@ def check_tune(tune: TuneConfig) -> None:
         raise ConfigError(f"--prune-startup {tune.prune_startup}: 0 or more trials")
     if tune.prune_warmup < 0:
         raise ConfigError(f"--prune-warmup {tune.prune_warmup}: 0 or more splits")
+    if tune.heartbeat < 1:
+        raise ConfigError(f"--heartbeat {tune.heartbeat}: 1 or more seconds")
     if not 0 <= tune.seed < 2 ** 31:  # TPE seeds numpy (0 .. 2**32 - 1) with seed + trials so far
         raise ConfigError(f"--sampler-seed {tune.seed}: between 0 and {2 ** 31 - 1}")
 
@@ -199,11 +245,16 @@ def parse_duration(text: str | None) -> float | None:
 
 def counts(t: optuna.trial.FrozenTrial) -> bool:
     """Whether a trial counts towards --trials: a finished one, except one excluded before training
-    (or not run: the study was full) and one interrupted (Ctrl-C, SIGTERM) before it ended: a
-    continued study still runs the budget it was asked for (a nested run's outer split is selected
-    from --trials trials, as recorded)."""
-    return (t.state in FINISHED and not t.user_attrs.get("excluded")
-            and t.user_attrs.get("reason") != "interrupted")
+    (or not run: the study was full), one interrupted (Ctrl-C, SIGTERM) before it ended, and a
+    failed one whose failure the objective never saw (it records a `reason`): its worker was killed
+    and the heartbeat failed it; its retry counts instead. A continued study still runs the budget
+    it was asked for (a nested run's outer split is selected from --trials trials, as recorded)."""
+    if t.state not in FINISHED or t.user_attrs.get("excluded"):
+        return False
+    reason = t.user_attrs.get("reason")
+    if t.state == optuna.trial.TrialState.FAIL and not reason:
+        return False
+    return reason != "interrupted"
 
 
 def counted(study: optuna.Study) -> int:
@@ -211,14 +262,25 @@ def counted(study: optuna.Study) -> int:
     return sum(counts(t) for t in study.get_trials(deepcopy=False))
 
 
-def ahead_of(study: optuna.Study, number: int) -> int:
-    """Counted trials plus the trials still running that started before trial `number` (a lower
-    number: Optuna numbers trials in the order they are created). Workers sharing a study run trial
-    `number` only while this is below --trials: of two trials started at once, the earlier one runs,
-    so the workers together stop at exactly --trials (unless a running trial is interrupted)."""
-    trials = study.get_trials(deepcopy=False)
-    return sum(counts(t) or (t.state == optuna.trial.TrialState.RUNNING and t.number < number)
-               for t in trials)
+def frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The trial as stored (Optuna 5's `Trial` has no `system_attrs`)."""
+    return trial.study._storage.get_trial(trial._trial_id)
+
+
+def _priority(t: optuna.trial.FrozenTrial) -> tuple[int, int]:
+    """Retries of killed trials (Optuna's `failed_trial` system attr) first, then by number (the
+    order Optuna creates trials in)."""
+    return (0 if "failed_trial" in t.system_attrs else 1, t.number)
+
+
+def holding(trials: list[optuna.trial.FrozenTrial], trial: optuna.trial.FrozenTrial) -> list[int]:
+    """The running trials other than `trial` that hold a place among --trials: those admitted
+    (`admitted`: past `Objective._wait_for_room`) and those ahead of it (`_priority`). Of two trials
+    deciding at once, the later one always counts the earlier, so the workers together never admit
+    more than --trials (unless a running trial is interrupted)."""
+    me = _priority(trial)
+    return [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.number != trial.number
+            and (t.user_attrs.get("admitted") or _priority(t) < me)]
 
 
 def storage_url(url: str) -> str:
@@ -230,22 +292,61 @@ def storage_url(url: str) -> str:
     return url
 
 
-def _storage(url: str) -> optuna.storages.RDBStorage:
+class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
+    """Optuna's retry of a trial whose heartbeat ran out (its worker was killed): a waiting copy
+    with the same params, `retried_trial_number` pointing to it (3 retries at most). Also closes
+    the trial's MLflow run (and its split runs) KILLED, when `tracker` is set, and says so (`note`)."""
+    tracker: Tracker | None = None
+    note = None
+
+    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        super().__call__(study, trial)
+        run = trial.user_attrs.get("mlflow_run")
+        if self.note:
+            self.note(f"trial {trial.number} failed: its worker stopped (no heartbeat); not counted, "
+                      f"queued again with the same settings")
+        if run and self.tracker is not None and self.tracker.enabled:
+            try:
+                self.tracker.close_running(run)
+                self.tracker.set_tags(run, {"state": "failed", "reason": "its worker stopped (no heartbeat)"})
+                self.tracker.end(run, "KILLED")
+            except Exception as e:  # another store, or the run is gone: the study goes on
+                if self.note:
+                    self.note(f"trial {trial.number}: its MLflow run {run} was not closed ({e})")
+
+
+def _storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
     """The study's storage. Workers creating a fresh database at once race in its schema (a table
     or PostgreSQL enum type already exists, the version row is written twice, the file is locked):
-    the loser retries (`retry_races`)."""
+    the loser retries (`retry_races`). Heartbeats every `heartbeat` s: a running trial without one
+    for 3x that is failed by the next worker that looks, and queued again (`RetryStale`)."""
     url = storage_url(url)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
-        # Heartbeats: a trial whose process was killed is marked failed when the study next runs.
-        return retry_races(lambda: optuna.storages.RDBStorage(url, heartbeat_interval=60, grace_period=180))
+        retry = RetryStale(max_retry=3)
+        return retry_races(lambda: optuna.storages.RDBStorage(
+            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
+            heartbeat_stale_trial_callback=retry))
+
+
+def claim_study_attr(study: optuna.Study, key: str, value: Any) -> Any:
+    """The study's user attr `key`: set to `value` unless another worker set it first; returns the
+    one that holds. Atomic on PostgreSQL and SQLite: one INSERT under Optuna's unique (study, key)
+    constraint; the loser's is rolled back (Optuna's `set_study_user_attr` would overwrite it)."""
+    from optuna.storages._rdb import models
+    from optuna.storages._rdb.storage import _create_scoped_session
+    rdb = getattr(study._storage, "_backend", study._storage)
+    study_id = rdb.get_study_id_from_name(study.study_name)
+    with _create_scoped_session(rdb.scoped_session, ignore_integrity_error=True) as session:
+        session.add(models.StudyUserAttributeModel(study_id=study_id, key=key, value_json=json.dumps(value)))
+    return rdb.get_study_user_attrs(study_id)[key]
 
 
 def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: Path) -> optuna.Study:
     """Create or continue the study; a continued study must have been started with the same settings."""
     url = tune.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
-        storage = _storage(url)
+        storage = _storage(url, tune.heartbeat)
     except Exception as e:  # a malformed URL, a missing driver, a server that refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
@@ -380,14 +481,17 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
     name = study.study_name
     tracker = (tracker or prepared.tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
                ).tagged({"study": name})
-    study_run = tracker.start(f"tune-{name}", run_id=runs.read_json(folder / "mlflow.json").get("study"),
-                              parent=parent_run, tags={"kind": "study", "code_version": code_version(),
-                                                       "run_folder": str(folder.resolve())})
+    study_run = open_study_run(tracker, study, folder, parent_run)
     if study_run:
         atomic_write_text(folder / "mlflow.json", json.dumps({"study": study_run}) + "\n")
     # The trials bar replaces the per-split and per-epoch bars inside a trial (they would leave a
     # line per trial); the bar's postfix says which split the running trial is at.
     objective = Objective(cfg, space, folder, name, tracker, study_run, False, prepared)
+    objective.poll_s = min(5.0, tune.heartbeat / 2)
+    objective.note = tqdm.write if trial_lines else None
+    stale = getattr(getattr(study._storage, "_backend", study._storage), "heartbeat_stale_trial_callback", None)
+    if isinstance(stale, RetryStale):  # closes a killed trial's MLflow run when this worker finds it
+        stale.tracker, stale.note = tracker, objective.note
     before = counted(study)
     bar = tqdm(total=tune.trials, initial=min(before, tune.trials), desc=f"trials ({name})", unit="trial",
                disable=not progress, dynamic_ncols=True)
@@ -420,6 +524,32 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
         _log_study(tracker, study_run, study, files)
         tracker.end(study_run, status)
     return StudyResult(study, folder, own, counted(study))
+
+
+def open_study_run(tracker: Tracker, study: optuna.Study, folder: Path, parent_run: str | None) -> str | None:
+    """The study's one MLflow run, shared by every worker of the study: its id is kept in the
+    study's user attrs (per tracking store and experiment), claimed atomically
+    (`claim_study_attr`), so of workers starting at once one run is kept and the others' are
+    deleted. A study begun before (its id in `folder`/mlflow.json) reopens its run."""
+    if not tracker.enabled:
+        return None
+    key = "mlflow_study_run " + hashlib.sha256(f"{tracker.uri} {tracker.experiment_id}".encode()).hexdigest()[:16]
+    name = study.study_name
+    known = study.user_attrs.get(key) or runs.read_json(folder / "mlflow.json").get("study")
+    if known and tracker._exists(known):
+        run = known if study.user_attrs.get(key) == known else claim_study_attr(study, key, known)
+        return tracker.start(f"tune-{name}", run_id=run)
+    mine = tracker.start(f"tune-{name}", parent=parent_run, tags={
+        "kind": "study", "code_version": code_version(), "run_folder": str(folder.resolve())})
+    if study.user_attrs.get(key):  # a run since deleted from the store: this one replaces it
+        study.set_user_attr(key, mine)
+        return mine
+    run = claim_study_attr(study, key, mine)
+    if run != mine:  # another worker's came first
+        tracker.end(mine, "KILLED")
+        tracker.delete(mine)
+        tracker.start(f"tune-{name}", run_id=run)
+    return run
 
 
 # ---- one line per finished trial -------------------------------------------------------------

@@ -36,8 +36,11 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     """One row per trial: state, objective, the clips each split got right (`17/30 18/30`: the
     objective is their mean, exactly), splits reported (with the last running mean), duration, the
     trial's settings under their config names (hop length in samples), and why it stopped."""
+    trials = study.get_trials(deepcopy=False)
+    retries = {t.system_attrs["retry_history"][-1]: t.number for t in trials
+               if t.system_attrs.get("retry_history")}  # Optuna's retry of a killed trial
     rows = []
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         reports = list(t.intermediate_values.values())
         complete = t.state == optuna.trial.TrialState.COMPLETE  # a pruned trial's value is its last report
         counts = t.user_attrs.get("val_counts") or []
@@ -47,7 +50,8 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
                      "splits_done": len(reports), "running_mean": reports[-1] if reports else None,
                      "duration_s": round(t.duration.total_seconds(), 1) if t.duration else None,
                      **t.user_attrs.get("config", {}), "reason": t.user_attrs.get("reason") or (
-                         "no result: its process stopped (killed?) and its heartbeat ran out"
+                         "no result: its process stopped (killed?) and its heartbeat ran out; not counted"
+                         + (f", retried as trial {retries[t.number]}" if t.number in retries else "")
                          if t.state == optuna.trial.TrialState.FAIL else "")})
     return pd.DataFrame(rows, columns=None if rows else ["number", "state", "val_acc_mean", "reason"])
 
@@ -102,6 +106,8 @@ def render_study(study: optuna.Study, table: pd.DataFrame, images: dict[str, str
     """report.md: the setup, counts, the best trial with the command that scores it, plots, trials."""
     states = table["state"].tolist()
     excluded = int(table["reason"].str.startswith("excluded").sum())
+    not_run = int(table["reason"].str.startswith("not run").sum())  # pruned by name only: not counted
+    stopped = int(table["reason"].str.startswith("no result: its process stopped").sum())
     splits = ", ".join(map(str, cfg.splits))
     lines = [f"# Study `{study.study_name}`", "",
              f"Dataset `{cfg.dataset.name}`, model `{cfg.model.name}`, {cfg.train.epochs} epochs, "
@@ -109,10 +115,12 @@ def render_study(study: optuna.Study, table: pd.DataFrame, images: dict[str, str
              f"computed exactly from the clips each split got right (`val_correct`); the test folds "
              f"are never scored here. The best trial has the highest exact value; of equal ones, the "
              f"earlier trial.", "",
-             f"Trials: {states.count('complete')} complete, {states.count('pruned') - excluded} pruned, "
-             f"{states.count('failed')} failed, {excluded} excluded before training "
+             f"Trials: {states.count('complete')} complete, {states.count('pruned') - excluded - not_run} "
+             f"pruned, {states.count('failed') - stopped} failed, {excluded} excluded before training "
              f"(Mel bands the FFT size cannot resolve)"
-             + (f", {states.count('running')} running" if "running" in states else "") + ".", ""]
+             + (f", {states.count('running')} running" if "running" in states else "")
+             + (f", {stopped} stopped with their worker (killed; not counted, retried)" if stopped else "")
+             + (f", {not_run} not run (the study already had its trials)" if not_run else "") + ".", ""]
     if best is None:
         lines += ["No trial has completed yet, so there is no best.yaml.", ""]
     else:

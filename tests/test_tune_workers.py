@@ -1,0 +1,60 @@
+"""Small pieces of several workers sharing a study (issue 14), without training: what counts
+towards --trials, the atomic claim of the shared MLflow study run's id, --heartbeat's check, and
+the study report's counts (trials not run are not pruned ones)."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import optuna
+import pytest
+
+from bench.config import ConfigError
+from bench.tune import TuneConfig, check_tune, claim_study_attr, counts
+from reports.study import render_study, trials_table
+
+FAIL, PRUNED, COMPLETE = (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED,
+                          optuna.trial.TrialState.COMPLETE)
+
+
+def study_with(*trials) -> optuna.Study:
+    study = optuna.create_study(storage=f"sqlite:///:memory:", study_name="s", direction="maximize")
+    for state, attrs in trials:
+        study.add_trial(optuna.create_trial(state=state, value=0.5 if state == COMPLETE else None,
+                                            user_attrs=attrs))
+    return study
+
+
+def test_a_trial_failed_by_the_heartbeat_does_not_count_one_failed_in_the_objective_does():
+    study = study_with((FAIL, {}), (FAIL, {"reason": "TrainingError: loss became nan"}),
+                       (FAIL, {"reason": "interrupted"}), (PRUNED, {"excluded": True, "reason": "not run: full"}),
+                       (PRUNED, {"reason": "pruned after split 1"}), (COMPLETE, {}))
+    assert [counts(t) for t in study.get_trials()] == [False, True, False, False, True, True]
+
+
+def test_the_first_claim_of_a_study_attr_holds(tmp_path):
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    assert claim_study_attr(study, "run", "first") == "first"
+    assert claim_study_attr(study, "run", "second") == "first"
+    assert study.user_attrs["run"] == "first"
+
+
+def test_heartbeat_must_be_a_positive_number_of_seconds():
+    with pytest.raises(ConfigError, match="--heartbeat 0"):
+        check_tune(TuneConfig(heartbeat=0))
+    check_tune(TuneConfig(heartbeat=1))
+
+
+def test_the_report_counts_trials_not_run_and_trials_stopped_with_their_worker_apart(tmp_path):
+    study = study_with((COMPLETE, {}), (PRUNED, {"reason": "pruned after split 1: below the median"}),
+                       (PRUNED, {"excluded": True, "reason": "not run: the study already has its 2 trials"}),
+                       (FAIL, {}))
+    study.add_trial(optuna.create_trial(state=COMPLETE, value=0.4,
+                                        system_attrs={"failed_trial": 3, "retry_history": [3]}))
+    table = trials_table(study)
+    assert "retried as trial 4" in table["reason"][3]
+    cfg = SimpleNamespace(dataset=SimpleNamespace(name="d"), model=SimpleNamespace(name="m"),
+                          train=SimpleNamespace(epochs=1), splits=[1])
+    text = render_study(study, table, {}, cfg, tmp_path, None)
+    assert ("Trials: 2 complete, 1 pruned, 0 failed, 0 excluded before training (Mel bands the FFT size "
+            "cannot resolve), 1 stopped with their worker (killed; not counted, retried), 1 not run "
+            "(the study already had its trials).") in text
