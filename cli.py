@@ -71,7 +71,8 @@ def config_options(parser: argparse.ArgumentParser, splits: str = "all", run_fol
     g.add_argument("--batch-size", type=int, help="clips per step (default: 16)")
     g.add_argument("--device", help="auto (CUDA when present, default), cpu or cuda")
     g.add_argument("--threads", type=int, dest="train_threads", metavar="N",
-                   help="torch CPU threads (default: one per core; 1 is steadier when other jobs share the CPU)")
+                   help="torch CPU threads (default 0, auto: one per core that is free when training "
+                        "starts, measured once; OMP_NUM_THREADS, when set, instead)")
     g.add_argument("--seed", type=int, help="training seed; split k uses seed + k (default: 0)")
     g = parser.add_argument_group("output")
     g.add_argument("--name", help="run folder name under --runs-dir (default: <dataset>-<timestamp>)"

@@ -93,7 +93,7 @@ class TrainConfig:
     mixup: float = 0.0  # alpha of Beta(alpha, alpha) mixup of each training batch; 0: off
     seed: int = 0  # split k trains with seed + k
     device: str = "auto"  # "auto" (CUDA when present), "cpu" or "cuda"
-    threads: int = 0  # torch CPU threads; 0: torch's default (one per core); 1 is steadier on a busy machine
+    threads: int = 0  # torch CPU threads; 0 (auto): one per core free when training starts (bench/threads.py)
 
 
 @dataclass
@@ -338,7 +338,7 @@ def validate(cfg: RunConfig) -> RunConfig:
     _need(isinstance(cfg.model.params, dict) and all(isinstance(k, str) and k.isidentifier()
                                                      for k in cfg.model.params),
           "model.params", cfg.model.params, "must map parameter names to values")
-    _need(t.threads >= 0, "train.threads", t.threads, "must be >= 0 (0: torch's default)")
+    _need(t.threads >= 0, "train.threads", t.threads, "must be >= 0 (0: auto, one per free core)")
     _need(t.device in DEVICES or t.device.startswith("cuda:") and t.device[5:].isdigit(),
           "train.device", t.device, "must be auto, cpu, cuda or cuda:N")
     _need(bool(cfg.tracking.tracking_uri), "tracking.tracking_uri", cfg.tracking.tracking_uri,

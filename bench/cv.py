@@ -195,8 +195,8 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
         check_config(cfg)  # a tune trial's own features, model and training settings
     chosen = prepared.chosen(cfg.splits)
     tracker = tracker or prepared.tracker or Tracker(cfg.tracking, experiment=prepared.dataset.name)
-    if cfg.train.threads > 0:
-        torch.set_num_threads(cfg.train.threads)
+    from .threads import apply as set_threads  # 0 (auto): one per free core, measured once per process
+    set_threads(cfg.train.threads, functools.partial(print, file=sys.stderr) if progress else None)
     val_acc: dict[int, float | None] = {}
     retrained: dict[int, str] = {}
     own_parent, status = parent_run is None, "FINISHED"

@@ -33,6 +33,7 @@ from .cache import load_waveforms
 from .config import AudioConfig, AugmentConfig, FeatureConfig, RunConfig, merge
 from .datasets import create_dataset
 from .prepare import check_config
+from .threads import apply as set_threads
 from .features import _BANKS, feature_bank, log_mel
 from .train import band_stats, predict, resolve_device, setup_training, train_step, training_batch
 
@@ -139,14 +140,15 @@ def _load() -> float:
     return os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
 
 
-def machine(device: torch.device) -> dict:
+def machine(device: torch.device, threads: str = "") -> dict:
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
         cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
                     if line.startswith("model name")), cpu)
     gpu = {"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
     return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "device": str(device), "load_average": _load(), **gpu}
+            "interop_threads": torch.get_num_interop_threads(), "thread_setup": threads,
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "torch": torch.__version__, "device": str(device), "load_average": _load(), **gpu}
 
 
 def use_replica(cfg: RunConfig, root: str | Path) -> RunConfig:
@@ -206,8 +208,7 @@ def run_speed(cfg: RunConfig, *, time_box: float = 10.0, repeats: int = 2, threa
     log = log or functools.partial(print, file=sys.stderr, flush=True)
     check_config(cfg)  # speed builds its own cache in a fresh folder (that build is what it times)
     load_start, fig = _load(), {}
-    if threads:
-        torch.set_num_threads(threads)
+    setup = str(set_threads(threads or 0))  # as kfold: auto (0) takes the free cores, measured now
     device = resolve_device(cfg.train.device)
     dataset = create_dataset(cfg.dataset, cfg.cache_dir)
     Path(cfg.cache_dir).expanduser().mkdir(parents=True, exist_ok=True)
@@ -248,7 +249,7 @@ def run_speed(cfg: RunConfig, *, time_box: float = 10.0, repeats: int = 2, threa
 
     fig["per_item_ratio"] = fig["training"] / fig["per_item"]
     fig["compute_ratio"] = fig["training"] / fig["model_compute"]
-    return {"dataset": dataset.name, "clips": len(dataset.table), "machine": machine(device),
+    return {"dataset": dataset.name, "clips": len(dataset.table), "machine": machine(device, setup),
             "load_start": load_start,
             "config": {k: asdict(getattr(cfg, k)) for k in ("audio", "features", "augment", "model", "train")},
             "figures": fig, "targets": targets(fig, cfg, device, len(dataset.table)),
@@ -311,13 +312,13 @@ def render(result: dict) -> str:
     load = (f"load average {result['load_start']:.1f} at the start, {m['load_average']:.1f} at the end")
     if max(result["load_start"], m["load_average"]) > m["cpus"]:
         load += " (more than the CPUs: a shared machine, so the figures are low and noisy"
-        load += "; with several torch threads they swing widely, --threads 1 is steadier)" \
-            if m["torch_threads"] > 1 else ")"
+        load += ")"
     lines = [f"foldbench speed: {result['dataset']} ({result['clips']:,} clips); {a['sample_rate']} Hz, "
              f"{a['channels']} ch, {a['duration']:g} s; {f['n_mels']} mels, n_fft {f['n_fft']}, hop "
              f"{f['hop_length']}; {c['model']['name']}, batch {t['batch_size']}",
-             f"machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']} with {m['torch_threads']} thread(s), "
-             f"device {m.get('gpu', m['device'])}", load, "",
+             f"machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, device {m.get('gpu', m['device'])}",
+             f"{m.get('thread_setup') or 'torch threads: ' + str(m['torch_threads'])}; {m.get('interop_threads', '?')} "
+             f"inter-op; OMP_WAIT_POLICY {m.get('omp_wait_policy') or 'unset'}", load, "",
              f"{'figure':<42}{'value':>12}  {'unit':<8}{'target':<48}{'':>4}", "-" * 116]
     for key, label, unit, fmt in ROWS:
         if key not in result["figures"]:
