@@ -196,7 +196,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     chosen = prepared.chosen(cfg.splits)
     tracker = tracker or prepared.tracker or Tracker(cfg.tracking, experiment=prepared.dataset.name)
     from .threads import apply as set_threads  # 0 (auto): one per free core, measured once per process
-    set_threads(cfg.train.threads, functools.partial(print, file=sys.stderr) if progress else None)
+    threads = set_threads(cfg.train.threads, functools.partial(print, file=sys.stderr) if progress else None)
     val_acc: dict[int, float | None] = {}
     retrained: dict[int, str] = {}
     own_parent, status = parent_run is None, "FINISHED"
@@ -206,9 +206,11 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                                  f"--resume --name {folder.path.name}`")
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
-        attempt = Attempt.begin(folder.path, resume, code_version(), began) if own_parent else None  # run.json
+        attempt = (Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json
+                   if own_parent else None)
         if own_parent:
             parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
+            tracker.set_tags(parent_run, {"torch_threads": threads.threads})  # not a param: see run.json
         digest = folder.settings_digest() if resume else None  # once, not once per split
         bar = tqdm(total=len(chosen), desc=f"splits ({cfg.name})", unit="split", disable=not progress)
 

@@ -81,8 +81,9 @@ class Attempt:
 
     @classmethod
     def begin(cls, run_dir, resume: bool, code_version: str,
-              started: tuple[str, float] | None = None) -> "Attempt":
-        """`started`: the job's `clock()` at its start (default: now)."""
+              started: tuple[str, float] | None = None, threads: str | None = None) -> "Attempt":
+        """`started`: the job's `clock()` at its start (default: now); `threads`: the torch thread
+        setup (results can differ in the last bits between thread counts: --threads N repeats it)."""
         started = started or clock()
         old = read_run_json(run_dir) if resume else {}
         attempts = [a for a in old.get("attempts", []) if isinstance(a, dict)]
@@ -92,6 +93,8 @@ class Attempt:
         this = {"command": command_line(), "code_version": code_version,
                 "foldbench_version": foldbench_version(), "host": socket.gethostname(),
                 "started": started[0], "ended": None, "duration_s": None, "status": "running"}
+        if threads:
+            this["threads"] = threads
         attempts.append(this)
         first = attempts[0]
         record = {k: first.get(k) for k in ("command", "code_version", "foldbench_version", "host")}
