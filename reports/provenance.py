@@ -53,7 +53,8 @@ def _attempt_text(a: dict) -> str:
         return (f"started {_when(a.get('started'))}; no end recorded (still running when this report "
                 f"was written, or killed)")
     end = f", {status}" if status and status != "finished" else ""
-    return f"started {_when(a.get('started'))}, took {duration_text(a.get('duration_s'))}{end}"
+    threads = f"; {a['threads']}" if isinstance(a.get("threads"), str) else ""  # results differ by thread count
+    return f"started {_when(a.get('started'))}, took {duration_text(a.get('duration_s'))}{end}{threads}"
 
 
 def _protocol_text(plan: dict, val) -> str:

@@ -51,6 +51,7 @@ def test_run_json_records_what_was_run(one_split_run):
     (attempt,) = record["attempts"]
     assert attempt["status"] == "finished" and attempt["started"] == record["started"]
     assert attempt["ended"] == record["ended"] and record["duration_s"] == attempt["duration_s"] >= 0
+    assert attempt["threads"] == "torch threads: 1 (--threads / train.threads)"  # repeats the numbers
     done = json.loads((run / "splits" / "1" / "DONE").read_text())
     assert "run.json" not in done["files"]  # provenance, not results
 
@@ -65,7 +66,8 @@ def test_report_md_begins_with_what_was_run(one_split_run):
     for text in (f"`{record['command']}`", f"`{record['code_version']}`", "took ",
                  f"fingerprint `{plan['dataset_fingerprint']}`", "PredefinedFolds",
                  "1 of 10 planned: 1 (`--splits`)", "| audio | sample_rate=8000",
-                 "n_mels=32", "n_fft=256", "| train | epochs=2", "batch_size=8", "| model | name=tutorial_cnn"):
+                 "n_mels=32", "n_fft=256", "| train | epochs=2", "batch_size=8", "| model | name=tutorial_cnn",
+                 "; torch threads: 1 (--threads"):
         assert text in head, text
     table = head.partition("### Settings")[2]
     assert "mlflow" not in table and "threads" not in table and "device" not in table  # not result settings
