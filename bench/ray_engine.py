@@ -21,6 +21,7 @@ import logging
 import os
 import sys
 import warnings
+from dataclasses import replace
 from pathlib import Path
 from typing import Iterator
 
@@ -32,24 +33,24 @@ INSTALL = "pip install -c constraints.txt -e '.[ray]'"
 RETRIES = 3  # a split's task is started again this often when its worker process dies
 
 
-def require_ray() -> None:
-    """One clear line when Ray is not installed."""
+def require_ray():
+    """Ray, imported; one clear line when it is not installed."""
     # every worker's lines shown as printed: Ray would fold similar ones ("[repeated 4x across cluster]")
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     if not sys.stdout.isatty():  # no colour codes in a log file
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
-        import ray  # noqa: F401
+        import ray
     except ImportError:
-        raise ConfigError(f"--executor ray needs Ray, which is not installed: {INSTALL}") from None
+        raise ConfigError(f"--executor ray and --workers need Ray, which is not installed: {INSTALL}") from None
+    return ray
 
 
 @contextlib.contextmanager
 def session(address: str | None = None, cpus: int | None = None) -> Iterator[object]:
     """Ray, connected: to `address` (or RAY_ADDRESS) when given, else a local Ray on loopback with
     `cpus` (default: the cores here), shut down at the end. An already connected Ray is used as is."""
-    require_ray()
-    import ray  # noqa: F811
+    ray = require_ray()
     if ray.is_initialized():
         yield ray
         return
@@ -209,8 +210,8 @@ class StudyWorkers:
                                                     retry_exceptions=False)
             print(f"ray: {self.workers} Optuna worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
                   + f" each, on {_resources(ray)}; study {tune.study}, {tune.trials} trials", file=sys.stderr)
-            refs = [task.remote(cfg, tune, space, folder, inner_fold, parent_run, trial_lines, cpus)
-                    for _ in range(self.workers)]
+            refs = [task.remote(cfg, replace(tune, worker=i), space, folder, inner_fold, parent_run,
+                                trial_lines, cpus) for i in range(self.workers)]  # each its own sampler seed
             try:
                 added = [_result(ray, ref, f"Optuna worker {i + 1}") for i, ref in enumerate(refs)]
             finally:
@@ -225,8 +226,6 @@ class StudyWorkers:
 
 def absolute(cfg, tune):
     """`cfg` and `tune` with their paths absolute, as the driver means them."""
-    from dataclasses import replace
-
     from .config import merge
 
     def sqlite(url):

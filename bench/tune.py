@@ -39,6 +39,7 @@ from .space import apply_params, check_space, load_space, suggest
 from .tracking import Tracker, retry_races
 
 DEFAULT_SPLITS = [1, 2, 3]  # tune's splits unless --splits: all 10 would train 10 models a trial
+WORKER_SEEDS = 1_000_003  # sampler seeds between `--workers` workers: far apart, as trial counts go
 METRIC = "val_acc_mean"  # the objective's name, in Optuna (plots, optuna-dashboard), MLflow and files
 
 # ---- objective ------------------------------------------------------------------------------
@@ -201,6 +202,7 @@ class TuneConfig:
     timeout: float | None = None  # seconds after which this invocation starts no new trial
     space: str | None = None  # YAML file of search-space entries replacing space.DEFAULT_SPACE's
     seed: int = 0  # TPE seed (plus the number of trials already in the study, so none repeat)
+    worker: int = 0  # this worker's number among workers started together (`--workers N`: 0..N-1)
     prune_startup: int = 3  # trials that must complete before any trial is pruned
     prune_warmup: int = 0  # splits a trial finishes before it can be pruned
     heartbeat: int = 60  # seconds between a running trial's heartbeats; 3x this without one: its
@@ -359,7 +361,9 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
     study = retry_races(lambda: optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                                     load_if_exists=True, pruner=pruner))
     # Seeded, and offset by the trials already there: a re-run must not replay the same suggestions.
-    study.sampler = optuna.samplers.TPESampler(seed=tune.seed + len(study.get_trials(deepcopy=False)))
+    # Workers started together see the same trials: their number keeps them from drawing the same settings.
+    seed = tune.seed + len(study.get_trials(deepcopy=False)) + WORKER_SEEDS * tune.worker
+    study.sampler = optuna.samplers.TPESampler(seed=seed % 2 ** 32)
     fixed = {k: v for k, v in runs.result_view(cfg).items() if k not in space and k != "dataset.root"}
     settings = json.loads(json.dumps({**fixed, **{f"search {k}": v for k, v in space.items()}}))
     saved = study.user_attrs.get("settings")

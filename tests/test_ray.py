@@ -212,6 +212,8 @@ def assert_exact_study(tmp_path: Path, storage: str | None, trials: int) -> None
     numbers = [t.number for t in all_trials]
     assert len(numbers) == len(set(numbers))
     assert sum(counts(t) for t in all_trials) == trials
+    tried = [t.params for t in all_trials if t.params]
+    assert all(a != b for i, a in enumerate(tried) for b in tried[i + 1:]), tried  # own sampler seeds
     assert not [t for t in all_trials if t.state == optuna.trial.TrialState.RUNNING]
     assert (tmp_path / "runs/tune-shared/trials.csv").exists() and (tmp_path / "runs/tune-shared/best.yaml").exists()
 
