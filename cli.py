@@ -397,7 +397,8 @@ def tune_config(args: argparse.Namespace, **kw):
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from bench.tune import best_trial, parse_duration, run_study
+    from bench.study import best_trial
+    from bench.tune import parse_duration, run_study
     if args.name or args.resume:  # not in tune's help; refused with the flag to use instead
         raise C.ConfigError("tune names its own folders (<runs-dir>/tune-<study>/trials/<n>) and always "
                             "continues its study: use --study instead of --name/--resume")

@@ -21,9 +21,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
-from .config import RunConfig, flatten
+from .config import RunConfig
 from .runfolder import result_view
 
 PATH_KEYS = ("dataset.root",)  # a result does not depend on where the data sits (the fingerprint does)

@@ -44,7 +44,8 @@ from .provenance import Attempt, clock
 from .runfolder import RunFolder, RunFolderError, latest_run, read_json
 from .tracking import Tracker
 from .space import check_space, load_space
-from .tune import TuneConfig, best_config, best_trial, check_tune, check_validation, search
+from .study import best_trial
+from .tune import TuneConfig, best_config, check_tune, check_validation, search
 
 
 @dataclass

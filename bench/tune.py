@@ -10,7 +10,8 @@ study (SQLite in runs/tune-<study>/ unless --storage; TPE, seeded; a re-run cont
 report.md. MLflow: a study run, a run per trial under it, the trial's split runs under that.
 Test folds are never scored here: the objective only ever sees validation accuracy. The best trial
 has the highest exact value; ties go to the earlier trial (the lower number). `tune` prints one line
-per finished trial and a trials bar; Optuna's own INFO log is silenced while it runs.
+per finished trial and a trials bar; Optuna's own INFO log is silenced while it runs. Workers
+sharing a study (bench/study.py: what counts, who may run, storage, retries) stop at exactly --trials.
 """
 from __future__ import annotations
 
@@ -36,11 +37,12 @@ from .prepare import Prepared, prepare
 from .features import FeatureError, check_features
 from .mlflow_layout import run_params
 from .space import apply_params, check_space, load_space, suggest
+from .study import (FINISHED, METRIC, RetryStale, best_trial, claim_study_attr, counted, counts, frozen,
+                    holding, priority, rdb_storage, trial_line)
 from .tracking import Tracker, retry_races
 
 DEFAULT_SPLITS = [1, 2, 3]  # tune's splits unless --splits: all 10 would train 10 models a trial
 WORKER_SEEDS = 1_000_003  # sampler seeds between `--workers` workers: far apart, as trial counts go
-METRIC = "val_acc_mean"  # the objective's name, in Optuna (plots, optuna-dashboard), MLflow and files
 
 # ---- objective ------------------------------------------------------------------------------
 
@@ -85,7 +87,7 @@ class Objective:
         self.note = None  # `note(text)`, when set, prints a line (a wait for other workers' trials)
 
     def __call__(self, trial: optuna.Trial) -> float:
-        if isinstance(trial, optuna.Trial) and _priority(frozen(trial))[0] == 0:  # a retry (not a
+        if isinstance(trial, optuna.Trial) and priority(frozen(trial))[0] == 0:  # a retry (not a
             # FixedTrial): its user attrs are copies of the killed trial's
             for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run"):
                 if key in trial.user_attrs:
@@ -163,11 +165,11 @@ class Objective:
             me = next(t for t in trials if t.number == trial.number)
             running = holding(trials, me)
             waiting = [t.number for t in trials  # retries queued by `RetryStale`, not yet taken
-                       if t.state == optuna.trial.TrialState.WAITING and _priority(t)[0] == 0]
+                       if t.state == optuna.trial.TrialState.WAITING and priority(t)[0] == 0]
             if done >= self.target:
                 self.full = True
                 self._not_run(trial, f"the study already has its {self.target} trials")
-            if waiting and _priority(me)[0] == 1 and "fixed_params" not in me.system_attrs:  # fresh
+            if waiting and priority(me)[0] == 1 and "fixed_params" not in me.system_attrs:  # fresh
                 self._not_run(trial, f"gave way to waiting trial {waiting[0]} (a stopped trial's retry)")
             if done + len(running) < self.target:
                 trial.set_user_attr("admitted", True)
@@ -212,8 +214,6 @@ class TuneConfig:
 # What may fail one trial while the study goes on: NaN loss (TrainingError), out of memory, a bad
 # combination that slipped through. Anything else (bad data, a bug) stops the study.
 FAILURES = (RuntimeError, MemoryError, FeatureError, FloatingPointError)
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-            optuna.trial.TrialState.FAIL)
 
 
 def check_tune(tune: TuneConfig) -> None:
@@ -245,110 +245,11 @@ def parse_duration(text: str | None) -> float | None:
     return seconds
 
 
-def counts(t: optuna.trial.FrozenTrial) -> bool:
-    """Whether a trial counts towards --trials: a finished one, except one excluded before training
-    (or not run: the study was full), one interrupted (Ctrl-C, SIGTERM) before it ended, and a
-    failed one whose failure the objective never saw (it records a `reason`): its worker was killed
-    and the heartbeat failed it; its retry counts instead. A continued study still runs the budget
-    it was asked for (a nested run's outer split is selected from --trials trials, as recorded)."""
-    if t.state not in FINISHED or t.user_attrs.get("excluded"):
-        return False
-    reason = t.user_attrs.get("reason")
-    if t.state == optuna.trial.TrialState.FAIL and not reason:
-        return False
-    return reason != "interrupted"
-
-
-def counted(study: optuna.Study) -> int:
-    """The trials that count towards --trials (`counts`)."""
-    return sum(counts(t) for t in study.get_trials(deepcopy=False))
-
-
-def frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-    """The trial as stored (Optuna 5's `Trial` has no `system_attrs`)."""
-    return trial.study._storage.get_trial(trial._trial_id)
-
-
-def _priority(t: optuna.trial.FrozenTrial) -> tuple[int, int]:
-    """Retries of killed trials (Optuna's `failed_trial` system attr) first, then by number (the
-    order Optuna creates trials in)."""
-    return (0 if "failed_trial" in t.system_attrs else 1, t.number)
-
-
-def holding(trials: list[optuna.trial.FrozenTrial], trial: optuna.trial.FrozenTrial) -> list[int]:
-    """The running trials other than `trial` that hold a place among --trials: those admitted
-    (`admitted`: past `Objective._wait_for_room`) and those ahead of it (`_priority`). Of two trials
-    deciding at once, the later one always counts the earlier, so the workers together never admit
-    more than --trials (unless a running trial is interrupted)."""
-    me = _priority(trial)
-    return [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.number != trial.number
-            and (t.user_attrs.get("admitted") or _priority(t) < me)]
-
-
-def storage_url(url: str) -> str:
-    """`postgresql://` (and `postgres://`) with the driver foldbench installs, psycopg2: SQLAlchemy
-    2.1 would otherwise look for psycopg 3. A URL naming its driver (`postgresql+...://`) is kept."""
-    for prefix in ("postgresql://", "postgres://"):
-        if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
-    return url
-
-
-class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
-    """Optuna's retry of a trial whose heartbeat ran out (its worker was killed): a waiting copy
-    with the same params, `retried_trial_number` pointing to it (3 retries at most). Also closes
-    the trial's MLflow run (and its split runs) KILLED, when `tracker` is set, and says so (`note`)."""
-    tracker: Tracker | None = None
-    note = None
-
-    def __call__(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-        super().__call__(study, trial)
-        run = trial.user_attrs.get("mlflow_run")
-        if self.note:
-            self.note(f"trial {trial.number} failed: its worker stopped (no heartbeat); not counted, "
-                      f"queued again with the same settings")
-        if run and self.tracker is not None and self.tracker.enabled:
-            try:
-                self.tracker.close_running(run)
-                self.tracker.set_tags(run, {"state": "failed", "reason": "its worker stopped (no heartbeat)"})
-                self.tracker.end(run, "KILLED")
-            except Exception as e:  # another store, or the run is gone: the study goes on
-                if self.note:
-                    self.note(f"trial {trial.number}: its MLflow run {run} was not closed ({e})")
-
-
-def _storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
-    """The study's storage. Workers creating a fresh database at once race in its schema (a table
-    or PostgreSQL enum type already exists, the version row is written twice, the file is locked):
-    the loser retries (`retry_races`). Heartbeats every `heartbeat` s: a running trial without one
-    for 3x that is failed by the next worker that looks, and queued again (`RetryStale`)."""
-    url = storage_url(url)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
-        retry = RetryStale(max_retry=3)
-        return retry_races(lambda: optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=retry))
-
-
-def claim_study_attr(study: optuna.Study, key: str, value: Any) -> Any:
-    """The study's user attr `key`: set to `value` unless another worker set it first; returns the
-    one that holds. Atomic on PostgreSQL and SQLite: one INSERT under Optuna's unique (study, key)
-    constraint; the loser's is rolled back (Optuna's `set_study_user_attr` would overwrite it)."""
-    from optuna.storages._rdb import models
-    from optuna.storages._rdb.storage import _create_scoped_session
-    rdb = getattr(study._storage, "_backend", study._storage)
-    study_id = rdb.get_study_id_from_name(study.study_name)
-    with _create_scoped_session(rdb.scoped_session, ignore_integrity_error=True) as session:
-        session.add(models.StudyUserAttributeModel(study_id=study_id, key=key, value_json=json.dumps(value)))
-    return rdb.get_study_user_attrs(study_id)[key]
-
-
 def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: Path) -> optuna.Study:
     """Create or continue the study; a continued study must have been started with the same settings."""
     url = tune.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
     try:
-        storage = _storage(url, tune.heartbeat)
+        storage = rdb_storage(url, tune.heartbeat)
     except Exception as e:  # a malformed URL, a missing driver, a server that refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
@@ -379,22 +280,6 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             study.set_metric_names([METRIC])
     return study
-
-
-def exact_value(trial: optuna.trial.FrozenTrial) -> Fraction | None:
-    """A trial's (running) mean validation accuracy as the exact fraction kept in its user attrs;
-    a trial recorded without them (an older foldbench) by its float value; None without any."""
-    num, den = trial.user_attrs.get("val_acc_mean_num"), trial.user_attrs.get("val_acc_mean_den")
-    if num is not None and den:
-        return Fraction(num, den)
-    return None if trial.value is None else Fraction(trial.value)
-
-
-def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial | None:
-    """The complete trial with the highest exact mean validation accuracy; of equal ones, the
-    earlier (lower number): a tie is not evidence, and the first found is reproducible."""
-    complete = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return max(complete, key=lambda t: (exact_value(t), -t.number)) if complete else None
 
 
 def best_config(cfg: RunConfig, trial: optuna.trial.FrozenTrial) -> RunConfig:
@@ -557,38 +442,6 @@ def open_study_run(tracker: Tracker, study: optuna.Study, folder: Path, parent_r
 
 
 # ---- one line per finished trial -------------------------------------------------------------
-
-def _seconds(trial: optuna.trial.FrozenTrial) -> str:
-    s = trial.duration.total_seconds() if trial.duration else 0.0
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
-
-
-def _value(v: Any) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, done: int, target: int) -> str:
-    """`[4/20] trial 3 complete  val_acc_mean 0.5889 (17/30 18/30 18/30)  n_mels=64 ...  12 s  best:
-    trial 1 0.6000`: the counted trials so far, the state (pruned and failed with the short reason),
-    the exact per-split fractions of clips, the settings by their last name, the duration, the best."""
-    reason = str(trial.user_attrs.get("reason", "")).strip().splitlines()
-    reason = reason[0] if reason else ""
-    if trial.user_attrs.get("excluded"):
-        return f"trial {trial.number} {reason} (not counted)"
-    counts = trial.user_attrs.get("val_counts") or []
-    fractions = " ".join(f"{c}/{n}" for _, c, n in counts)
-    mean = exact_value(trial) if counts else None
-    if trial.state == optuna.trial.TrialState.COMPLETE:
-        state = f"complete  {METRIC} {float(mean):.4f} ({fractions})" if mean is not None else "complete"
-    elif trial.state == optuna.trial.TrialState.PRUNED:
-        state = (f"pruned after split {counts[-1][0]}: running mean {float(mean):.4f} ({fractions}) below "
-                 f"the median of earlier trials" if mean is not None else reason or "pruned")
-    else:
-        state = "failed: " + (reason[:120] + ("..." if len(reason) > 120 else "") if reason else "no reason recorded")
-    settings = " ".join(f"{k.split('.')[-1]}={_value(v)}" for k, v in trial.params.items())
-    best = best_trial(study)
-    best = f"best: trial {best.number} {best.value:.4f}" if best is not None else "best: none yet"
-    return f"[{done}/{target}] trial {trial.number} {state}  {settings}  {_seconds(trial)}  {best}"
 
 
 def _log_study(tracker: Tracker, run: str | None, study: optuna.Study, files: list[Path]) -> None:

@@ -29,7 +29,7 @@ PLOTS = {
     "parameter importances": ("param_importances.png", "plot_param_importances", 8, 2),
     "parallel coordinates": ("parallel_coordinate.png", "plot_parallel_coordinate", 8, 2),
 }
-METRIC = "val_acc_mean"  # bench.tune.METRIC (not imported: reports do not import the drivers)
+METRIC = "val_acc_mean"  # bench.study.METRIC (not imported: reports do not import the drivers)
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:

@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench.tune import counts, storage_url
+from bench.study import counts, storage_url
 from tests.test_tune import SPACE, TINY, write_space
 
 REPO = Path(__file__).resolve().parents[1]

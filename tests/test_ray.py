@@ -205,7 +205,7 @@ def tune_args(tmp_path: Path, root: Path, storage: str | None, trials: int, *ext
 def assert_exact_study(tmp_path: Path, storage: str | None, trials: int) -> None:
     import optuna
 
-    from bench.tune import counts, storage_url
+    from bench.study import counts, storage_url
     url = storage_url(storage) if storage else f"sqlite:///{tmp_path / 'runs/tune-shared/study.db'}"
     study = optuna.load_study(study_name="shared", storage=url)
     all_trials = study.get_trials(deepcopy=False)
@@ -244,7 +244,7 @@ def test_nested_with_ray_workers_runs_every_study_to_exactly_its_trials(tiny_us8
     workers on Ray, exactly --trials each; no inner trial validated or tested on its outer fold."""
     import optuna
 
-    from bench.tune import counts
+    from bench.study import counts
     from tests.test_nested import nested_args
     code = cli.main(nested_args(tmp_path, tiny_us8k_master, "--trials", "3", "--workers", "2"))
     assert code == 0, capsys.readouterr().err

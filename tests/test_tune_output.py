@@ -18,7 +18,8 @@ import cli
 from bench import tune as tune_mod
 from bench.train import TrainingError
 from protocols import create_protocol
-from bench.tune import DEFAULT_SPLITS, TuneConfig, best_trial, mean_fraction, search
+from bench.study import best_trial
+from bench.tune import DEFAULT_SPLITS, TuneConfig, mean_fraction, search
 from tests.conftest import fast_config
 
 N_VAL = 30  # validation clips per split in the stand-in

@@ -9,7 +9,8 @@ import optuna
 import pytest
 
 from bench.config import ConfigError
-from bench.tune import TuneConfig, check_tune, claim_study_attr, counts
+from bench.study import claim_study_attr, counts
+from bench.tune import TuneConfig, check_tune
 from reports.study import render_study, trials_table
 
 FAIL, PRUNED, COMPLETE = (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED,
@@ -17,7 +18,7 @@ FAIL, PRUNED, COMPLETE = (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.
 
 
 def study_with(*trials) -> optuna.Study:
-    study = optuna.create_study(storage=f"sqlite:///:memory:", study_name="s", direction="maximize")
+    study = optuna.create_study(storage="sqlite:///:memory:", study_name="s", direction="maximize")
     for state, attrs in trials:
         study.add_trial(optuna.create_trial(state=state, value=0.5 if state == COMPLETE else None,
                                             user_attrs=attrs))
