@@ -170,7 +170,8 @@ def engine_options(parser: argparse.ArgumentParser) -> None:
                    help="join the Ray cluster started with `ray start --head` (e.g. 10.0.0.5:6379; "
                         "default: $RAY_ADDRESS, else a local Ray with this machine's cores and GPUs)")
     g.add_argument("--split-cpus", type=int, metavar="N",
-                   help="cores (and torch threads) per Ray task (default: --threads, else 1)")
+                   help="cores (and torch threads) per Ray task (default: --threads, else a local Ray's "
+                        "cores split between the splits, at least 1; 1 on a cluster)")
     g.add_argument("--split-gpus", type=float, metavar="F",
                    help="GPUs per Ray task; 0.25 lets four splits share one GPU "
                         "(default: 1 when training on CUDA, else 0)")
@@ -187,7 +188,8 @@ def worker_options(parser: argparse.ArgumentParser) -> None:
                         "else a local Ray); a cluster of several machines needs --storage postgresql://... "
                         "and an MLflow server (--tracking-uri http://...)")
     g.add_argument("--worker-cpus", type=int, metavar="N",
-                   help="cores (and torch threads) per worker (default: --threads, else 1)")
+                   help="cores (and torch threads) per worker (default: --threads, else a local Ray's cores "
+                        "split between the workers, at least 1; 1 on a cluster)")
     g.add_argument("--worker-gpus", type=float, metavar="F",
                    help="GPUs per worker, 0.5 lets two share one (default: 1 when training on CUDA, else 0)")
 

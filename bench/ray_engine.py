@@ -100,7 +100,7 @@ class RayEngine:
             return
         from .cv import run_split
         cfg = jobs[0].cfg
-        cpus = self.cpus or cfg.train.threads or 1
+        cpus = self.cpus or cfg.train.threads or default_cpus(self.address, len(jobs))
         gpus = self.gpus if self.gpus is not None else (1.0 if prepared.device.type == "cuda" else 0.0)
         with session(self.address) as ray:
             task = ray.remote(split_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
@@ -126,6 +126,13 @@ class RayEngine:
             finally:
                 for ref in pending:  # a failed split or Ctrl-C: the others stop too
                     ray.cancel(ref, force=True)
+
+
+def default_cpus(address: str | None, tasks: int) -> int:
+    """Cores (torch threads) per task unless given: on a local Ray, this machine's cores split
+    between the tasks (at least one each); on a cluster, one (its nodes' cores are not known here)."""
+    from .threads import threads_per_worker
+    return 1 if address or os.environ.get("RAY_ADDRESS") else threads_per_worker(tasks)
 
 
 def _resources(ray) -> str:
@@ -192,7 +199,7 @@ class StudyWorkers:
         from .tune import StudyResult, counted, open_study, optuna_quiet, write_outputs
         cfg, tune = absolute(cfg, tune)  # a Ray worker starts in a folder of Ray's own
         folder = Path(folder).expanduser().resolve()
-        cpus = self.cpus or cfg.train.threads or 1
+        cpus = self.cpus or cfg.train.threads or default_cpus(self.address, self.workers)
         with session(self.address) as ray:
             nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
             local = [what for what, url in (("--storage", tune.storage or "sqlite:"),
