@@ -150,8 +150,8 @@ def _result(ray, ref, what: str):
         return ray.get(ref)
     except rex.RayTaskError as e:
         cause = getattr(e, "cause", None)
-        if isinstance(cause, BaseException):
-            raise cause from None
+        if isinstance(cause, BaseException):  # chained: the worker's traceback stays in the report
+            raise cause from e
         raise
     except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError) as e:
         raise RuntimeError(f"{what}: its Ray worker died {RETRIES + 1} times ({type(e).__name__}); "

@@ -172,6 +172,23 @@ def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
     assert type(err.value) is TrainingError
 
 
+def test_a_bug_in_a_task_keeps_the_workers_traceback(local_ray):
+    """Any other error is raised as itself too, chained to Ray's error, whose text holds the
+    worker's traceback (where the bug is): the driver's own frames alone would not say."""
+    from bench.ray_engine import _result
+
+    def buggy_helper_in_the_worker():
+        return {}["missing"]
+
+    def task():
+        return buggy_helper_in_the_worker()
+
+    ref = ray.remote(task).options(max_retries=0).remote()
+    with pytest.raises(KeyError) as err:
+        _result(ray, ref, "split 1")
+    assert "buggy_helper_in_the_worker" in str(err.value.__cause__)
+
+
 def test_executor_ray_without_ray_is_one_line_and_writes_nothing(tiny_us8k_master, tmp_path, monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
     assert cli.main(kfold_args(tmp_path, tiny_us8k_master, "no-ray", 1, "--no-mlflow", "--executor", "ray")) == 2
