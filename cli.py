@@ -140,7 +140,9 @@ def cmd_kfold(args: argparse.Namespace) -> int:
     cfg = C.validate(build_config(args, base=resumed_config(args, latest_run)))
     if cfg.name is None:
         cfg.name = default_name(cfg)
-    result = run_cv(cfg, resume=args.resume, progress=not args.quiet, engine=engine(args))
+    runner = engine(args)
+    with ray_connected(runner, cfg):  # Ray joined and the tasks' size checked before anything is written
+        result = run_cv(cfg, resume=args.resume, progress=not args.quiet, engine=runner)
     for w in result.warnings:
         print(f"warning: {w}", file=sys.stderr)
     if len(result.quarantine):
@@ -204,8 +206,9 @@ def ray_check(args: argparse.Namespace, on: bool, flags: tuple[str, ...], switch
     cpus, gpus = getattr(args, flags[1]), getattr(args, flags[2])
     if cpus is not None and cpus < 1:
         raise C.ConfigError(f"--{flags[1].replace('_', '-')} {cpus}: at least 1")
-    if gpus is not None and not 0 <= gpus:
-        raise C.ConfigError(f"--{flags[2].replace('_', '-')} {gpus}: 0 or more")
+    if gpus is not None and not (0 <= gpus <= 1 or float(gpus).is_integer()):
+        raise C.ConfigError(f"--{flags[2].replace('_', '-')} {gpus}: a share of one GPU (0 to 1) or "
+                            f"a whole number of GPUs")
     from bench.ray_engine import require_ray
     require_ray()
 
@@ -217,6 +220,20 @@ def study_workers(args: argparse.Namespace):
         return None
     from bench.ray_engine import StudyWorkers
     return StudyWorkers(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus)
+
+
+@contextlib.contextmanager
+def ray_connected(runner, cfg):
+    """Ray connected for the whole command when `runner` (RayEngine, StudyWorkers) is set, and the
+    size of its tasks checked against the cluster: a refusal comes before anything is written."""
+    if runner is None:
+        yield
+        return
+    from bench.ray_engine import session
+    from bench.train import resolve_device
+    with session(runner.address):
+        runner.check(cfg, resolve_device(cfg.train.device))
+        yield
 
 
 def engine(args: argparse.Namespace):
@@ -410,7 +427,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     try:
         if workers is not None:
             from bench.ray_engine import tune_workers
-            result = tune_workers(cfg, tune, workers, progress=not args.quiet)
+            with ray_connected(workers, cfg):
+                result = tune_workers(cfg, tune, workers, progress=not args.quiet)
         else:
             result = run_study(cfg, tune, progress=not args.quiet)
     except KeyboardInterrupt:
@@ -466,10 +484,7 @@ def cmd_nested(args: argparse.Namespace) -> int:
     if args.resume:
         resume_search(args, Path(cfg.runs_dir).expanduser() / cfg.name)
     workers = study_workers(args)
-    with contextlib.ExitStack() as ray:
-        if workers is not None:  # one Ray for every study of the run
-            from bench.ray_engine import session
-            ray.enter_context(session(workers.address))
+    with ray_connected(workers, cfg):  # one Ray for every study of the run
         result = run_nested(cfg, tune_config(args), args.inner_splits, resume=args.resume,
                             non_nested=not args.no_non_nested, progress=not args.quiet, workers=workers)
     print(render_summary(result.summary).split("\n## Chosen")[0].rstrip())

@@ -236,6 +236,10 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                 todo.append(SplitJob(split, cfg, score_test))
             for job, info in (engine or local_jobs)(todo, prepared, folder, tracker, parent_run, progress, resume):
                 finished(job.split, info)
+            setup = getattr(engine, "setup", None)  # Ray: the tasks' threads, not this process's
+            if setup and attempt:
+                attempt.note(threads=setup)
+                tracker.set_tags(parent_run, {"torch_threads": setup})
             if attempt:
                 attempt.end(status)  # training's end, which the report shows
             scores = report(folder, tracker, parent_run if own_parent else None) if score_test else None

@@ -7,9 +7,10 @@ from .cache import CacheError
 from .config import ConfigError
 from .datasets import DatasetError
 from .features import FeatureError
+from .ray_engine import EngineError
 from .runfolder import RunFolderError
 from .tracking import TrackingError
 from .train import TrainingError
 
 USER_ERRORS = (BadAudio, CacheError, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
-               TrainingError, TrackingError, CompareError)
+               TrainingError, TrackingError, CompareError, EngineError)

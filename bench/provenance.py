@@ -103,6 +103,11 @@ class Attempt:
         attempt._write()
         return attempt
 
+    def note(self, **fields) -> None:
+        """More about this attempt (the threads Ray tasks trained with), written now."""
+        self.record["attempts"][self.index].update(fields)
+        self._write()
+
     def end(self, status: str) -> None:
         """Record the end (again: a later call, e.g. a report that failed, replaces it)."""
         this = self.record["attempts"][self.index]

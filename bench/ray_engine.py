@@ -19,6 +19,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
+import signal
+import socket
 import sys
 import warnings
 from dataclasses import replace
@@ -51,11 +54,14 @@ def session(address: str | None = None, cpus: int | None = None) -> Iterator[obj
     """Ray, connected: to `address` (or RAY_ADDRESS) when given, else a local Ray on loopback with
     `cpus` (default: the cores here), shut down at the end. An already connected Ray is used as is."""
     ray = require_ray()
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        _answers(address)
     if ray.is_initialized():
         yield ray
         return
-    address = address or os.environ.get("RAY_ADDRESS") or None
     quiet = dict(logging_level=logging.ERROR, log_to_driver=True)  # not its token notice
+    handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
         if address:
             ray.init(address=address, **quiet)
@@ -65,10 +71,42 @@ def session(address: str | None = None, cpus: int | None = None) -> Iterator[obj
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise ConfigError(f"cannot start or join {where}: {str(e).strip().splitlines()[0]}") from None
+    finally:  # Ray installs its own: SIGTERM must still end a run the way Ctrl-C does (cli.py)
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     try:
         yield ray
     finally:
         ray.shutdown()
+
+
+def _answers(address: str) -> None:
+    """Refuse, in one line, an address where nothing listens (ray.init would retry for minutes)."""
+    host, _, port = address.split("://")[-1].rpartition(":")
+    if address == "auto" or not port.isdigit():
+        return  # "auto" (a `ray start` on this machine), or a form Ray itself rejects at once
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+    except OSError as e:
+        raise ConfigError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start "
+                          f"the cluster's head with `ray start --head`, or leave --ray-address out "
+                          f"for a local Ray") from None
+
+
+class EngineError(RuntimeError):
+    """A Ray task that could not be completed (its worker died too often): one line, exit 2."""
+
+
+def check_fits(ray, cpus: float, gpus: float, flags: str) -> None:
+    """Refuse a task that no live node can hold: Ray would keep it pending forever, silently."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
+        return
+    largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
+    raise ConfigError(f"{flags}: each task asks for {cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
+                      + f", and the largest Ray node has {largest.get('CPU', 0):g} CPU(s) and "
+                      f"{largest.get('GPU', 0):g} GPU(s): the tasks would wait forever; ask for less")
 
 
 def split_job(job, bank: np.ndarray, labels: np.ndarray, rows: np.ndarray, n_classes: int, threads: int):
@@ -94,6 +132,13 @@ class RayEngine:
 
     def __init__(self, address: str | None = None, cpus: int | None = None, gpus: float | None = None):
         self.address, self.cpus, self.gpus = address, cpus, gpus
+        self.setup: str | None = None  # the tasks' threads, once they are started (run.json)
+
+    def check(self, cfg, device) -> None:
+        """Before anything is written (Ray connected): the least a task asks for fits a node."""
+        with session(self.address) as ray:
+            check_fits(ray, self.cpus or cfg.train.threads or 1, _gpus(self.gpus, device),
+                       "--split-cpus/--threads and --split-gpus")
 
     def __call__(self, jobs, prepared, folder, tracker, parent_run, progress, resume):
         if not jobs:
@@ -101,8 +146,11 @@ class RayEngine:
         from .cv import run_split
         cfg = jobs[0].cfg
         cpus = self.cpus or cfg.train.threads or default_cpus(self.address, len(jobs))
-        gpus = self.gpus if self.gpus is not None else (1.0 if prepared.device.type == "cuda" else 0.0)
+        gpus = _gpus(self.gpus, prepared.device)
+        threads = cfg.train.threads or cpus
+        self.setup = f"torch threads: {threads} in each Ray task ({cpus} CPU(s) each)"
         with session(self.address) as ray:
+            check_fits(ray, cpus, gpus, "--split-cpus/--threads and --split-gpus")
             task = ray.remote(split_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
                                                  retry_exceptions=False)
             banks: dict[str, object] = {}  # one object per feature config, put once
@@ -113,19 +161,33 @@ class RayEngine:
                 if key not in banks:
                     banks[key] = ray.put(prepared.bank(job.cfg, progress).detach().cpu().numpy())
                 pending[task.remote(job, banks[key], labels, prepared.plan.rows,
-                                    len(prepared.dataset.classes), cfg.train.threads or cpus)] = job
+                                    len(prepared.dataset.classes), threads)] = job
             print(f"ray: {len(jobs)} split job(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
                   + " each, on " + _resources(ray), file=sys.stderr)
+
+            def save(ref):
+                job = pending.pop(ref)
+                fitted = _result(ray, ref, f"split {job.split.index}", "kfold --resume continues the run")
+                return job, run_split(job, prepared, folder, tracker, parent_run, False, resume, fitted=fitted)
+
             try:
                 while pending:
                     done, _ = ray.wait(list(pending), num_returns=1)
-                    job = pending.pop(done[0])
-                    fitted = _result(ray, done[0], f"split {job.split.index}")
-                    yield job, run_split(job, prepared, folder, tracker, parent_run, False, resume,
-                                         fitted=fitted)
+                    yield save(done[0])
+            except BaseException:  # a failed split, Ctrl-C: the splits already trained are kept
+                ready, _ = ray.wait(list(pending), num_returns=len(pending), timeout=0)
+                for ref in ready:
+                    with contextlib.suppress(Exception):
+                        save(ref)
+                raise
             finally:
-                for ref in pending:  # a failed split or Ctrl-C: the others stop too
+                for ref in pending:  # the others stop
                     ray.cancel(ref, force=True)
+
+
+def _gpus(asked: float | None, device) -> float:
+    """GPUs per task: as asked, else one when training on CUDA."""
+    return asked if asked is not None else (1.0 if device.type == "cuda" else 0.0)
 
 
 def default_cpus(address: str | None, tasks: int) -> int:
@@ -142,7 +204,7 @@ def _resources(ray) -> str:
             + (f" and {total['GPU']:g} GPU(s)" if total.get("GPU") else ""))
 
 
-def _result(ray, ref, what: str):
+def _result(ray, ref, what: str, hint: str):
     """A task's value; the error it raised as itself (a NaN loss is the same TrainingError as in
     this process); a worker that died more than RETRIES times as one line naming `what` it ran."""
     from ray import exceptions as rex
@@ -153,9 +215,9 @@ def _result(ray, ref, what: str):
         if isinstance(cause, BaseException):  # chained: the worker's traceback stays in the report
             raise cause from e
         raise
-    except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError) as e:
-        raise RuntimeError(f"{what}: its Ray worker died {RETRIES + 1} times ({type(e).__name__}); "
-                           f"finished work is kept: the same command continues it") from None
+    except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OutOfMemoryError) as e:
+        raise EngineError(f"{what}: its Ray worker died {RETRIES + 1} times ({type(e).__name__}); "
+                          f"finished work is kept: {hint}") from None
 
 
 # ---- tune --workers N, nested --workers N ----------------------------------------------------
@@ -191,6 +253,12 @@ class StudyWorkers:
             raise ConfigError(f"--workers {workers}: at least 1")
         self.workers, self.address, self.cpus, self.gpus = workers, address, cpus, gpus
 
+    def check(self, cfg, device) -> None:
+        """Before anything is written (Ray connected): the least a worker asks for fits a node."""
+        with session(self.address) as ray:
+            check_fits(ray, self.cpus or cfg.train.threads or 1, _gpus(self.gpus, device),
+                       "--worker-cpus/--threads and --worker-gpus")
+
     def search(self, cfg, tune, space, folder, device, *, parent_run: str | None = None,
                inner_fold: int | None = None, trial_lines: bool = False):
         """`tune.search` of `cfg` in `folder` by the workers; the study's outputs (trials.csv,
@@ -209,10 +277,17 @@ class StudyWorkers:
                 raise ConfigError(f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
                                   f"cluster has {nodes} nodes: give a server every node reaches "
                                   f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)")
+            gpus = _gpus(self.gpus, device)
+            check_fits(ray, cpus, gpus, "--worker-cpus/--threads and --worker-gpus")
+            created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
-            with optuna_quiet():
-                open_study(cfg, tune, space, folder)
-            gpus = self.gpus if self.gpus is not None else (1.0 if device.type == "cuda" else 0.0)
+            try:
+                with optuna_quiet():
+                    open_study(cfg, tune, space, folder)
+            except BaseException:
+                if created:  # a failed start leaves no study folder behind, as `tune` alone
+                    shutil.rmtree(folder, ignore_errors=True)
+                raise
             task = ray.remote(study_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
                                                     retry_exceptions=False)
             print(f"ray: {self.workers} Optuna worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
@@ -220,15 +295,28 @@ class StudyWorkers:
             refs = [task.remote(cfg, replace(tune, worker=i), space, folder, inner_fold, parent_run,
                                 trial_lines, cpus) for i in range(self.workers)]  # each its own sampler seed
             try:
-                added = [_result(ray, ref, f"Optuna worker {i + 1}") for i, ref in enumerate(refs)]
+                added = [_result(ray, ref, f"Optuna worker {i + 1}", "the same command continues the study")
+                         for i, ref in enumerate(refs)]
             finally:
-                for ref in refs:
-                    ray.cancel(ref, force=True)
+                _stop(ray, refs)
         print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
         with optuna_quiet():
             study = open_study(cfg, tune, space, folder)
             write_outputs(study, folder, cfg, plots=True)
         return StudyResult(study, folder, sum(added), counted(study))
+
+
+def _stop(ray, refs, grace_s: float = 10.0) -> None:
+    """Workers still running (Ctrl-C, another worker failed) get a KeyboardInterrupt first, so each
+    records its trial as interrupted and closes its MLflow runs; those still there after `grace_s`
+    are killed (their trials then wait for the heartbeat)."""
+    running = [ref for ref in refs if not ray.wait([ref], timeout=0)[0]]
+    for ref in running:
+        ray.cancel(ref, force=False)
+    if running:
+        ray.wait(running, num_returns=len(running), timeout=grace_s)
+    for ref in running:
+        ray.cancel(ref, force=True)
 
 
 def absolute(cfg, tune):
@@ -241,7 +329,8 @@ def absolute(cfg, tune):
         return url
     paths = {"runs_dir": str(Path(cfg.runs_dir).expanduser().resolve()),
              "tracking.tracking_uri": sqlite(cfg.tracking.tracking_uri)}
-    for key, value in (("cache_dir", cfg.cache_dir), ("dataset.root", cfg.dataset.root)):
+    for key, value in (("cache_dir", cfg.cache_dir), ("dataset.root", cfg.dataset.root),
+                       ("dataset.groups_csv", cfg.dataset.groups_csv)):
         if value:
             paths[key] = str(Path(value).expanduser().resolve())
     return merge(cfg, paths), replace(tune, storage=sqlite(tune.storage),

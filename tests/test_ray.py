@@ -70,6 +70,8 @@ def test_ray_kfold_equals_the_in_process_run_and_mirrors_to_mlflow(tiny_us8k_mas
     assert not ray.is_initialized()  # the Ray it started is shut down
     assert "ray: 10 split job(s), 1 CPU(s) each" in capsys.readouterr().err
     assert_same_run(tmp_path / "runs/ray", ref)
+    (attempt,) = json.loads((tmp_path / "runs/ray/run.json").read_text())["attempts"]
+    assert attempt["threads"] == "torch threads: 1 in each Ray task (1 CPU(s) each)"  # what trained
 
     from mlflow import MlflowClient
     client = MlflowClient(uri)
@@ -81,6 +83,25 @@ def test_ray_kfold_equals_the_in_process_run_and_mirrors_to_mlflow(tiny_us8k_mas
     assert {r.info.status for r in runs} == {"FINISHED"}
     curve = client.get_metric_history(children[0].info.run_id, "val_acc")
     assert [m.step for m in curve] == [1, 2, 3]  # the learning curve the task recorded, logged here
+
+
+def test_ray_keeps_the_signal_handlers_foldbench_set(monkeypatch):
+    """Ray installs its own SIGTERM handler when it starts; the CLI's (SIGTERM ends a run as Ctrl-C
+    does: run.json, MLflow runs closed) must stay."""
+    import signal
+
+    from bench.ray_engine import session
+
+    def mine(signum, frame):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(signal, "SIGTERM", signal.SIGTERM)
+    before = signal.signal(signal.SIGTERM, mine)
+    try:
+        with session(cpus=1):
+            assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 @pytest.fixture(scope="module")
@@ -157,8 +178,6 @@ def test_resume_on_ray_trains_only_the_splits_without_verified_outputs(tiny_us8k
 
 def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
     """A task's TrainingError (a NaN loss) is the same user error as in process (one line, exit 2)."""
-    from types import SimpleNamespace
-
     from bench.ray_engine import _result
     from bench.train import TrainingError
 
@@ -168,7 +187,7 @@ def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
 
     ref = ray.remote(fails).options(max_retries=0).remote()
     with pytest.raises(TrainingError, match="training loss became nan") as err:
-        _result(ray, ref, SimpleNamespace(split=SimpleNamespace(index=4)))
+        _result(ray, ref, "split 4", "kfold --resume continues the run")
     assert type(err.value) is TrainingError
 
 
@@ -185,7 +204,7 @@ def test_a_bug_in_a_task_keeps_the_workers_traceback(local_ray):
 
     ref = ray.remote(task).options(max_retries=0).remote()
     with pytest.raises(KeyError) as err:
-        _result(ray, ref, "split 1")
+        _result(ray, ref, "split 1", "kfold --resume continues the run")
     assert "buggy_helper_in_the_worker" in str(err.value.__cause__)
 
 
@@ -276,3 +295,37 @@ def test_nested_with_ray_workers_runs_every_study_to_exactly_its_trials(tiny_us8
             split = json.loads(info.read_text())
             assert outer_fold not in (split["test_fold"], split["val_fold"])
     assert "ray: 2 Optuna worker(s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, says", [
+    (["--executor", "ray", "--split-cpus", "3"], "the tasks would wait forever"),
+    (["--executor", "ray", "--split-gpus", "1"], "the tasks would wait forever"),
+    (["--executor", "ray", "--split-gpus", "1.5"], "a share of one GPU"),
+])
+def test_ray_tasks_no_node_can_hold_are_refused_before_anything_is_written(tiny_us8k_master, tmp_path, local_ray,
+                                                                         capsys, flags, says):
+    assert cli.main(kfold_args(tmp_path, tiny_us8k_master, "big", 1, "--no-mlflow", *flags)) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert says in err[-1] and err[-1].startswith("error: "), err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_ray_address_where_nothing_listens_is_one_line(tiny_us8k_master, tmp_path, capsys):
+    import socket
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    args = kfold_args(tmp_path, tiny_us8k_master, "nowhere", 1, "--no-mlflow", "--executor", "ray",
+                      "--ray-address", f"127.0.0.1:{port}")
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "nothing answers there" in err[0], err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_tune_workers_with_a_storage_that_refuses_leave_no_study_folder(tiny_us8k_master, tmp_path, local_ray,
+                                                                       capsys):
+    args = tune_args(tmp_path, tiny_us8k_master, "postgresql://nobody:x@127.0.0.1:1/db", 2, "--workers", "2")
+    assert cli.main(args) == 2
+    assert "--storage" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "tune-shared").exists()
