@@ -365,6 +365,11 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 def search_options(g) -> None:
     """The search's own options (bench.tune.TuneConfig) that `tune` and `nested` share."""
+    g.add_argument("--heartbeat", metavar="SECONDS", type=int, default=60,
+                   help="a running trial's heartbeat interval in the storage: a trial without one for "
+                        "3x this (its worker was killed) is failed by another worker, not counted, and "
+                        "run again with the same settings (default: 60, so a killed trial is retried "
+                        "after 3 minutes)")
     g.add_argument("--space", metavar="FILE",
                    help="YAML search-space entries replacing the defaults, e.g. "
                         "'features.n_mels: [64, 128]', 'train.max_lr: {low: 1.0e-4, high: 1.0e-2, "
@@ -400,11 +405,6 @@ def tune_options(parser: argparse.ArgumentParser) -> None:
                         "share one study (default: sqlite:///<runs-dir>/tune-<study>/study.db)")
     g.add_argument("--timeout", metavar="DURATION",
                    help="start no new trial after this long, e.g. 3h, 90m, 600 (seconds)")
-    g.add_argument("--heartbeat", metavar="SECONDS", type=int, default=60,
-                   help="a running trial's heartbeat interval in the storage: a trial without one for "
-                        "3x this (its worker was killed) is failed by another worker, not counted, and "
-                        "run again with the same settings (default: 60, so a killed trial is retried "
-                        "after 3 minutes)")
     search_options(g)
 
 
@@ -412,7 +412,7 @@ def tune_config(args: argparse.Namespace, **kw):
     from bench.tune import TuneConfig
     return TuneConfig(trials=args.trials, space=args.space, seed=args.sampler_seed,
                       prune_startup=args.prune_startup, prune_warmup=args.prune_warmup,
-                      heartbeat=getattr(args, "heartbeat", 60), **kw)
+                      heartbeat=args.heartbeat, **kw)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:

@@ -153,7 +153,9 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
         atomic_write_text(folder.path / "search.json", json.dumps(settings, indent=1) + "\n")
-        attempt = Attempt.begin(folder.path, resume, code_version(), began)  # run.json
+        from .threads import apply as set_threads  # recorded: results differ by thread count
+        threads = set_threads(cfg.train.threads, (lambda line: print(line, file=sys.stderr)) if progress else None)
+        attempt = Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json
         parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested",
                                  searched=space)
         folder.keep()  # the studies under inner/ are finished work before any outer split is DONE

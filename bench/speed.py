@@ -311,8 +311,7 @@ def render(result: dict) -> str:
     a, f, t = c["audio"], c["features"], c["train"]
     load = (f"load average {result['load_start']:.1f} at the start, {m['load_average']:.1f} at the end")
     if max(result["load_start"], m["load_average"]) > m["cpus"]:
-        load += " (more than the CPUs: a shared machine, so the figures are low and noisy"
-        load += ")"
+        load += " (more than the CPUs: a shared machine, so the figures are low and noisy)"
     lines = [f"foldbench speed: {result['dataset']} ({result['clips']:,} clips); {a['sample_rate']} Hz, "
              f"{a['channels']} ch, {a['duration']:g} s; {f['n_mels']} mels, n_fft {f['n_fft']}, hop "
              f"{f['hop_length']}; {c['model']['name']}, batch {t['batch_size']}",
