@@ -23,6 +23,7 @@ import shutil
 import signal
 import socket
 import sys
+import uuid
 import warnings
 from dataclasses import replace
 from pathlib import Path
@@ -292,13 +293,17 @@ class StudyWorkers:
                                                     retry_exceptions=False)
             print(f"ray: {self.workers} Optuna worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
                   + f" each, on {_resources(ray)}; study {tune.study}, {tune.trials} trials", file=sys.stderr)
+            tune = replace(tune, owner=uuid.uuid4().hex)  # on their trials: whose to close if stopped
             refs = [task.remote(cfg, replace(tune, worker=i), space, folder, inner_fold, parent_run,
                                 trial_lines, cpus) for i in range(self.workers)]  # each its own sampler seed
             try:
                 added = [_result(ray, ref, f"Optuna worker {i + 1}", "the same command continues the study")
                          for i, ref in enumerate(refs)]
-            finally:
+            except BaseException:
                 _stop(ray, refs)
+                _abandoned(cfg, tune, space, folder)
+                raise
+
         print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
         with optuna_quiet():
             study = open_study(cfg, tune, space, folder)
@@ -306,17 +311,28 @@ class StudyWorkers:
         return StudyResult(study, folder, sum(added), counted(study))
 
 
-def _stop(ray, refs, grace_s: float = 10.0) -> None:
-    """Workers still running (Ctrl-C, another worker failed) get a KeyboardInterrupt first, so each
-    records its trial as interrupted and closes its MLflow runs; those still there after `grace_s`
-    are killed (their trials then wait for the heartbeat)."""
-    running = [ref for ref in refs if not ray.wait([ref], timeout=0)[0]]
-    for ref in running:
-        ray.cancel(ref, force=False)
-    if running:
-        ray.wait(running, num_returns=len(running), timeout=grace_s)
-    for ref in running:
+def _stop(ray, refs) -> None:
+    """The workers still running (Ctrl-C, another worker failed), killed."""
+    for ref in refs:
         ray.cancel(ref, force=True)
+
+
+def _abandoned(cfg, tune, space, folder) -> None:
+    """After the workers were stopped: the trials they were running failed as interrupted (not
+    counted) and their MLflow runs and the study run closed KILLED, now rather than after the
+    heartbeat's grace (a `tune` alone does the same for its trial on Ctrl-C)."""
+    from .study import abandon
+    from .tracking import Tracker
+    from .tune import open_study, optuna_quiet, study_run_key
+    with optuna_quiet():
+        study = open_study(cfg, tune, space, folder)
+    tracker = Tracker(cfg.tracking, experiment=cfg.dataset.name)
+    stopped = abandon(study, tune.owner, tracker)
+    if tracker.enabled:
+        tracker.end(study.user_attrs.get(study_run_key(tracker)), "KILLED")
+    if stopped:
+        print(f"trial(s) {', '.join(map(str, stopped))}: interrupted with their workers (not counted)",
+              file=sys.stderr)
 
 
 def absolute(cfg, tune):

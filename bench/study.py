@@ -5,6 +5,7 @@ Used by `tune` (bench/tune.py) and its workers; imports nothing of the drivers.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import warnings
 from fractions import Fraction
@@ -83,14 +84,40 @@ class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
         if self.note:
             self.note(f"trial {trial.number} failed: its worker stopped (no heartbeat); not counted, "
                       f"queued again with the same settings")
-        if run and self.tracker is not None and self.tracker.enabled:
-            try:
-                self.tracker.close_running(run)
-                self.tracker.set_tags(run, {"state": "failed", "reason": "its worker stopped (no heartbeat)"})
-                self.tracker.end(run, "KILLED")
-            except Exception as e:  # another store, or the run is gone: the study goes on
-                if self.note:
-                    self.note(f"trial {trial.number}: its MLflow run {run} was not closed ({e})")
+        problem = close_trial_run(self.tracker, run, "its worker stopped (no heartbeat)")
+        if problem and self.note:
+            self.note(f"trial {trial.number}: its MLflow run {run} was not closed ({problem})")
+
+
+def close_trial_run(tracker: Tracker | None, run: str | None, reason: str) -> str | None:
+    """A trial's MLflow run (and its split runs) closed KILLED with `reason`, for a trial whose
+    worker is gone; what went wrong, if anything (another store, the run deleted): the study goes on."""
+    if not (run and tracker is not None and tracker.enabled):
+        return None
+    try:
+        tracker.close_running(run)
+        tracker.set_tags(run, {"state": "failed", "reason": reason})
+        tracker.end(run, "KILLED")
+    except Exception as e:
+        return str(e)
+    return None
+
+
+def abandon(study: optuna.Study, owner: str, tracker: Tracker | None) -> list[int]:
+    """The trials `owner`'s workers were running when they were stopped from outside (their driver
+    interrupted, the workers killed): failed with the reason "interrupted" (not counted, as a trial
+    interrupted in its own process), their MLflow runs closed KILLED; at once, not after the
+    heartbeat's grace. Returns their numbers."""
+    stopped = []
+    for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
+        if t.user_attrs.get("owner") != owner:
+            continue
+        close_trial_run(tracker, t.user_attrs.get("mlflow_run"), "interrupted")
+        study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted")
+        with contextlib.suppress(Exception):  # it ended meanwhile
+            study._storage.set_trial_state_values(t._trial_id, optuna.trial.TrialState.FAIL)
+            stopped.append(t.number)
+    return stopped
 
 
 def rdb_storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:

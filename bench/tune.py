@@ -85,13 +85,16 @@ class Objective:
         self.full = False  # a trial was not run: the study had --trials counted trials
         self.poll_s = 5.0  # how often a trial held back by other workers' running trials looks again
         self.note = None  # `note(text)`, when set, prints a line (a wait for other workers' trials)
+        self.owner: str | None = None  # `TuneConfig.owner`
 
     def __call__(self, trial: optuna.Trial) -> float:
         if isinstance(trial, optuna.Trial) and priority(frozen(trial))[0] == 0:  # a retry (not a
             # FixedTrial): its user attrs are copies of the killed trial's
-            for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run"):
+            for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run", "owner"):
                 if key in trial.user_attrs:
                     trial.set_user_attr(key, None)
+        if self.owner and isinstance(trial, optuna.Trial):  # whose driver may have to close it
+            trial.set_user_attr("owner", self.owner)
         if self.target is not None:  # before suggesting: a trial not run has no params (TPE ignores it)
             self._wait_for_room(trial)
         cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
@@ -205,6 +208,7 @@ class TuneConfig:
     space: str | None = None  # YAML file of search-space entries replacing space.DEFAULT_SPACE's
     seed: int = 0  # TPE seed (plus the number of trials already in the study, so none repeat)
     worker: int = 0  # this worker's number among workers started together (`--workers N`: 0..N-1)
+    owner: str | None = None  # `--workers N`: their driver's token on the trials they run (`study.abandon`)
     prune_startup: int = 3  # trials that must complete before any trial is pruned
     prune_warmup: int = 0  # splits a trial finishes before it can be pruned
     heartbeat: int = 60  # seconds between a running trial's heartbeats; 3x this without one: its
@@ -385,7 +389,7 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
     bar = tqdm(total=tune.trials, initial=min(before, tune.trials), desc=f"trials ({name})", unit="trial",
                disable=not progress, dynamic_ncols=True)
     objective.status = bar.set_postfix_str
-    objective.target = tune.trials
+    objective.target, objective.owner = tune.trials, tune.owner
     own = 0  # counted trials this invocation ran (other workers may share the study)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
@@ -415,6 +419,11 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
     return StudyResult(study, folder, own, counted(study))
 
 
+def study_run_key(tracker: Tracker) -> str:
+    """The study user attr holding its MLflow run's id in this tracking store and experiment."""
+    return "mlflow_study_run " + hashlib.sha256(f"{tracker.uri} {tracker.experiment_id}".encode()).hexdigest()[:16]
+
+
 def open_study_run(tracker: Tracker, study: optuna.Study, folder: Path, parent_run: str | None) -> str | None:
     """The study's one MLflow run, shared by every worker of the study: its id is kept in the
     study's user attrs (per tracking store and experiment), claimed atomically
@@ -422,7 +431,7 @@ def open_study_run(tracker: Tracker, study: optuna.Study, folder: Path, parent_r
     deleted. A study begun before (its id in `folder`/mlflow.json) reopens its run."""
     if not tracker.enabled:
         return None
-    key = "mlflow_study_run " + hashlib.sha256(f"{tracker.uri} {tracker.experiment_id}".encode()).hexdigest()[:16]
+    key = study_run_key(tracker)
     name = study.study_name
     known = study.user_attrs.get(key) or runs.read_json(folder / "mlflow.json").get("study")
     if known and tracker._exists(known):

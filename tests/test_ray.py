@@ -4,6 +4,7 @@ killed with SIGKILL mid-split is retried and the run still matches; a resumed ru
 splits without verified outputs; without Ray, one line and exit 2."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -329,3 +330,55 @@ def test_tune_workers_with_a_storage_that_refuses_leave_no_study_folder(tiny_us8
     assert cli.main(args) == 2
     assert "--storage" in capsys.readouterr().err
     assert not (tmp_path / "runs" / "tune-shared").exists()
+
+
+def test_tune_workers_stopped_with_sigterm_record_their_trials_interrupted(tiny_us8k_master, tmp_path):
+    """SIGTERM (or Ctrl-C) to `tune --workers 2`: the trials the workers were running are failed as
+    interrupted at once (not counted, not left RUNNING for the heartbeat), their MLflow runs and the
+    study run KILLED; the same command then continues the study to exactly --trials."""
+    import subprocess
+
+    import optuna
+    from mlflow import MlflowClient
+    from mlflow.entities import ViewType
+
+    from bench.study import counts
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [a for a in tune_args(tmp_path, tiny_us8k_master, None, 4, "--workers", "2", "--set",
+                                 "train.epochs=200") if a != "--no-mlflow"] + ["--tracking-uri", uri]
+    db = tmp_path / "runs/tune-shared/study.db"
+    p = subprocess.Popen([sys.executable, "cli.py", *args], cwd=Path(__file__).resolve().parents[1],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        end = time.monotonic() + DEADLINE
+        while True:  # until both workers are inside a trial (one may finish it before the signal lands)
+            assert p.poll() is None, p.communicate()
+            assert time.monotonic() < end, "the workers never started their trials"
+            if db.exists():
+                with contextlib.suppress(Exception):
+                    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}")
+                    if sum(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run" in t.user_attrs
+                           for t in study.get_trials(deepcopy=False)) == 2:
+                        break
+            time.sleep(0.2)
+        p.send_signal(signal.SIGTERM)
+        out, err = p.communicate(timeout=DEADLINE)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 130, err[-2000:]
+    assert "interrupted with their workers (not counted)" in err
+    trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
+    stopped = [t for t in trials if t.user_attrs.get("reason") == "interrupted"]
+    assert stopped and all(t.state == optuna.trial.TrialState.FAIL and not counts(t) for t in stopped), \
+        [(t.number, t.state.name, t.user_attrs.get("reason"), t.user_attrs.get("owner")) for t in trials]
+    assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("us8k").experiment_id], run_view_type=ViewType.ALL)
+    assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
+    assert {r.info.status for r in runs if r.info.run_name == "tune-shared"} == {"KILLED"}
+
+    continued = subprocess.run([sys.executable, "cli.py", *args], cwd=Path(__file__).resolve().parents[1],
+                               capture_output=True, text=True, timeout=DEADLINE)
+    assert continued.returncode == 0, continued.stderr[-2000:]
+    assert "4 of 4 in the study" in continued.stdout
