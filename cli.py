@@ -218,7 +218,7 @@ def study_workers(args: argparse.Namespace):
     ray_check(args, args.workers is not None, ("ray_address", "worker_cpus", "worker_gpus"), "--workers N")
     if args.workers is None:
         return None
-    from bench.ray_engine import StudyWorkers
+    from bench.ray_workers import StudyWorkers
     return StudyWorkers(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus)
 
 
@@ -426,7 +426,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     workers = study_workers(args)
     try:
         if workers is not None:
-            from bench.ray_engine import tune_workers
+            from bench.ray_workers import tune_workers
             with ray_connected(workers, cfg):
                 result = tune_workers(cfg, tune, workers, progress=not args.quiet)
         else:

@@ -92,7 +92,7 @@ def select(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Pr
            folder: Path, inner_splits: int, tracker: Tracker | None = None,
            parent_run: str | None = None, workers=None):
     """The study of outer split `split` over its inner splits; its best FrozenTrial (or an error).
-    `workers` (`ray_engine.StudyWorkers`): the study run by several Optuna workers on Ray."""
+    `workers` (`ray_workers.StudyWorkers`): the study run by several Optuna workers on Ray."""
     inner_cfg = merge(cfg, {"splits": list(range(1, inner_splits + 1))})
     if workers is not None:
         result = workers.search(inner_cfg, tune, space, folder, prepared.device, parent_run=parent_run,
@@ -118,7 +118,7 @@ def _settings(cfg: RunConfig, tune: TuneConfig, space: dict, inner_splits: int) 
 def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resume: bool = False,
                non_nested: bool = True, progress: bool = True, workers=None) -> NestedResult:
     """Nested CV of `cfg` + search space into `runs_dir/name`; the non-nested estimate beside it.
-    `workers` (`ray_engine.StudyWorkers`): every study run by several Optuna workers on Ray."""
+    `workers` (`ray_workers.StudyWorkers`): every study run by several Optuna workers on Ray."""
     began = clock()  # run.json: the job's start
     check_tune(tune)
     check_validation(cfg)

@@ -1,5 +1,5 @@
-"""Ray as the execution engine: `kfold --executor ray` (split jobs as Ray tasks) and `tune --workers N`
-(Optuna workers as Ray tasks on one shared study storage).
+"""Ray as the execution engine: `kfold --executor ray` (split jobs as Ray tasks), and what
+`tune --workers N` (bench/ray_workers.py: Optuna workers as Ray tasks) shares with it.
 
 The driver stays the one owner of the run folder. It prepares the data (manifest, cache, fold plan:
 all checked), computes each feature bank once, and puts it in Ray's object store once; a task gets
@@ -19,14 +19,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import signal
 import socket
 import sys
-import uuid
 import warnings
-from dataclasses import replace
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -138,7 +134,7 @@ class RayEngine:
     def check(self, cfg, device) -> None:
         """Before anything is written (Ray connected): the least a task asks for fits a node."""
         with session(self.address) as ray:
-            check_fits(ray, self.cpus or cfg.train.threads or 1, _gpus(self.gpus, device),
+            check_fits(ray, self.cpus or cfg.train.threads or 1, gpus_per_task(self.gpus, device),
                        "--split-cpus/--threads and --split-gpus")
 
     def __call__(self, jobs, prepared, folder, tracker, parent_run, progress, resume):
@@ -147,7 +143,7 @@ class RayEngine:
         from .cv import run_split
         cfg = jobs[0].cfg
         cpus = self.cpus or cfg.train.threads or default_cpus(self.address, len(jobs))
-        gpus = _gpus(self.gpus, prepared.device)
+        gpus = gpus_per_task(self.gpus, prepared.device)
         threads = cfg.train.threads or cpus
         self.setup = f"torch threads: {threads} in each Ray task ({cpus} CPU(s) each)"
         with session(self.address) as ray:
@@ -164,11 +160,11 @@ class RayEngine:
                 pending[task.remote(job, banks[key], labels, prepared.plan.rows,
                                     len(prepared.dataset.classes), threads)] = job
             print(f"ray: {len(jobs)} split job(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
-                  + " each, on " + _resources(ray), file=sys.stderr)
+                  + " each, on " + resources(ray), file=sys.stderr)
 
             def save(ref):
                 job = pending.pop(ref)
-                fitted = _result(ray, ref, f"split {job.split.index}", "kfold --resume continues the run")
+                fitted = task_result(ray, ref, f"split {job.split.index}", "kfold --resume continues the run")
                 return job, run_split(job, prepared, folder, tracker, parent_run, False, resume, fitted=fitted)
 
             try:
@@ -186,7 +182,7 @@ class RayEngine:
                     ray.cancel(ref, force=True)
 
 
-def _gpus(asked: float | None, device) -> float:
+def gpus_per_task(asked: float | None, device) -> float:
     """GPUs per task: as asked, else one when training on CUDA."""
     return asked if asked is not None else (1.0 if device.type == "cuda" else 0.0)
 
@@ -198,14 +194,14 @@ def default_cpus(address: str | None, tasks: int) -> int:
     return 1 if address or os.environ.get("RAY_ADDRESS") else threads_per_worker(tasks)
 
 
-def _resources(ray) -> str:
+def resources(ray) -> str:
     total = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
     return (f"{nodes} node(s) with {total.get('CPU', 0):g} CPU(s)"
             + (f" and {total['GPU']:g} GPU(s)" if total.get("GPU") else ""))
 
 
-def _result(ray, ref, what: str, hint: str):
+def task_result(ray, ref, what: str, hint: str):
     """A task's value; the error it raised as itself (a NaN loss is the same TrainingError as in
     this process); a worker that died more than RETRIES times as one line naming `what` it ran."""
     from ray import exceptions as rex
@@ -219,146 +215,3 @@ def _result(ray, ref, what: str, hint: str):
     except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OutOfMemoryError) as e:
         raise EngineError(f"{what}: its Ray worker died {RETRIES + 1} times ({type(e).__name__}); "
                           f"finished work is kept: {hint}") from None
-
-
-# ---- tune --workers N, nested --workers N ----------------------------------------------------
-
-def study_worker(cfg, tune, space, folder, inner_fold, parent_run, trial_lines: bool, threads: int) -> int:
-    """One Optuna worker: `tune.search`, the loop `tune` runs, on the shared study until it holds
-    --trials counted trials, over the data prepared here (the dataset path and cache on this node;
-    nested CV: the inner splits of outer fold `inner_fold`); the counted trials it ran."""
-    import torch
-
-    from .prepare import prepare
-    from .tracking import Tracker
-    from .tune import search
-    torch.set_num_threads(threads)
-    prepared = prepare(cfg, progress=False, tracking=False)
-    if inner_fold is not None:
-        from .nested import inner_prepared
-        prepared = inner_prepared(prepared, inner_fold, cfg.protocol.val)
-    tracker = Tracker(cfg.tracking, experiment=cfg.dataset.name)
-    return search(cfg, tune, space, prepared, folder, tracker=tracker, parent_run=parent_run,
-                  progress=False, trial_lines=trial_lines).added
-
-
-class StudyWorkers:
-    """N Optuna workers as Ray tasks on one study's storage, each asking for `cpus` cores (its torch
-    threads) and `gpus` of a GPU. They stop together at exactly --trials counted trials
-    (`tune.ahead_of`). A worker whose process dies is started again by Ray; the trial it was running
-    is marked failed by Optuna's heartbeat and retried by a worker (`RetryFailedTrialCallback`)."""
-
-    def __init__(self, workers: int, address: str | None = None, cpus: int | None = None,
-                 gpus: float | None = None):
-        if workers < 1:
-            raise ConfigError(f"--workers {workers}: at least 1")
-        self.workers, self.address, self.cpus, self.gpus = workers, address, cpus, gpus
-
-    def check(self, cfg, device) -> None:
-        """Before anything is written (Ray connected): the least a worker asks for fits a node."""
-        with session(self.address) as ray:
-            check_fits(ray, self.cpus or cfg.train.threads or 1, _gpus(self.gpus, device),
-                       "--worker-cpus/--threads and --worker-gpus")
-
-    def search(self, cfg, tune, space, folder, device, *, parent_run: str | None = None,
-               inner_fold: int | None = None, trial_lines: bool = False):
-        """`tune.search` of `cfg` in `folder` by the workers; the study's outputs (trials.csv,
-        best.yaml, plots, report.md) written here at the end. The study is opened here first: its
-        schema and settings exist before any worker starts."""
-        from .tune import StudyResult, counted, open_study, optuna_quiet, write_outputs
-        cfg, tune = absolute(cfg, tune)  # a Ray worker starts in a folder of Ray's own
-        folder = Path(folder).expanduser().resolve()
-        cpus = self.cpus or cfg.train.threads or default_cpus(self.address, self.workers)
-        with session(self.address) as ray:
-            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-            local = [what for what, url in (("--storage", tune.storage or "sqlite:"),
-                                            ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri))
-                     if url and str(url).startswith("sqlite:")]
-            if nodes > 1 and local:
-                raise ConfigError(f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
-                                  f"cluster has {nodes} nodes: give a server every node reaches "
-                                  f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)")
-            gpus = _gpus(self.gpus, device)
-            check_fits(ray, cpus, gpus, "--worker-cpus/--threads and --worker-gpus")
-            created = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
-            try:
-                with optuna_quiet():
-                    open_study(cfg, tune, space, folder)
-            except BaseException:
-                if created:  # a failed start leaves no study folder behind, as `tune` alone
-                    shutil.rmtree(folder, ignore_errors=True)
-                raise
-            task = ray.remote(study_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
-                                                    retry_exceptions=False)
-            print(f"ray: {self.workers} Optuna worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
-                  + f" each, on {_resources(ray)}; study {tune.study}, {tune.trials} trials", file=sys.stderr)
-            tune = replace(tune, owner=uuid.uuid4().hex)  # on their trials: whose to close if stopped
-            refs = [task.remote(cfg, replace(tune, worker=i), space, folder, inner_fold, parent_run,
-                                trial_lines, cpus) for i in range(self.workers)]  # each its own sampler seed
-            try:
-                added = [_result(ray, ref, f"Optuna worker {i + 1}", "the same command continues the study")
-                         for i, ref in enumerate(refs)]
-            except BaseException:
-                _stop(ray, refs)
-                _abandoned(cfg, tune, space, folder)
-                raise
-
-        print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
-        with optuna_quiet():
-            study = open_study(cfg, tune, space, folder)
-            write_outputs(study, folder, cfg, plots=True)
-        return StudyResult(study, folder, sum(added), counted(study))
-
-
-def _stop(ray, refs) -> None:
-    """The workers still running (Ctrl-C, another worker failed), killed."""
-    for ref in refs:
-        ray.cancel(ref, force=True)
-
-
-def _abandoned(cfg, tune, space, folder) -> None:
-    """After the workers were stopped: the trials they were running failed as interrupted (not
-    counted) and their MLflow runs and the study run closed KILLED, now rather than after the
-    heartbeat's grace (a `tune` alone does the same for its trial on Ctrl-C)."""
-    from .study import abandon
-    from .tracking import Tracker
-    from .tune import open_study, optuna_quiet, study_run_key
-    with optuna_quiet():
-        study = open_study(cfg, tune, space, folder)
-    tracker = Tracker(cfg.tracking, experiment=cfg.dataset.name)
-    stopped = abandon(study, tune.owner, tracker)
-    if tracker.enabled:
-        tracker.end(study.user_attrs.get(study_run_key(tracker)), "KILLED")
-    if stopped:
-        print(f"trial(s) {', '.join(map(str, stopped))}: interrupted with their workers (not counted)",
-              file=sys.stderr)
-
-
-def absolute(cfg, tune):
-    """`cfg` and `tune` with their paths absolute, as the driver means them."""
-    from .config import merge
-
-    def sqlite(url):
-        if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            return "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
-        return url
-    paths = {"runs_dir": str(Path(cfg.runs_dir).expanduser().resolve()),
-             "tracking.tracking_uri": sqlite(cfg.tracking.tracking_uri)}
-    for key, value in (("cache_dir", cfg.cache_dir), ("dataset.root", cfg.dataset.root),
-                       ("dataset.groups_csv", cfg.dataset.groups_csv)):
-        if value:
-            paths[key] = str(Path(value).expanduser().resolve())
-    return merge(cfg, paths), replace(tune, storage=sqlite(tune.storage),
-                                      space=tune.space and str(Path(tune.space).expanduser().resolve()))
-
-
-def tune_workers(cfg, tune, workers: StudyWorkers, progress: bool = True):
-    """`tune --workers N`: the study checked and the data prepared here (every refusal before a
-    worker starts; the cache built once), then `workers.search`, one line per finished trial."""
-    from .prepare import prepare
-    from .tune import check_study, study_folder
-    cfg, tune, space = check_study(cfg, tune)
-    device = prepare(cfg, progress=progress).device
-    with session(workers.address):
-        return workers.search(cfg, tune, space, study_folder(cfg, tune), device, trial_lines=True)

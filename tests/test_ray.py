@@ -179,7 +179,7 @@ def test_resume_on_ray_trains_only_the_splits_without_verified_outputs(tiny_us8k
 
 def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
     """A task's TrainingError (a NaN loss) is the same user error as in process (one line, exit 2)."""
-    from bench.ray_engine import _result
+    from bench.ray_engine import task_result
     from bench.train import TrainingError
 
     def fails():  # a local function: shipped to the worker by value
@@ -188,14 +188,14 @@ def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
 
     ref = ray.remote(fails).options(max_retries=0).remote()
     with pytest.raises(TrainingError, match="training loss became nan") as err:
-        _result(ray, ref, "split 4", "kfold --resume continues the run")
+        task_result(ray, ref, "split 4", "kfold --resume continues the run")
     assert type(err.value) is TrainingError
 
 
 def test_a_bug_in_a_task_keeps_the_workers_traceback(local_ray):
     """Any other error is raised as itself too, chained to Ray's error, whose text holds the
     worker's traceback (where the bug is): the driver's own frames alone would not say."""
-    from bench.ray_engine import _result
+    from bench.ray_engine import task_result
 
     def buggy_helper_in_the_worker():
         return {}["missing"]
@@ -205,7 +205,7 @@ def test_a_bug_in_a_task_keeps_the_workers_traceback(local_ray):
 
     ref = ray.remote(task).options(max_retries=0).remote()
     with pytest.raises(KeyError) as err:
-        _result(ray, ref, "split 1", "kfold --resume continues the run")
+        task_result(ray, ref, "split 1", "kfold --resume continues the run")
     assert "buggy_helper_in_the_worker" in str(err.value.__cause__)
 
 
