@@ -439,7 +439,7 @@ def open_study_run(tracker: Tracker, study: optuna.Study, folder: Path, parent_r
         return tracker.start(f"tune-{name}", run_id=run)
     mine = tracker.start(f"tune-{name}", parent=parent_run, tags={
         "kind": "study", "code_version": code_version(), "run_folder": str(folder.resolve())})
-    if study.user_attrs.get(key):  # a run since deleted from the store: this one replaces it
+    if known and study.user_attrs.get(key) == known:  # its run since deleted from the store: replaced
         study.set_user_attr(key, mine)
         return mine
     run = claim_study_attr(study, key, mine)

@@ -59,3 +59,43 @@ def test_the_report_counts_trials_not_run_and_trials_stopped_with_their_worker_a
     assert ("Trials: 2 complete, 1 pruned, 0 failed, 0 excluded before training (Mel bands the FFT size "
             "cannot resolve), 1 stopped with their worker (killed; not counted, retried), 1 not run "
             "(the study already had its trials).") in text
+
+
+class FakeTracker:
+    """What `open_study_run` asks of a Tracker, recording the runs it started, ended and deleted."""
+    enabled, uri, experiment_id = True, "sqlite:///x.db", "1"
+
+    def __init__(self, before_new_run=None):
+        self.before_new_run, self.started, self.ended, self.deleted = before_new_run, [], {}, []
+
+    def _exists(self, run_id):
+        return run_id in self.started
+
+    def start(self, name, run_id=None, **kw):
+        if run_id is None:
+            if self.before_new_run:
+                self.before_new_run()
+            run_id = f"run-{len(self.started)}"
+        self.started.append(run_id)
+        return run_id
+
+    def end(self, run_id, status="FINISHED"):
+        self.ended[run_id] = status
+
+    def delete(self, run_id):
+        self.deleted.append(run_id)
+
+
+def test_a_worker_that_loses_the_study_run_race_uses_the_winners_run(tmp_path):
+    """Another worker claims the study run between this one finding none and starting its own:
+    this one's run is ended and deleted, and the winner's is used (once, it replaced the winner's
+    id in the study, leaving two study runs and one of them RUNNING after its worker was killed)."""
+    from bench.tune import open_study_run, study_run_key
+    study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
+    tracker = FakeTracker()
+    tracker.before_new_run = lambda: claim_study_attr(study, study_run_key(tracker), "winner")
+    tracker.started.append("winner")  # the other worker's run exists in the store
+    run = open_study_run(tracker, study, tmp_path, None)
+    assert run == "winner" and study.user_attrs[study_run_key(tracker)] == "winner"
+    mine = tracker.started[1]
+    assert tracker.ended[mine] == "KILLED" and tracker.deleted == [mine]
