@@ -131,11 +131,11 @@ class RayEngine:
         self.address, self.cpus, self.gpus = address, cpus, gpus
         self.setup: str | None = None  # the tasks' threads, once they are started (run.json)
 
+    flags = "--split-cpus/--threads and --split-gpus"
+
     def check(self, cfg, device) -> None:
         """Before anything is written (Ray connected): the least a task asks for fits a node."""
-        with session(self.address) as ray:
-            check_fits(ray, self.cpus or cfg.train.threads or 1, gpus_per_task(self.gpus, device),
-                       "--split-cpus/--threads and --split-gpus")
+        check_least(self, cfg, device)
 
     def __call__(self, jobs, prepared, folder, tracker, parent_run, progress, resume):
         if not jobs:
@@ -147,7 +147,7 @@ class RayEngine:
         threads = cfg.train.threads or cpus
         self.setup = f"torch threads: {threads} in each Ray task ({cpus} CPU(s) each)"
         with session(self.address) as ray:
-            check_fits(ray, cpus, gpus, "--split-cpus/--threads and --split-gpus")
+            check_fits(ray, cpus, gpus, self.flags)
             task = ray.remote(split_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
                                                  retry_exceptions=False)
             banks: dict[str, object] = {}  # one object per feature config, put once
@@ -180,6 +180,12 @@ class RayEngine:
             finally:
                 for ref in pending:  # the others stop
                     ray.cancel(ref, force=True)
+
+
+def check_least(runner, cfg, device) -> None:
+    """The least one of `runner`'s tasks (RayEngine, StudyWorkers) asks for fits a live node."""
+    with session(runner.address) as ray:
+        check_fits(ray, runner.cpus or cfg.train.threads or 1, gpus_per_task(runner.gpus, device), runner.flags)
 
 
 def gpus_per_task(asked: float | None, device) -> float:

@@ -16,7 +16,8 @@ from dataclasses import replace
 from pathlib import Path
 
 from .config import ConfigError
-from .ray_engine import RETRIES, check_fits, default_cpus, gpus_per_task, resources, session, task_result
+from .ray_engine import (RETRIES, check_fits, check_least, default_cpus, gpus_per_task, resources, session,
+                         task_result)
 
 
 def study_worker(cfg, tune, space, folder, inner_fold, parent_run, trial_lines: bool, threads: int) -> int:
@@ -41,8 +42,8 @@ def study_worker(cfg, tune, space, folder, inner_fold, parent_run, trial_lines: 
 class StudyWorkers:
     """N Optuna workers as Ray tasks on one study's storage, each asking for `cpus` cores (its torch
     threads) and `gpus` of a GPU. They stop together at exactly --trials counted trials
-    (`tune.ahead_of`). A worker whose process dies is started again by Ray; the trial it was running
-    is marked failed by Optuna's heartbeat and retried by a worker (`RetryFailedTrialCallback`)."""
+    (`study.holding`). A worker whose process dies is started again by Ray; the trial it was running
+    is marked failed by Optuna's heartbeat and retried by a worker (`study.RetryStale`)."""
 
     def __init__(self, workers: int, address: str | None = None, cpus: int | None = None,
                  gpus: float | None = None):
@@ -50,11 +51,11 @@ class StudyWorkers:
             raise ConfigError(f"--workers {workers}: at least 1")
         self.workers, self.address, self.cpus, self.gpus = workers, address, cpus, gpus
 
+    flags = "--worker-cpus/--threads and --worker-gpus"
+
     def check(self, cfg, device) -> None:
         """Before anything is written (Ray connected): the least a worker asks for fits a node."""
-        with session(self.address) as ray:
-            check_fits(ray, self.cpus or cfg.train.threads or 1, gpus_per_task(self.gpus, device),
-                       "--worker-cpus/--threads and --worker-gpus")
+        check_least(self, cfg, device)
 
     def search(self, cfg, tune, space, folder, device, *, parent_run: str | None = None,
                inner_fold: int | None = None, trial_lines: bool = False):
@@ -75,7 +76,7 @@ class StudyWorkers:
                                   f"cluster has {nodes} nodes: give a server every node reaches "
                                   f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)")
             gpus = gpus_per_task(self.gpus, device)
-            check_fits(ray, cpus, gpus, "--worker-cpus/--threads and --worker-gpus")
+            check_fits(ray, cpus, gpus, self.flags)
             created = not folder.exists()
             folder.mkdir(parents=True, exist_ok=True)
             try:
@@ -134,11 +135,14 @@ def _abandoned(cfg, tune, space, folder) -> None:
 def absolute(cfg, tune):
     """`cfg` and `tune` with their paths absolute, as the driver means them."""
     from .config import merge
+    from .tracking import sqlite_path
 
-    def sqlite(url):
-        if url and url.startswith("sqlite:///") and not url.startswith("sqlite:////"):
-            return "sqlite:///" + str(Path(url[len("sqlite:///"):]).resolve())
-        return url
+    def sqlite(url):  # a relative SQLite file (MLflow's default sqlite:///mlflow.db) made absolute
+        path = sqlite_path(url) if url else None
+        if path is None or path.is_absolute():
+            return url
+        query = url.partition("?")[2]
+        return f"sqlite:///{path.resolve()}" + (f"?{query}" if query else "")
     paths = {"runs_dir": str(Path(cfg.runs_dir).expanduser().resolve()),
              "tracking.tracking_uri": sqlite(cfg.tracking.tracking_uri)}
     for key, value in (("cache_dir", cfg.cache_dir), ("dataset.root", cfg.dataset.root),

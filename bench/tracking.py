@@ -293,7 +293,7 @@ def _open_store(uri: str, experiment: str):
                                     f"start it, {HINT}") from None
             raise TrackingError(f"MLflow tracking server {uri} refused the check ({_reason(e)}); "
                                 f"check the server, {HINT}") from None
-    path = _sqlite_path(uri)
+    path = sqlite_path(uri)
     if path is not None:
         _check_sqlite(uri, path)
     with _folder_lock(path and path.parent):  # one worker at a time creates a fresh file's schema
@@ -338,7 +338,7 @@ def _short_requests():
                                         "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)})
 
 
-def _sqlite_path(uri: str) -> Path | None:
+def sqlite_path(uri: str) -> Path | None:
     """The file of a `sqlite:///path` URI (relative to the working directory); None for memory."""
     name = uri[len("sqlite:///"):].split("?")[0] if uri.startswith("sqlite:///") else ""
     return None if name in ("", ":memory:") else Path(name)
