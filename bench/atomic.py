@@ -49,3 +49,22 @@ def atomic_write_csv(path, df: pd.DataFrame, index: bool = False) -> None:
         df.to_csv(tmp, index=index)
 
 
+
+
+@contextlib.contextmanager
+def staged(folder):
+    """Yield an empty staging folder inside `folder`; when the block succeeds, move each file made
+    in it over its namesake in `folder`. On error nothing in `folder` is replaced: a set of files
+    that belong together (a report) is published only once all of them are computed."""
+    folder = Path(folder)
+    stage = folder / f".staged.{os.getpid()}.{uuid.uuid4().hex[:8]}"
+    stage.mkdir()
+    try:
+        yield stage
+        for item in sorted(stage.iterdir()):
+            if item.is_file():
+                os.replace(item, folder / item.name)
+    finally:
+        for item in stage.iterdir():
+            item.unlink()
+        stage.rmdir()

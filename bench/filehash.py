@@ -8,8 +8,9 @@ and modification time) moves its change time, so the file is read again. A hash 
 for a file whose times are more than `RACY_NS` before the read (as git does for its index): on a
 file system with coarse timestamps, a rewrite within the same tick would otherwise keep its stamp.
 Files that are missing, unreadable or not regular files (a FIFO, a folder) get a placeholder and
-are never remembered: the waveform cache reports them. The memo is a cache: a damaged or unwritable
-one costs a re-read, never a wrong hash. A leaf module.
+are never remembered: the waveform cache reports them. The memo is a cache: a damaged, edited or
+unwritable one costs a re-read, never a wrong hash (each line carries a checksum of itself, so a
+hash changed by hand is not used). A leaf module.
 """
 from __future__ import annotations
 
@@ -37,8 +38,14 @@ def _stamp(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_dev}:{st.st_ino}"
 
 
+def _check(path: str, stamp: str, digest: str) -> str:
+    """A memo line's own checksum: an edited or damaged line (a hash changed by hand) is skipped."""
+    return hashlib.blake2b(f"{path}\t{stamp}\t{digest}".encode(), digest_size=8).hexdigest()
+
+
 def read_memo(memo: Path | None) -> dict[str, tuple[str, str]]:
-    """path -> (stamp, hash) from the memo file; an unreadable or damaged line is skipped."""
+    """path -> (stamp, hash) from the memo file; an unreadable, damaged or edited line (its
+    checksum does not match) is skipped, as are lines of a memo written before lines had one."""
     found: dict[str, tuple[str, str]] = {}
     if memo is None:
         return found
@@ -48,7 +55,7 @@ def read_memo(memo: Path | None) -> dict[str, tuple[str, str]]:
         return found
     for line in text.splitlines():
         parts = line.split("\t")
-        if len(parts) == 3 and len(parts[2]) == 32:
+        if len(parts) == 4 and len(parts[2]) == 32 and parts[3] == _check(*parts[:3]):
             found[parts[0]] = (parts[1], parts[2])
     return found
 
@@ -57,7 +64,7 @@ def _write_memo(memo: Path, entries: dict[str, tuple[str, str]]) -> None:
     """Merge `entries` into the memo file (atomically; entries of other datasets are kept)."""
     from .atomic import atomic_write_text
     merged = {**read_memo(memo), **entries}
-    text = "".join(f"{p}\t{s}\t{h}\n" for p, (s, h) in sorted(merged.items())
+    text = "".join(f"{p}\t{s}\t{h}\t{_check(p, s, h)}\n" for p, (s, h) in sorted(merged.items())
                    if "\t" not in p and "\n" not in p)
     try:
         atomic_write_text(memo, text)

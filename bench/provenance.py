@@ -13,11 +13,14 @@
 
 A resumed job appends an attempt and keeps the first start. An attempt still marked "running" when
 the next one begins was killed (kill -9, a power cut): it becomes "interrupted", with no end.
-run.json is provenance, not results: no DONE digest covers it (RunFolder's SPLIT_FILES and
-settings digest read config.yaml, plan.json and folds.csv only), so a later attempt may rewrite it.
+run.json is provenance, not results: no DONE digest covers it (a later attempt rewrites it), so it
+carries its own: `digest`, the SHA-256 of the rest. A run.json whose digest does not match (edited,
+or written by a foldbench before the digest) is not read: reports say so, a resume starts a new
+record and notes that it replaced one it could not trust.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import shlex
 import socket
@@ -59,13 +62,28 @@ def now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
+def record_digest(record: dict) -> str:
+    body = {k: v for k, v in record.items() if k != "digest"}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_run_json(run_dir) -> dict:
-    """run.json as a dict, or {} when the run has none (made before run.json) or it is unreadable."""
+    """run.json as a dict, or {} when the run has none (made before run.json), it is unreadable, or
+    its digest does not vouch for it (`run_json_state` tells which)."""
     try:
         data = json.loads((Path(run_dir) / "run.json").read_text())
     except (OSError, ValueError):
         return {}
-    return data if isinstance(data, dict) else {}
+    if not isinstance(data, dict) or data.get("digest") != record_digest(data):
+        return {}
+    return data
+
+
+def run_json_state(run_dir) -> str:
+    """'missing', 'unverified' (there, but its digest does not match) or 'ok'."""
+    if not (Path(run_dir) / "run.json").is_file():
+        return "missing"
+    return "ok" if read_run_json(run_dir) else "unverified"
 
 
 def clock() -> tuple[str, float]:
@@ -86,6 +104,7 @@ class Attempt:
         setup (results can differ in the last bits between thread counts: --threads N repeats it)."""
         started = started or clock()
         old = read_run_json(run_dir) if resume else {}
+        replaced = resume and run_json_state(run_dir) == "unverified"
         attempts = [a for a in old.get("attempts", []) if isinstance(a, dict)]
         for a in attempts:
             if a.get("status") == "running":
@@ -99,6 +118,8 @@ class Attempt:
         first = attempts[0]
         record = {k: first.get(k) for k in ("command", "code_version", "foldbench_version", "host")}
         record.update(started=first.get("started"), ended=None, duration_s=None, attempts=attempts)
+        if replaced:
+            record["replaced"] = "an earlier run.json whose digest did not match was not read"
         attempt = cls(run_dir, record, len(attempts) - 1, started[1])
         attempt._write()
         return attempt
@@ -117,4 +138,5 @@ class Attempt:
         self._write()
 
     def _write(self) -> None:
+        self.record["digest"] = record_digest(self.record)
         atomic_write_text(self.path, json.dumps(self.record, indent=1) + "\n")

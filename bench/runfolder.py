@@ -35,7 +35,10 @@ from .config import ConfigError, RunConfig, dump_yaml, flatten, load_yaml, plain
 # Sections that decide the results: a resumed run must match them exactly.
 RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
 NOT_RESULT_KEYS = ("train.device", "train.threads")
-PLAN_KEYS = ("protocol", "leaky", "leak_reason", "splits")  # of plan.json, vouched for by each DONE
+# What of plan.json a DONE vouches for: all of it (DONE's "seal": 2), or, for a DONE written before
+# every field was (no "seal"), these keys only; `vouched_plan` then shows readers no other field.
+PLAN_KEYS = ("protocol", "leaky", "leak_reason", "splits")
+SEAL = 2
 # model.pt: the chosen weights and what using them needs (bench/predict.py), for splits that score a
 # test fold. Runs made before it have no model.pt and none in their DONE: they still verify.
 SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts.csv", "model.pt")
@@ -95,9 +98,12 @@ def fold_column(repeat: int) -> str:
     return "fold" if repeat == 1 else f"fold_{repeat}"
 
 
-def _plan_view(plan: dict) -> dict:
-    """What of plan.json a DONE vouches for; a split's `repeat` of 1 is left out, as plan.json had
-    no repeats before repeated CV (so the digests of those runs still hold)."""
+def _plan_view(plan: dict, seal: int | None = SEAL) -> dict:
+    """What of plan.json a DONE vouches for: every field (seal 2), or PLAN_KEYS (an older DONE), where
+    a split's `repeat` of 1 is left out, as plan.json had no repeats before repeated CV (so the
+    digests of those runs still hold)."""
+    if seal == SEAL:
+        return dict(plan)
     view = {k: plan.get(k) for k in PLAN_KEYS}
     if isinstance(view["splits"], list):
         view["splits"] = [{k: v for k, v in s.items() if not (k == "repeat" and v == 1)}
@@ -111,6 +117,20 @@ def _sha(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def _pred_problem(pred: pd.Series, probs: np.ndarray) -> str | None:
+    """Why the predicted classes are not those of the saved probabilities (None: they are): each
+    `pred` a class id whose probability is the row's highest (a tie may go either way)."""
+    ids = pd.to_numeric(pred, errors="coerce").to_numpy(dtype=float)
+    if np.isnan(ids).any() or (ids != np.round(ids)).any() or not ((ids >= 0) & (ids < probs.shape[1])).all():
+        return f"predictions.csv's pred column holds values that are not class ids 0..{probs.shape[1] - 1}"
+    chosen = probs[np.arange(len(ids)), ids.astype(int)]
+    wrong = np.flatnonzero(chosen < probs.max(axis=1))
+    if len(wrong):
+        return (f"predictions.csv's pred is not the most probable class in {len(wrong)} row(s) "
+                f"(first: row {wrong[0] + 1})")
+    return None
 
 
 class RunFolder:
@@ -236,13 +256,25 @@ class RunFolder:
         atomic_write_text(self.path / "plan.json", json.dumps(plan, indent=1) + "\n")
         atomic_write_csv(self.path / "quarantine.csv", quarantine)
 
-    def settings_digest(self) -> str:
+    def settings_digest(self, seal: int | None = SEAL) -> str:
         """What a DONE marker vouches for besides its files: the saved settings and the fold plan
-        (folds.csv, and what plan.json says of the protocol, its leakage and its splits)."""
+        (folds.csv, plan.json and quarantine.csv; `seal` None: what an older DONE vouched for:
+        folds.csv and PLAN_KEYS of plan.json)."""
         cfg = load_yaml(self.path / "config.yaml")
         plan = read_json(self.path / "plan.json")
-        text = json.dumps([result_view(cfg), _plan_view(plan)], sort_keys=True, default=str)
-        return hashlib.sha256(text.encode() + _sha(self.path / "folds.csv").encode()).hexdigest()
+        text = json.dumps([result_view(cfg), _plan_view(plan, seal)], sort_keys=True, default=str)
+        files = [_sha(self.path / "folds.csv")]
+        if seal == SEAL and (self.path / "quarantine.csv").is_file():  # what the report lists
+            files.append(_sha(self.path / "quarantine.csv"))
+        return hashlib.sha256(text.encode() + "".join(files).encode()).hexdigest()
+
+    def vouched_plan(self, splits: list[int]) -> dict:
+        """plan.json as far as the DONE markers of `splits` (verified) vouch for it: all of it when
+        every one was sealed over the whole file, else the older markers' PLAN_KEYS only."""
+        plan = read_json(self.path / "plan.json")
+        if all(read_json(self.split_dir(k) / "DONE").get("seal") == SEAL for k in splits):
+            return plan
+        return {k: plan[k] for k in PLAN_KEYS if k in plan}
 
     def planned(self) -> list[int]:
         """The split numbers of plan.json (1..n of folds.csv's folds when it has none)."""
@@ -260,10 +292,17 @@ class RunFolder:
         return self.path / "splits" / str(index)
 
     def done(self) -> list[int]:
+        """The planned splits that have a DONE marker (not yet verified)."""
+        return [k for k in self.planned() if (self.split_dir(k) / "DONE").is_file()]
+
+    def strays(self) -> list[str]:
+        """Entries under splits/ that are not a planned split's folder (`splits/02` beside
+        `splits/2`, a split the plan does not have, a stray file): never read, never scored."""
         root = self.path / "splits"
         if not root.is_dir():
             return []
-        return sorted(int(p.name) for p in root.iterdir() if p.name.isdigit() and (p / "DONE").is_file())
+        names = {self.split_dir(k).name for k in self.planned()}
+        return sorted(p.name for p in root.iterdir() if p.name not in names)
 
     def write_split(self, index: int, info: dict, history: pd.DataFrame,
                     predictions: pd.DataFrame | None, confusion: pd.DataFrame | None = None,
@@ -288,7 +327,7 @@ class RunFolder:
         """Write split `index`'s DONE: the digest of the files it holds now and of the settings."""
         folder = self.split_dir(index)
         files = {n: _sha(folder / n) for n in SPLIT_FILES if (folder / n).is_file()}
-        done = {"split": index, "settings": self.settings_digest(), "files": files,
+        done = {"split": index, "seal": SEAL, "settings": self.settings_digest(), "files": files,
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         atomic_write_text(folder / "DONE", json.dumps(done, indent=1) + "\n")
 
@@ -310,7 +349,11 @@ class RunFolder:
                 return f"{name} is {'missing' if name in done['files'] else 'not in its DONE digest'}"
             if path.is_file() and _sha(path) != done["files"][name]:
                 return f"{name} changed after the split finished (its digest differs)"
-        if done.get("settings") != (settings or self.settings_digest()):
+        seal = done.get("seal")
+        if seal not in (None, SEAL):
+            return f"its DONE marker has seal {seal!r}, which this foldbench does not know"
+        expected = settings if settings is not None and seal == SEAL else self.settings_digest(seal)
+        if done.get("settings") != expected:
             return "it was made with other settings or another fold plan"
         if score_test:
             if "predictions.csv" not in done["files"]:
@@ -341,19 +384,21 @@ class RunFolder:
         probs = pred[[c for c in pred.columns if c.startswith("prob_")]]
         if probs.empty or not probs.notna().all().all():
             return "predictions.csv has missing class probabilities"
-        return None
+        return _pred_problem(pred["pred"], probs.to_numpy(dtype=float))
 
     def read_split_info(self, index: int) -> dict:
         return json.loads((self.split_dir(index) / "split.json").read_text())
 
     def verified(self, splits: list[int] | None = None, score_test: bool = True) -> list[int]:
-        """The DONE splits (or `splits`), each checked; a split that fails is an error naming it."""
-        done = self.done()
-        extra = sorted(set(done) - set(self.planned()))
-        if extra:
-            raise RunFolderError(f"{self.path}: split(s) {', '.join(map(str, extra))} are not in the "
-                                 f"fold plan (plan.json); remove them or start a new run")
-        splits = done if splits is None else splits
+        """The DONE splits (or `splits`), each checked; a split that fails, or anything under
+        splits/ that is not a planned split's folder, is an error naming it."""
+        strays = self.strays()
+        if strays:
+            raise RunFolderError(f"{self.path / 'splits'}: {', '.join(strays[:5])} "
+                                 f"{'is' if len(strays) == 1 else 'are'} not a split of the fold plan "
+                                 f"(plan.json: {', '.join(map(str, self.planned())) or 'none'}); remove "
+                                 f"{'it' if len(strays) == 1 else 'them'} or start a new run")
+        splits = self.done() if splits is None else splits
         settings = self.settings_digest() if splits else None
         for k in splits:
             reason = self.problem(k, score_test, settings)

@@ -1,8 +1,9 @@
 """Run-folder files: atomic writes, and readers for what training leaves in a run folder.
 
-The layout read here (written by the training code):
+The layout read here (written by the training code through bench.runfolder.RunFolder, which verifies
+it: split folders are read by the plan's split list only, plan.json as far as DONE markers vouch for it):
 
-    <run>/config.yaml                     effective config (only `name` and the dataset name are read)
+    <run>/config.yaml                     effective config (the dataset name and `splits` are read)
     <run>/folds.csv                       clip,path,label,class,fold,group (repeats: fold_2, ...)
     <run>/plan.json                       protocol, leaky, splits, warnings, notes (may be absent)
     <run>/quarantine.csv                  clip,reason (may be absent or empty)
@@ -24,16 +25,7 @@ from bench.atomic import atomic_path, atomic_write_csv, atomic_write_json, atomi
 from bench.runfolder import RunFolder
 
 
-# ---- readers ----
-
-def split_dirs(run_dir) -> dict[int, Path]:
-    """Split index -> folder, for every integer-named folder under <run>/splits/."""
-    root = Path(run_dir) / "splits"
-    if not root.is_dir():
-        return {}
-    dirs = {int(p.name): p for p in root.iterdir() if p.is_dir() and p.name.isdigit()}
-    return dict(sorted(dirs.items()))
-
+# ---- readers: split folders only through RunFolder, by the plan's split list ----
 
 def done_splits(run_dir) -> list[int]:
     return RunFolder(run_dir).done()
@@ -48,8 +40,10 @@ def _read_mapping(path: Path, parse) -> dict:
 
 
 def read_plan(run_dir) -> dict:
-    """plan.json (protocol, leaky, splits, warnings, notes), or {} when the run has none."""
-    return _read_mapping(Path(run_dir) / "plan.json", json.loads)
+    """plan.json as far as the finished splits' DONE markers vouch for it (call after
+    `RunFolder.verified`, as every report does), or {} when the run has none."""
+    folder = RunFolder(run_dir)
+    return folder.vouched_plan(folder.done())
 
 
 def asked_splits(run_dir) -> list[int]:
@@ -63,8 +57,8 @@ def asked_splits(run_dir) -> list[int]:
 
 
 def expected_splits(run_dir) -> list[int]:
-    """The splits asked for (`asked_splits`), plus any split folder present."""
-    return sorted(set(split_dirs(run_dir)) | set(asked_splits(run_dir)))
+    """The splits asked for (`asked_splits`), plus any finished one."""
+    return sorted(set(done_splits(run_dir)) | set(asked_splits(run_dir)))
 
 
 def missing_splits(run_dir) -> list[int]:
@@ -73,7 +67,7 @@ def missing_splits(run_dir) -> list[int]:
 
 
 def split_file(run_dir, k: int, name: str) -> Path:
-    return split_dirs(run_dir)[k] / name
+    return RunFolder(run_dir).split_dir(k) / name
 
 
 def read_split_json(run_dir, k: int) -> dict:
@@ -99,7 +93,8 @@ def read_config(run_dir) -> dict:
 
 
 def run_name(run_dir) -> str:
-    return str(read_config(run_dir).get("name") or Path(run_dir).resolve().name)
+    """The run's name: its folder's (config.yaml's `name` is what the folder was claimed as)."""
+    return Path(run_dir).resolve().name
 
 
 def dataset_name(run_dir) -> str | None:

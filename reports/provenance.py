@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime
 from pathlib import Path
 
-from bench.provenance import read_run_json
+from bench.provenance import read_run_json, run_json_state
 from bench.runfolder import saved_result_view
 from reports.document import Block, Heading, Note, Table
 
@@ -118,6 +118,9 @@ def what_was_run(run_dir, plan: dict, asked: list[int], nested: bool) -> list[Bl
                      for i, a in enumerate(attempts, start=1)]
     elif (outer := _enclosing_run(run_dir)) is not None:  # nested's non-nested/kfold: no run.json of its own
         rows.append(["command", f"recorded by the run this one is part of: {outer / 'run.json'}"])
+    elif run_json_state(run_dir) == "unverified":
+        rows.append(["command", "not shown: run.json does not match its digest (edited, or written by "
+                                "a foldbench before run.json had one)"])
     else:
         rows.append(["command", "not recorded (run.json is missing: a run made before foldbench wrote it)"])
     doc: list[Block] = [Heading(2, "What was run"), Table(["", "value"], rows)]

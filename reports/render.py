@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from bench.atomic import staged
 from bench.runfolder import RunFolder, RunFolderError
 from reports.aggregate import (class_names, fold_scores, interval_text, load_predictions, per_class,
                                repeat_scores, repeat_summary, summary)
@@ -206,20 +207,21 @@ def build_report(run_dir) -> dict:
         **repeated,
     }
 
-    atomic_write_json(run_dir / "scores.json", scores)
-    atomic_write_csv(run_dir / "per_fold.csv", fold_df)
-    atomic_write_csv(run_dir / "per_class.csv", class_df)
-    atomic_write_csv(run_dir / "confusion_counts.csv", counts, index=True)
-    atomic_write_csv(run_dir / "confusion_normalized.csv", normalized, index=True)
-    plot_confusion(counts, run_dir / "confusion_counts.png", f"{scores['run']}: confusion (counts)")
-    plot_confusion(normalized, run_dir / "confusion_normalized.png",
-                   f"{scores['run']}: confusion (row-normalised)")
-    plot_learning_curves(run_dir, run_dir / "learning_curves.png")
-    plot_fold_scores(fold_df, run_dir / "fold_scores.png", n_classes=len(scores["classes"]),
-                     interval=(scores["acc_ci95_low"], scores["acc_ci95_high"]))
-    doc = report_document(run_dir, scores, fold_df, class_df, quarantine, plan)
-    atomic_write_text(run_dir / "report.md", to_markdown(doc))
-    atomic_write_text(run_dir / "report.html", to_html(doc, run_dir, f"{scores['run']}: foldbench report"))
+    with staged(run_dir) as out:  # no report file is replaced until every one is computed
+        atomic_write_json(out / "scores.json", scores)
+        atomic_write_csv(out / "per_fold.csv", fold_df)
+        atomic_write_csv(out / "per_class.csv", class_df)
+        atomic_write_csv(out / "confusion_counts.csv", counts, index=True)
+        atomic_write_csv(out / "confusion_normalized.csv", normalized, index=True)
+        plot_confusion(counts, out / "confusion_counts.png", f"{scores['run']}: confusion (counts)")
+        plot_confusion(normalized, out / "confusion_normalized.png",
+                       f"{scores['run']}: confusion (row-normalised)")
+        plot_learning_curves(run_dir, out / "learning_curves.png")
+        plot_fold_scores(fold_df, out / "fold_scores.png", n_classes=len(scores["classes"]),
+                         interval=(scores["acc_ci95_low"], scores["acc_ci95_high"]))
+        doc = report_document(run_dir, scores, fold_df, class_df, quarantine, plan)
+        atomic_write_text(out / "report.md", to_markdown(doc))
+        atomic_write_text(out / "report.html", to_html(doc, out, f"{scores['run']}: foldbench report"))
     return scores
 
 

@@ -14,7 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from reports.files import atomic_write_csv, atomic_write_text, read_split_json, split_dirs  # noqa: E402
+from bench.runfolder import RunFolder  # noqa: E402
+from reports.files import atomic_write_csv, atomic_write_text, read_split_json  # noqa: E402
 from reports.plots import save_png  # noqa: E402
 from reports.render import markdown_table  # noqa: E402
 
@@ -97,8 +98,9 @@ def plot_study(study: optuna.Study, folder: Path) -> dict[str, str]:
 
 
 def _folds(trial_dir: Path, key: str) -> list[int]:
-    return sorted({read_split_json(trial_dir, k)[key] for k in split_dirs(trial_dir)
-                   if (trial_dir / "splits" / str(k) / "split.json").exists()})
+    folder = RunFolder(trial_dir)
+    return sorted({read_split_json(trial_dir, k)[key] for k in folder.planned()
+                   if (folder.split_dir(k) / "split.json").exists()})
 
 
 def render_study(study: optuna.Study, table: pd.DataFrame, images: dict[str, str], cfg,

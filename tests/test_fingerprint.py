@@ -108,10 +108,14 @@ def test_a_damaged_memo_costs_a_reread_not_a_wrong_hash(tiny_us8k, tmp_path, dig
     first = fingerprint(tiny_us8k, tmp_path / "cache")
     memo = tmp_path / "cache" / "file-hashes.tsv"
     lines = memo.read_text().splitlines()
-    path, stamp, _ = lines[0].split("\t")
-    memo.write_text("\n".join([f"{path}\t{stamp}\t{'0' * 32}", "junk", *lines[1:]]) + "\n")
+    path, stamp, _, check = lines[0].split("\t")
+    memo.write_text("\n".join([f"{path}\t{stamp}\t{'0' * 32}\t{check}", "junk", *lines[1:]]) + "\n")
     digests.clear()
-    assert fingerprint(tiny_us8k, tmp_path / "cache") != first  # the memo is trusted per stamp...
+    assert fingerprint(tiny_us8k, tmp_path / "cache") == first  # a forged hash is not used...
+    assert digests == [path]  # ...its file is read again, and only it
+    memo.write_text("".join(f"{line.rsplit(chr(9), 1)[0]}\n" for line in lines))  # no checksums
+    digests.clear()
+    assert fingerprint(tiny_us8k, tmp_path / "cache") == first and len(digests) == len(lines)
     memo.write_text("not\ta memo\n\x00")
     digests.clear()
     assert fingerprint(tiny_us8k, tmp_path / "cache") == first  # ...and an unreadable one re-read

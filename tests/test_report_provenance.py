@@ -10,6 +10,8 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
+from bench.provenance import record_digest
+
 import cli
 from bench.cv import code_version
 from bench.runfolder import RunFolder
@@ -156,11 +158,27 @@ def test_run_json_is_not_in_the_done_digests(run_copy):
 
 @pytest.mark.parametrize("attempts", [[5, "x", None], {"a": 1}, 3])
 def test_cli_report_reads_a_damaged_run_json_without_a_traceback(run_copy, attempts):
-    """run.json is unverified provenance: entries that are not attempt records are skipped."""
+    """A damaged run.json is named as such, and nothing of it is shown."""
     record = json.loads((run_copy / "run.json").read_text())
     (run_copy / "run.json").write_text(json.dumps({**record, "attempts": attempts}))
     assert cli.main(["report", str(run_copy)]) == 0
+    md = (run_copy / "report.md").read_text()
+    assert record["command"] not in md and "run.json does not match its digest" in md
+
+
+def test_an_edited_run_json_is_not_shown_and_a_resume_replaces_it(run_copy, capsys):
+    """run.json carries its own digest: an edited command or host is not reported as provenance."""
+    record = json.loads((run_copy / "run.json").read_text())
+    assert cli.main(["report", str(run_copy)]) == 0
     assert record["command"] in (run_copy / "report.md").read_text()
+    (run_copy / "run.json").write_text(json.dumps({**record, "host": "forged-host"}))
+    assert cli.main(["report", str(run_copy)]) == 0
+    md = (run_copy / "report.md").read_text()
+    assert "forged-host" not in md and "does not match its digest" in md
+    from bench.provenance import Attempt, read_run_json
+    Attempt.begin(run_copy, resume=True, code_version="x").end("finished")
+    fresh = read_run_json(run_copy)
+    assert fresh["host"] != "forged-host" and len(fresh["attempts"]) == 1 and "replaced" in fresh
 
 
 def test_a_run_inside_another_points_to_its_run_json_not_to_an_old_foldbench(run_copy, tmp_path):
@@ -184,6 +202,7 @@ def test_resumed_run_keeps_the_first_start_and_adds_an_attempt(one_split_run, ti
     shutil.copytree(run, runs / "p")
     first = json.loads((runs / "p" / "run.json").read_text())
     first["attempts"][0].update(status="running", ended=None, duration_s=None)  # as a kill -9 leaves it
+    first["digest"] = record_digest(first)
     (runs / "p" / "run.json").write_text(json.dumps(first))
     argv = ["kfold", *flags(runs, base / "cache", tiny_us8k_master), "--resume"]
     assert cli.main(argv) == 0

@@ -219,7 +219,7 @@ def test_an_edited_plan_or_an_extra_split_never_counts(tmp_path):
     run = write_run(tmp_path / "q")
     import shutil
     shutil.copytree(run / "splits" / "1", run / "splits" / "11")
-    with pytest.raises(ValueError, match=r"split\(s\) 11 are not in the fold plan"):
+    with pytest.raises(ValueError, match=r"11 is not a split of the fold plan"):
         build_report(run)
 
 
