@@ -280,7 +280,12 @@ class RunFolder:
         """The split numbers of plan.json (1..n of folds.csv's folds when it has none)."""
         splits = read_json(self.path / "plan.json").get("splits")
         if splits:
-            return sorted(int(s["split"]) for s in splits)
+            numbers = [s.get("split") if isinstance(s, dict) else None
+                       for s in (splits if isinstance(splits, list) else [None])]
+            if not all(type(k) is int and k >= 1 for k in numbers) or len(set(numbers)) != len(numbers):
+                raise RunFolderError(f"{self.path / 'plan.json'}: its split list is damaged (each split "
+                                     f"must be a distinct whole number from 1); start a new run")
+            return sorted(numbers)
         if not (self.path / "folds.csv").exists():
             return []
         n = pd.read_csv(self.path / "folds.csv", usecols=["fold"])["fold"].nunique()

@@ -153,3 +153,14 @@ def test_scores_do_not_depend_on_the_name_in_config_yaml(tmp_path):
     (run / "config.yaml").write_text("name: forged\ndataset:\n  name: toy\n")
     assert build_report(run)["run"] == "my-run"
     assert np.isclose(json.loads((run / "scores.json").read_text())["acc_mean"], (0.5 + 0.6) / 2)
+
+
+@pytest.mark.parametrize("splits", [[{"split": "x"}], "abc", [1, 2], [{"split": 1}, {"split": 1}],
+                                    [{"split": 1.5}], [{"split": -1}], [{"split": True}]])
+def test_a_damaged_split_list_is_one_line_not_a_traceback(tmp_path, capsys, splits):
+    run = sealed_run(tmp_path / "r")
+    plan = json.loads((run / "plan.json").read_text())
+    atomic_write_text(run / "plan.json", json.dumps({**plan, "splits": splits}))
+    assert cli.main(["report", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "plan.json: its split list is damaged" in err
