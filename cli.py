@@ -424,17 +424,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     cfg = build_config(args)
     tune = tune_config(args, study=args.study, storage=args.storage, timeout=parse_duration(args.timeout))
     workers = study_workers(args)
-    try:
-        if workers is not None:
-            from bench.ray_workers import tune_workers
-            with ray_connected(workers, cfg):
-                result = tune_workers(cfg, tune, workers, progress=not args.quiet)
-        else:
-            result = run_study(cfg, tune, progress=not args.quiet)
-    except KeyboardInterrupt:
-        print("\ninterrupted: finished trials are kept; run the same command to continue the study",
-              file=sys.stderr)
-        return 130
+    if workers is not None:  # Ctrl-C: main says the finished trials are kept (KEPT)
+        from bench.ray_workers import tune_workers
+        with ray_connected(workers, cfg):
+            result = tune_workers(cfg, tune, workers, progress=not args.quiet)
+    else:
+        result = run_study(cfg, tune, progress=not args.quiet)
     print(f"study {result.study.study_name}: {result.added} trial(s) added by this run, {result.total} of "
           f"{tune.trials} in the study; "
           f"report: {result.folder / 'report.md'}")
@@ -684,27 +679,86 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM (`kill`, a scheduler's stop) ends a job as Ctrl-C does
 
 
-def main(argv: list[str] | None = None) -> int:
+# Exit statuses (docs/faults.md): 0 done; 1 `datasets check` found problems, or a bug (its traceback);
+# 2 a user mistake, refused in one line; 3 the disk (or quota) is full; 130 interrupted (Ctrl-C, SIGTERM).
+EXIT_USER, EXIT_DISK_FULL, EXIT_INTERRUPTED = 2, 3, 130
+KEPT = {  # per command: what a stopped run leaves behind, and how to go on
+    "kfold": "finished splits are kept; continue with --resume",
+    "nested": "finished outer splits and trials are kept; continue with --resume",
+    "suite": "finished entries and splits are kept; continue with --resume",
+    "tune": "finished trials are kept; run the same command to continue the study",
+}
+NOTHING_KEPT = "no file is half-written; run the command again"
+
+
+def after_fault(args: argparse.Namespace | None) -> str:
+    """What a stopped command leaves and how to go on, for its one line."""
+    return KEPT.get(getattr(args, "command", None), NOTHING_KEPT)
+
+
+def disk_full_line(e: OSError, args: argparse.Namespace | None) -> str:
+    """`error: No space left on device (writing in <folder>): finished splits are kept; ...`."""
+    where = f" (writing in {Path(e.filename).resolve()})" if e.filename else ""
+    return f"error: {e.strerror or 'No space left on device'}{where}: {after_fault(args)} once space is free"
+
+
+def run_command(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """The command, with its command line recorded (run.json) and SIGTERM taken as Ctrl-C; a user
+    mistake is one line (exit 2)."""
     import signal
-    args = make_parser().parse_args(argv)
+
+    from bench.errors import USER_ERRORS
     from bench.provenance import set_command
+    from bench.redact import redact
     set_command(sys.argv if argv is None else ["cli.py", *argv])  # what run.json records
     signal.signal(signal.SIGTERM, _interrupt)
-    from bench.errors import USER_ERRORS
     try:
         return args.func(args)
     except USER_ERRORS as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        print(f"error: {redact(e)}", file=sys.stderr)
+        return EXIT_USER
+    finally:
+        set_command(None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; every fault ends in one line on stderr and a documented exit status, with
+    credentials redacted (bench.redact) in it and in every library's log lines."""
+    import signal
+
+    from bench.redact import redact, redacting_logs
+    args, on_sigint = None, signal.getsignal(signal.SIGINT)
+    try:
+        args = make_parser().parse_args(argv)
+        with redacting_logs():
+            return run_command(args, argv)
     except KeyboardInterrupt:
-        print("\ninterrupted: finished splits are kept; continue with --resume", file=sys.stderr)
-        return 130
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C does not cut the line short
+        print(f"\ninterrupted: {after_fault(args)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except BrokenPipeError:  # `cli.py datasets list | head`: the reader left; nothing to report
         import os
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as e:
+        from bench.atomic import DISK_FULL
+        if e.errno not in DISK_FULL:
+            return bug(e)
+        print(redact(disk_full_line(e, args)), file=sys.stderr)
+        return EXIT_DISK_FULL
+    except Exception as e:
+        return bug(e)
     finally:
-        set_command(None)
+        signal.signal(signal.SIGINT, on_sigint)
+
+
+def bug(e: Exception) -> int:
+    """Not a fault foldbench knows: its traceback (credentials redacted), exit 1."""
+    import traceback
+
+    from bench.redact import redact
+    print(redact("".join(traceback.format_exception(e))).rstrip(), file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

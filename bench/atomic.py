@@ -5,6 +5,7 @@ A leaf module (it imports nothing of the package): the run folder, the cache and
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import uuid
@@ -13,18 +14,33 @@ from pathlib import Path
 import pandas as pd
 
 
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's quota is used up
+
+
+class DiskFull(OSError):
+    """A write failed because the disk (or quota) is full: `folder` is where it was writing. The
+    file was not replaced (its temporary copy is deleted), so everything written before is intact."""
+
+    def __init__(self, folder: Path, cause: OSError):
+        super().__init__(cause.errno, cause.strerror or os.strerror(cause.errno), str(folder))
+        self.folder = folder
+
+
 @contextlib.contextmanager
 def atomic_path(path):
-    """Yield a temporary path beside `path`; rename it over `path` on success, delete it on error."""
+    """Yield a temporary path beside `path`; rename it over `path` on success, delete it on error.
+    A full disk is raised as `DiskFull` naming the folder (the write's own error rarely names it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         yield tmp
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as e:
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
+        if isinstance(e, OSError) and e.errno in DISK_FULL and not isinstance(e, DiskFull):
+            raise DiskFull(path.parent, e) from e
         raise
 
 

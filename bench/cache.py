@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from .atomic import DISK_FULL
 from .audio import BadAudio, load_clip, n_samples
 from .config import AudioConfig
 from .datasets import Dataset
@@ -44,7 +45,6 @@ CACHE_VERSION = 4  # bump when the stored content changes meaning
 STORE_DTYPE = np.int16
 FULL_SCALE = 32767
 LOCK = ".lock"  # in `waves/`: taken to create or clean temporary folders; in each one: held while it builds
-DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 
 
 class CacheError(RuntimeError):

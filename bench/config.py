@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from .redact import is_redacted, redact
+
 
 @dataclass
 class DatasetConfig:
@@ -251,7 +253,11 @@ def load_yaml(path: str | os.PathLike, base: RunConfig | None = None, *, with_na
 
 
 def dump_yaml(cfg: RunConfig) -> str:
-    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+    """The config as YAML (config.yaml, best.yaml), the tracking URI's password replaced by ***:
+    a run resumed from it is given --tracking-uri again (`validate` asks for it)."""
+    data = to_dict(cfg)
+    data["tracking"]["tracking_uri"] = redact(data["tracking"]["tracking_uri"])
+    return yaml.safe_dump(data, sort_keys=False)
 
 
 # ---- validation: every field's range, before anything is read or written ----
@@ -343,6 +349,9 @@ def validate(cfg: RunConfig) -> RunConfig:
           "train.device", t.device, "must be auto, cpu, cuda or cuda:N")
     _need(bool(cfg.tracking.tracking_uri), "tracking.tracking_uri", cfg.tracking.tracking_uri,
           "must not be empty")
+    _need(not (cfg.tracking.mlflow and is_redacted(cfg.tracking.tracking_uri)), "tracking.tracking_uri",
+          cfg.tracking.tracking_uri, "has its password masked (a saved config keeps none): give "
+                                     "--tracking-uri with the password again, or --no-mlflow")
     if cfg.tracking.experiment is not None:
         _need(bool(cfg.tracking.experiment.strip()), "tracking.experiment", cfg.tracking.experiment,
               "must not be empty")

@@ -186,7 +186,8 @@ def ui_hint(tracking, run_dir: Path) -> str | None:
     experiment = read_json(Path(run_dir) / "mlflow.json").get("experiment")
     if not (tracking.mlflow and experiment):
         return None
-    uri = tracking.tracking_uri
+    from .redact import redact
+    uri = redact(tracking.tracking_uri)
     if uri.startswith(("http://", "https://")):
         return runs_link(uri, experiment)
     return f"mlflow ui --backend-store-uri {uri}, then {runs_link('http://127.0.0.1:5000', experiment)}"

@@ -30,6 +30,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .atomic import atomic_write_text
+from .redact import redact
 
 _command: list[str] | None = None  # set by cli.main; otherwise sys.argv
 
@@ -42,11 +43,12 @@ def set_command(argv: list[str] | None) -> None:
 
 
 def command_line() -> str:
-    """The command as typed: `python cli.py kfold ...` (shlex-quoted, so it can be pasted)."""
+    """The command as typed: `python cli.py kfold ...` (shlex-quoted, so it can be pasted), with the
+    password of a --storage or --tracking-uri URL replaced by *** (`redact`)."""
     argv = list(_command if _command is not None else sys.argv)
     if argv and argv[0].endswith(".py"):
         argv = ["python", *argv]
-    return shlex.join(argv)
+    return shlex.join(redact(a) for a in argv)
 
 
 def foldbench_version() -> str | None:

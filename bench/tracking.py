@@ -28,6 +28,7 @@ from typing import Any, Callable, Iterator, TypeVar
 
 from .config import TrackingConfig
 from .mlflow_layout import EXPERIMENT_TAGS, standard_tags
+from .redact import redact
 
 T = TypeVar("T")
 HINT = "or pass another --tracking-uri, or --no-mlflow"
@@ -71,7 +72,7 @@ class Tracker:
             raise self._error(what, e) from e
 
     def _error(self, what: str, e: Exception) -> TrackingError:
-        return TrackingError(f"MLflow store {self.uri}: cannot {what} ({_reason(e)}); check the store, {HINT}")
+        return TrackingError(f"MLflow store {redact(self.uri)}: cannot {what} ({_reason(e)}); check the store, {HINT}")
 
     def start(self, name: str, params: dict | None = None, tags: dict | None = None,
               parent: str | None = None, run_id: str | None = None) -> str | None:
@@ -134,7 +135,7 @@ class Tracker:
     def log_params(self, run_id: str | None, params: dict[str, Any]) -> None:
         if self.enabled and run_id and params:
             from mlflow.entities import Param
-            self._call("log params", "log_batch", run_id, params=[Param(k, str(v)) for k, v in params.items()])
+            self._call("log params", "log_batch", run_id, params=[Param(k, v) for k, v in _strings(params).items()])
 
     def set_tags(self, run_id: str | None, tags: dict[str, Any]) -> None:
         if self.enabled and run_id:
@@ -246,7 +247,8 @@ class Tracker:
         return model.model_id
 
 def _strings(d: dict[str, Any]) -> dict[str, str]:
-    return {k: str(v) for k, v in d.items()}
+    """Tag and param values as MLflow keeps them: strings, with any URL's password redacted."""
+    return {k: redact(v) for k, v in d.items()}
 
 
 # ---- opening the store: check it, create its schema one worker at a time, retry known races ----
@@ -281,6 +283,7 @@ def _open_store(uri: str, experiment: str):
     logging.getLogger("mlflow.utils.async_logging").setLevel(logging.CRITICAL)
     # and its SQL store logs every failed statement with a traceback before raising it (to us)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+    shown = redact(uri)  # in messages: the URI without its password
     if uri.startswith(("http://", "https://")):
         try:
             with _short_requests():
@@ -289,9 +292,9 @@ def _open_store(uri: str, experiment: str):
         except Exception as e:
             text = _chain_text(e)
             if "api request to" in text and "failed with exception" in text:
-                raise TrackingError(f"MLflow tracking server {uri} is unreachable ({_reason(e)}); "
+                raise TrackingError(f"MLflow tracking server {shown} is unreachable ({_reason(e)}); "
                                     f"start it, {HINT}") from None
-            raise TrackingError(f"MLflow tracking server {uri} refused the check ({_reason(e)}); "
+            raise TrackingError(f"MLflow tracking server {shown} refused the check ({_reason(e)}); "
                                 f"check the server, {HINT}") from None
     path = sqlite_path(uri)
     if path is not None:
@@ -307,7 +310,7 @@ def _open_store(uri: str, experiment: str):
             if not existed:  # leave no half-made database behind (others wait on the lock meanwhile)
                 for p in (path, path.with_name(path.name + "-journal")):
                     p.unlink(missing_ok=True)
-            raise TrackingError(f"MLflow store {uri} cannot be opened ({_reason(e)}); "
+            raise TrackingError(f"MLflow store {shown} cannot be opened ({_reason(e)}); "
                                 f"check it, {HINT}") from None
 
 
@@ -418,5 +421,5 @@ def _reason(e: BaseException) -> str:
             return reason
     # SQLAlchemy (possibly wrapped by MLflow): the database driver's own error, without the SQL
     e = next((x.orig for x in _chain(e) if getattr(x, "orig", None) is not None), e)
-    line = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    line = redact((str(e).strip().splitlines() or [type(e).__name__])[0])
     return line if len(line) <= 200 else line[:200] + "..."

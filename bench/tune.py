@@ -34,6 +34,7 @@ from .atomic import atomic_write_text
 from .config import ConfigError, RunConfig, dump_yaml, flatten, merge, plain_name
 from .cv import code_version, run_cv
 from .prepare import Prepared, prepare
+from .redact import redact
 from .features import FeatureError, check_features
 from .mlflow_layout import run_params
 from .space import apply_params, check_space, load_space, suggest
@@ -256,8 +257,8 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
         storage = rdb_storage(url, tune.heartbeat)
     except Exception as e:  # a malformed URL, a missing driver, a server that refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"--storage {url}: cannot open the study storage ({type(e).__name__}: "
-                          f"{first}); give a reachable database URL, or leave --storage out") from None
+        raise ConfigError(f"--storage {redact(url)}: cannot open the study storage ({type(e).__name__}: "
+                          f"{redact(first)}); give a reachable database URL, or leave --storage out") from None
     # Steps are split indices: the first prune_warmup splits of a trial are never pruned.
     steps = sorted(cfg.splits)
     warmup = steps[tune.prune_warmup] if tune.prune_warmup < len(steps) else steps[-1] + 1
