@@ -1,4 +1,4 @@
-"""Decoding one clip to a fixed-shape waveform: soundfile, channels, torchaudio resampling, pad/trim.
+"""Decoding one clip to a fixed-shape waveform: soundfile, channels, resampling, pad/trim.
 
 `load_clip` either returns a float32 array [channels, samples] or raises `BadAudio` whose message
 says what is wrong with the file; callers quarantine it or stop (`--strict`). Failures that are not
@@ -7,6 +7,10 @@ the audio's fault (permission denied, an I/O error, out of memory) are raised as
 
 Only regular files are opened (a FIFO would block, a device never ends), and only the frames the
 kept clip needs are read, so a long file costs no more than a short one.
+
+Resampling: torchaudio's windowed sinc wherever its kernel is small (every rate foldbench could
+read before soxr came: their clips, and so the cache, are unchanged); soxr for the rest, any rate
+a header can hold (500 kHz, 2 GHz), streamed a block at a time so that memory stays bounded.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+import soxr
 import torch
 import torchaudio.transforms as T
 
@@ -110,12 +115,21 @@ def decode(path: str | Path, frames: Callable[[int], int] | None = None,
     """Samples as float32 [channels, frames] and the file's sample rate. `frames`: a function of the
     file's rate giving the most frames to read (default: all); `channels`: mix a file with more
     channels down to this many, block by block."""
+    kept, rate = _decode(path, lambda rate, held: _Frames(held if frames is None else frames(rate)),
+                         channels)
+    return kept.samples(), rate
+
+
+def _decode(path: str | Path, sink: Callable[[int, int], _Frames | _SoxrClip],
+            channels: int | None) -> tuple[_Frames | _SoxrClip, int]:
+    """The file's frames, read a block at a time into `sink(rate, frames held)` until it needs no
+    more, and the file's rate. BadAudio for what is wrong with the file; OSError for the disk."""
     with open_regular(path) as raw:
         reader = _Reader(raw, path)
         try:
             with sf.SoundFile(reader) as f:
-                want = f.frames if frames is None else min(f.frames, frames(f.samplerate))
-                samples = _read(f, want, channels)
+                kept = sink(f.samplerate, f.frames)
+                got = _read(f, kept, channels)
                 rate, held, log = f.samplerate, f.frames, f.extra_info
                 width, mp3 = WIDTHS.get(f.subtype, 0) * f.channels, f.format == "MP3"
         except (sf.LibsndfileError, RuntimeError, ValueError) as e:
@@ -128,34 +142,57 @@ def decode(path: str | Path, frames: Callable[[int], int] | None = None,
             raise BadAudio(f"truncated: header says {m[1]} bytes of audio, file holds {m[2]}")
         raise BadAudio(f"truncated: header says {held + -(-(int(m[1]) - int(m[2])) // width)} frames, "
                        f"file holds {held}")
-    if samples.shape[1] < want and not mp3:  # an MP3's frame count can be an estimate
-        raise BadAudio(f"truncated: header says {held} frames, file holds {samples.shape[1]}")
-    if samples.shape[1] == 0:
+    if got < held and kept.need() > 0 and not mp3:  # an MP3's frame count can be an estimate
+        raise BadAudio(f"truncated: header says {held} frames, file holds {got}")
+    if got == 0:
         raise BadAudio("no audio frames")
-    return samples, int(rate)
+    return kept, int(rate)
 
 
-def _read(f: sf.SoundFile, want: int, channels: int | None) -> np.ndarray:
+def _read(f: sf.SoundFile, sink: _Frames | _SoxrClip, channels: int | None) -> int:
+    """Blocks of the file into `sink` until it needs no more or the file ends: the frames read."""
     dtype, scale = INTEGER_READS.get(f.subtype, ("float32", None))
     mix = channels is not None and f.channels > channels
-    parts, got = [], 0
-    while True:
-        block = f.read(min(BLOCK, want - got), dtype=dtype, always_2d=True)
+    got = 0
+    while (want := min(BLOCK, sink.need(), f.frames - got)) > 0:
+        block = f.read(want, dtype=dtype, always_2d=True)
         samples = np.ascontiguousarray(block.T, dtype=np.float32)
         if scale is not None:
             samples *= np.float32(scale)
-        parts.append(to_channels(samples, channels) if mix else samples)
         got += len(block)
-        if got >= want or len(block) == 0:  # done, or the file ends early
-            return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
+        sink.push(to_channels(samples, channels) if mix else samples,
+                  last=got >= f.frames or len(block) == 0)
+        if len(block) == 0:  # the file ends early
+            break
+    return got
+
+
+class _Frames:
+    """The first `want` frames as read, kept whole (torchaudio resamples them at once)."""
+
+    def __init__(self, want: int):
+        self.want, self.parts, self.got = want, [], 0
+
+    def need(self) -> int:
+        return self.want - self.got
+
+    def push(self, samples: np.ndarray, last: bool) -> None:
+        self.parts.append(samples)
+        self.got += samples.shape[1]
+
+    def samples(self) -> np.ndarray:
+        return self.parts[0] if len(self.parts) == 1 else np.concatenate(self.parts, axis=1)
+
+
+NON_FINITE, SILENT = "non-finite samples (NaN or Inf)", "silent (every sample is zero)"
 
 
 def check(samples: np.ndarray) -> None:
     """Content checks on decoded samples: finite, not all silent."""
     if not np.isfinite(samples).all():
-        raise BadAudio("non-finite samples (NaN or Inf)")
+        raise BadAudio(NON_FINITE)
     if not np.any(samples):
-        raise BadAudio("silent (every sample is zero)")
+        raise BadAudio(SILENT)
 
 
 def to_channels(samples: np.ndarray, channels: int) -> np.ndarray:
@@ -173,29 +210,36 @@ def to_channels(samples: np.ndarray, channels: int) -> np.ndarray:
 @functools.lru_cache(maxsize=32)
 def _resampler(orig: int, new: int) -> T.Resample:
     """torchaudio's windowed-sinc resampler; its kernel is built once per rate pair."""
-    return T.Resample(kernel_rate(orig, new), new)
+    rate = kernel_rate(orig, new)
+    if rate is None:
+        raise ValueError(f"no small torchaudio kernel for {orig} Hz -> {new} Hz")
+    return T.Resample(rate, new)
 
 
 MAX_KERNEL = 4_000_000  # (orig/gcd) x (new/gcd) taps: 16 MB of float32 at most
 
 
-def kernel_rate(orig: int, new: int) -> int:
-    """The source rate the resampling kernel is built for. torchaudio's kernel has about
-    (orig/gcd) x (new/gcd) taps: 44,101 Hz -> 8 kHz (gcd 1) would need 1.4 GB. Such a rate is read as
-    the nearest multiple of 10, 50, 100, ... Hz whose kernel is small (44,101 -> 44,100: a pitch
-    error of 0.002 %), so memory stays bounded whatever rate a header claims."""
+def kernel_rate(orig: int, new: int) -> int | None:
+    """The source rate torchaudio's resampling kernel is built for, or None where none is small
+    (soxr resamples those). The kernel has about (orig/gcd) x (new/gcd) taps: 44,101 Hz -> 8 kHz
+    (gcd 1) would need 1.4 GB. Such a rate is read as the nearest multiple of 10, 50, 100, ... Hz
+    whose kernel is small (44,101 -> 44,100: a pitch error of 0.002 %), as foldbench always has, so
+    the clips of every rate it could read keep their samples (and the cache its entries). A rate
+    that would round to `new` itself, or whose neighbours have no small kernel either (500 kHz ->
+    22,050 Hz), gets None."""
     for step in (1, 10, 50, 100, 500, 1000):
         rate = max(step, round(orig / step) * step)
         g = math.gcd(rate, new)
-        if (rate // g) * (new // g) <= MAX_KERNEL:
+        if rate != new and (rate // g) * (new // g) <= MAX_KERNEL:
             return rate
-    return new
+    return None
 
 
 def frames_needed(length: int, orig: int, new: int) -> int:
-    """Input frames at `orig` Hz that the first `length` samples at `new` Hz depend on. torchaudio's
-    resampler turns each block of orig/gcd inputs into new/gcd outputs, reading `width` more on
-    each side, so the first `length` outputs are exactly those of resampling the whole file."""
+    """Input frames at `orig` Hz that the first `length` samples at `new` Hz depend on, for a rate
+    with a torchaudio kernel. The resampler turns each block of orig/gcd inputs into new/gcd
+    outputs, reading `width` more on each side, so the first `length` outputs are exactly those of
+    resampling the whole file."""
     if orig == new:
         return length
     r = _resampler(orig, new)
@@ -203,11 +247,74 @@ def frames_needed(length: int, orig: int, new: int) -> int:
 
 
 def resample(samples: np.ndarray, orig: int, new: int) -> np.ndarray:
-    """Band-limited resampling (torchaudio's sinc interpolation)."""
+    """Band-limited resampling: torchaudio's sinc interpolation where its kernel is small, else
+    soxr's (see `kernel_rate`)."""
     if orig == new:
         return samples
+    if kernel_rate(orig, new) is None:
+        stream = _SoxrClip(orig, new, samples.shape[0], length=0)
+        stream.push(samples, last=True)
+        return stream.clip()
     with torch.no_grad():
         return _resampler(orig, new)(torch.from_numpy(samples)).numpy()
+
+
+class _KernelClip(_Frames):
+    """torchaudio's path: the frames its kernel needs, checked, mixed and resampled at once."""
+
+    def __init__(self, orig: int, new: int, channels: int, length: int):
+        super().__init__(frames_needed(length, orig, new))
+        self.orig, self.new, self.channels = orig, new, channels
+
+    def clip(self) -> np.ndarray:
+        samples = self.samples()
+        check(samples)
+        return resample(to_channels(samples, self.channels), self.orig, self.new)
+
+
+class _SoxrClip:
+    """soxr's path, for rates without a small torchaudio kernel (any ratio: 500 kHz, 2 GHz, 1 Hz):
+    each block is checked, mixed and resampled as it is read, and reading stops once `length`
+    samples are out (0: never). Memory is a block in and about a block out, whatever the rate and
+    the file's length; soxr's output does not depend on how its input is cut into blocks, so the
+    clip is the start of resampling the whole file."""
+
+    def __init__(self, orig: int, new: int, channels: int, length: int):
+        self.orig, self.new, self.channels, self.length = orig, new, channels, length
+        self.stream = soxr.ResampleStream(orig, new, channels, dtype="float32", quality="HQ")
+        self.parts, self.out, self.read, self.heard = [], 0, 0, False
+
+    def need(self) -> int:
+        """Frames to read next: none once the clip is out; no more than the samples still
+        missing take, so a large upsampling ratio (1 Hz -> 22,050 Hz) never makes a huge block."""
+        if self.length and self.out >= self.length:
+            return 0
+        missing = self.length - self.out if self.length else BLOCK
+        return max(1, min(BLOCK, math.ceil(missing * self.orig / self.new)))
+
+    def push(self, samples: np.ndarray, last: bool) -> None:
+        if not np.isfinite(samples).all():
+            raise BadAudio(NON_FINITE)
+        self.heard = self.heard or bool(np.any(samples))
+        samples = to_channels(samples, self.channels)
+        out = self.stream.resample_chunk(np.ascontiguousarray(samples.T), last=last)
+        self.parts.append(out.T)
+        self.out += len(out)
+        self.read += samples.shape[1]
+
+    def clip(self) -> np.ndarray:
+        if not self.heard:
+            raise BadAudio(SILENT)
+        if self.out == 0:  # a 2 GHz header on a short file: not one sample long at the new rate
+            raise BadAudio(f"no audio frames at {self.new} Hz: {self.read} frame(s) at {self.orig} Hz "
+                           f"last under one sample")
+        return np.ascontiguousarray(np.concatenate(self.parts, axis=1), dtype=np.float32)
+
+
+def _clip_reader(orig: int, new: int, channels: int, length: int) -> _KernelClip | _SoxrClip:
+    if orig != new and kernel_rate(orig, new) is None:
+        return _SoxrClip(orig, new, channels, length)
+    return _KernelClip(orig, new, channels, length)
 
 
 def fit_length(samples: np.ndarray, length: int) -> np.ndarray:
@@ -222,11 +329,9 @@ def load_clip(path: str | Path, audio: AudioConfig) -> np.ndarray:
     """Decode what is kept, check, mix to the channel count, resample, pad/trim: [channels, samples]
     float32, the same as decoding the whole file and trimming."""
     length = n_samples(audio)
-    samples, rate = decode(path, lambda rate: frames_needed(length, rate, audio.sample_rate),
-                           audio.channels)
-    check(samples)
-    samples = to_channels(samples, audio.channels)
-    samples = fit_length(resample(samples, rate, audio.sample_rate), length)
+    kept, _ = _decode(path, lambda rate, held: _clip_reader(rate, audio.sample_rate, audio.channels,
+                                                            length), audio.channels)
+    samples = fit_length(kept.clip(), length)
     if not np.any(samples):  # the kept part is silent (a file can start with silence)
         raise BadAudio("silent (every kept sample is zero)")
     return samples.astype(np.float32, copy=False)

@@ -12,7 +12,8 @@ Built in a locked temporary folder `.<entry>.*`, after a free-space check, with 
 reserved (a full disk is a message, not SIGBUS), then renamed into place; the folder goes on any
 failure, and the next build removes those of killed builds (never a running one's). Every load
 verifies the entry (sizes, every clip's hash) and rebuilds a damaged one. A failure that is not
-the audio's fault (permission, I/O, memory, disk) raises `CacheError` and caches nothing.
+the audio's fault (permission, I/O, memory, disk) raises `CacheError`, a fault in foldbench or a
+library `DecodeFault`; either caches nothing, and only `BadAudio` quarantines a clip.
 """
 from __future__ import annotations
 
@@ -23,6 +24,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -52,8 +54,22 @@ class CacheError(RuntimeError):
     memory, disk); the message names the file or folder and what to do."""
 
 
+class DecodeFault(RuntimeError):
+    """Decoding a file failed for a reason that is not the file's (a bug, a missing library): never
+    a quarantine entry, and not a one-line user error either: its traceback is what to report."""
+
+
 class Corrupt(Exception):
     """An entry that is not what its build wrote; the message is the reason."""
+
+
+class Stale(Corrupt):
+    """An entry an older foldbench built with a reason this one no longer gives; rebuilt."""
+
+
+# The older build's catch-all quarantined any exception as "cannot decode: <ExceptionType>: ...";
+# decode's own reasons ("cannot decode: Error opening ...") never put a bare name before a colon.
+CATCH_ALL_REASON = re.compile(r"^cannot decode: [A-Za-z_]\w*: ")
 
 
 @dataclass
@@ -113,8 +129,9 @@ def load_waveforms(dataset: Dataset, audio: AudioConfig, cache_dir: str | Path,
             if attempt:
                 raise CacheError(f"waveform cache {folder} is corrupt right after its build ({e}): "
                                  f"delete {folder} and check the disk") from None
-            print(f"waveform cache {folder} is corrupt ({e}): rebuilding", file=sys.stderr)
-            _remove(folder, f"is corrupt ({e})")
+            what = "is out of date" if isinstance(e, Stale) else "is corrupt"
+            print(f"waveform cache {folder} {what} ({e}): rebuilding", file=sys.stderr)
+            _remove(folder, f"{what} ({e})")
     raise AssertionError("unreachable")
 
 
@@ -165,6 +182,10 @@ def _open_verified(folder: Path, shape: tuple, key: str, workers: int | None) ->
         ok = [i for i, h in enumerate(lines[:-1]) if h]
         if sorted(quarantine["index"]) != sorted(set(range(shape[0])) - set(ok)):
             raise Corrupt("quarantine.csv does not match hashes.txt")
+        stale = quarantine["reason"].str.match(CATCH_ALL_REASON.pattern)
+        if stale.any():
+            raise Stale(f"{stale.sum()} clip(s) set aside for a fault in foldbench, not in the file "
+                        f"(the first: {quarantine['clip'][stale].iloc[0]})")
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # sha1 releases the GIL
             same = list(pool.map(lambda i: clip_hash(data[i], scale[i]) == lines[i], ok))
     except (ValueError, KeyError, TypeError, EOFError, FileNotFoundError) as e:
@@ -327,11 +348,13 @@ def _decode_all(dataset: Dataset, audio: AudioConfig, out: np.ndarray, workers: 
         except OSError as e:  # the file or disk, not the audio: nothing is cached
             raise CacheError(f"cannot read {paths[i]}: {e.strerror or e} (not cached: fix it and "
                              "run again)") from None
-        except Exception as e:  # a decoder bug on one file must not kill a 9,000-file build
+        except Exception as e:  # not the audio's fault: a bug, a missing library, memory
             if isinstance(e, MemoryError) or "can't allocate memory" in str(e):  # numpy's, torch's
                 raise CacheError(f"out of memory decoding {paths[i]}: use fewer workers or free "
                                  "memory") from None
-            bad[i] = f"cannot decode: {type(e).__name__}: {e}"
+            raise DecodeFault(f"decoding {paths[i]} failed in foldbench or a library it uses, not "
+                              f"because of the file (not quarantined, nothing cached): "
+                              f"{type(e).__name__}: {e}") from e
 
     # Threads: libsndfile and torch's resampling release the GIL, and the memmap is shared.
     threads = torch.get_num_threads()

@@ -1,5 +1,6 @@
 """The waveform cache under faults: files that are not the audio's fault to fail (permission, I/O,
-memory) raise CacheError and cache nothing; special and cut files are quarantined with the reason;
+memory) raise CacheError, a fault in foldbench or a library DecodeFault, and cache nothing (an entry
+an older build quarantined such a clip in is rebuilt); special and cut files are quarantined with the reason;
 a damaged entry is rebuilt with one line on stderr; a full disk is a message; a killed build's
 temporary folder is cleaned, a running build's is not."""
 import errno
@@ -99,6 +100,56 @@ def test_io_error_and_out_of_memory_are_errors_and_cache_nothing(tiny_us8k_maste
     assert _left(tmp_path) == []
     monkeypatch.setattr(cache_mod, "load_clip", real_clip)
     assert load_waveforms(dataset, AUDIO, tmp_path, progress=False).ok.all()  # the disk is back
+
+
+def test_a_fault_in_foldbench_or_a_library_is_an_error_not_a_quarantine(tiny_us8k_master, tmp_path,
+                                                                        monkeypatch):
+    """A bug, or a library that will not load, is not the file's fault: it used to become a
+    quarantine entry ("cannot decode: AttributeError: ...") and the clip was left out for good."""
+    dataset = _dataset(tiny_us8k_master, tmp_path)
+    sick = dataset.table["path"][7]
+    real_clip = cache_mod.load_clip
+
+    def buggy(path, audio):
+        if path == sick:
+            raise AttributeError("'Resample' object has no attribute 'width'")
+        return real_clip(path, audio)
+
+    monkeypatch.setattr(cache_mod, "load_clip", buggy)
+    with pytest.raises(cache_mod.DecodeFault, match=rf"^decoding {sick} failed in foldbench or a library") as err:
+        load_waveforms(dataset, AUDIO, tmp_path, progress=False)
+    assert "AttributeError: 'Resample' object has no attribute 'width'" in str(err.value)
+    assert isinstance(err.value.__cause__, AttributeError) and _left(tmp_path) == []
+    monkeypatch.setattr(cache_mod, "load_clip", real_clip)
+    assert load_waveforms(dataset, AUDIO, tmp_path, progress=False).ok.all()
+
+
+def _set_aside(sick, reason, real_clip):
+    def load_clip(path, audio):
+        if path == sick:
+            raise audio_mod.BadAudio(reason)
+        return real_clip(path, audio)
+    return load_clip
+
+
+def test_an_entry_holding_the_old_catch_alls_quarantine_is_rebuilt(tiny_us8k_master, tmp_path,
+                                                                    monkeypatch, capsys):
+    """An entry that an older foldbench built, with a clip set aside for a fault of its own, has
+    the same key: it is rebuilt, not trusted (reasons that are the file's stay trusted)."""
+    dataset = _dataset(tiny_us8k_master, tmp_path)
+    sick, real_clip = dataset.table["path"][7], cache_mod.load_clip
+    for reason, rebuilt in (("cannot decode: Error opening 'x.wav': Format not recognised.", False),
+                            ("cannot decode: AttributeError: 'Resample' object has no attribute 'width'", True)):
+        shutil.rmtree(tmp_path / "waves", ignore_errors=True)
+        monkeypatch.setattr(cache_mod, "load_clip", _set_aside(sick, reason, real_clip))
+        folder = tmp_path / "waves" / f"{dataset.name}-{cache_mod.cache_key(dataset, AUDIO)}"
+        cache_mod._build(dataset, AUDIO, folder, None, False)  # as the older foldbench did
+        assert (folder / "quarantine.csv").read_text().strip().endswith(reason)
+        monkeypatch.setattr(cache_mod, "load_clip", real_clip)
+        capsys.readouterr()
+        again = load_waveforms(dataset, AUDIO, tmp_path, progress=False)
+        assert again.path == folder and again.ok.all() == rebuilt
+        assert ("is out of date (1 clip(s) set aside for a fault in foldbench" in capsys.readouterr().err) == rebuilt
 
 
 def test_special_and_cut_files_are_quarantined_with_the_reason(tiny_us8k, tmp_path):

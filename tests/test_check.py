@@ -168,3 +168,16 @@ def test_check_refuses_what_kfold_refuses_before_decoding(tiny_us8k, tmp_path, c
     code, out, _ = run_cli(capsys, "datasets", "check", *args, "--quiet")
     assert code == 1 and "ERROR    plan" in out and "fold missing or outside 1..5" in out
     assert "ready for kfold" not in out
+
+
+def test_a_500_khz_clip_is_usable_not_undecodable(tmp_path, capsys):
+    """500 kHz -> 22,050 Hz (the default) has no small torchaudio kernel: the clip used to be
+    listed undecodable ('Resample' object has no attribute 'width') and quarantined by kfold."""
+    root = clean_folder(tmp_path / "sounds")
+    sf.write(root / "owl" / "bat_00.wav", clip(2, 0.5, sr=500_000, seed=4), 500_000, subtype="PCM_16")
+    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
+                           "--cache-dir", str(tmp_path / "cache"), "--json")
+    report = json.loads(out)
+    assert code == 0 and report["ok"] and report["n_clips"] == 37
+    assert report["formats"]["sample_rate"] == {"500000": 1, "8000": 36}
+    assert not [f for f in report["findings"] if f["level"] != "info"], report["findings"]

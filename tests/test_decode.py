@@ -118,3 +118,57 @@ def test_an_odd_sample_rate_keeps_the_resampling_kernel_small(tmp_path):
     odd, even = load_clip(tmp_path / "odd.wav", audio), load_clip(tmp_path / "even.wav", audio)
     assert _resampler(44101, 8000).kernel.numel() <= 2 * MAX_KERNEL
     assert odd.shape == (1, 8000) and np.array_equal(odd, even)
+
+
+# ---- rates without a small torchaudio kernel: soxr, read a block at a time ----
+
+def test_a_rate_without_a_small_kernel_is_resampled_at_its_own_rate(tmp_path, monkeypatch):
+    """500 kHz -> 22,050 Hz has no small torchaudio kernel (441 x 10,000 taps) and no round
+    neighbour with one: it used to fail ('Resample' object has no attribute 'width'). It is
+    resampled by soxr at its own rate, reading only what the 4 s clip needs of a 10 s file."""
+    from bench.audio import kernel_rate
+    assert kernel_rate(500_000, 22050) is None and kernel_rate(44101, 22050) == 44100
+    rate, t = 500_000, np.arange(10 * 500_000) / 500_000
+    tone = 0.5 * np.sin(2 * np.pi * 1000 * t)
+    path = tmp_path / "bat.wav"
+    sf.write(path, np.stack([tone, -tone], axis=1).astype(np.float32), rate, subtype="FLOAT")
+    audio = AudioConfig(sample_rate=22050, channels=2, duration=4.0)
+    whole, _ = decode(path)
+    expected = fit_length(resample(whole, rate, 22050), 4 * 22050)
+    requested, real_read = [], sf.SoundFile.read
+    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, **kw:
+                        requested.append(frames) or real_read(self, frames, **kw))
+    clip = load_clip(path, audio)
+    assert clip.shape == (2, 4 * 22050) and np.array_equal(clip, expected)  # the whole file's start
+    reference = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(4 * 22050) / 22050)
+    assert np.abs(clip[0, 100:] - reference[100:]).max() < 1e-4  # a 1 kHz tone, not 1 kHz x 22.7
+    assert np.array_equal(clip[1], -clip[0])
+    assert 4 * rate <= sum(requested) < 4.1 * rate and max(requested) <= audio_mod.BLOCK
+
+
+@pytest.mark.parametrize("rate", [22049, 1_000_003, 2_147_483_647])
+def test_any_rate_a_header_holds_gives_a_clip_or_a_reason(tmp_path, rate):
+    """22,049 Hz rounds to the target rate itself (no kernel: it also used to fail); 2^31 - 1 Hz
+    is the most a WAV header can say to libsndfile. Few frames at 2 GHz make no sample at all."""
+    path = tmp_path / "odd.wav"
+    sf.write(path, np.full(30000, 0.25, np.float32), rate, subtype="PCM_16")
+    audio = AudioConfig(sample_rate=22050, channels=1, duration=1.0)
+    if rate < 10**9:
+        clip = load_clip(path, audio)
+        kept = int(30000 * 22050 / rate) - 100  # soxr's edge effects are over after 100 samples
+        assert np.abs(clip[0, 100:kept] - 0.25).max() < 1e-3 and not clip[0, kept + 200:].any()
+    else:
+        with pytest.raises(BadAudio, match=r"^no audio frames at 22050 Hz: 30000 frame\(s\) at 2147483647 Hz"):
+            load_clip(path, audio)
+
+
+def test_non_finite_samples_are_found_on_the_soxr_path_too(tmp_path):
+    x = np.full(500_000, 0.25, np.float32)
+    x[300_000] = np.inf
+    sf.write(tmp_path / "inf.wav", x, 500_000, subtype="FLOAT")
+    sf.write(tmp_path / "zero.wav", np.zeros(500_000, np.float32), 500_000, subtype="FLOAT")
+    audio = AudioConfig(sample_rate=22050, channels=1, duration=1.0)
+    with pytest.raises(BadAudio, match=r"^non-finite"):
+        load_clip(tmp_path / "inf.wav", audio)
+    with pytest.raises(BadAudio, match=r"^silent \(every sample is zero\)$"):
+        load_clip(tmp_path / "zero.wav", audio)

@@ -266,3 +266,28 @@ def test_without_validation_the_last_epoch_is_kept_and_reproduces(tiny_us8k_mast
     files, saved = clips_of(run_dir, 5)
     assert predict("--run", run_dir, *files, "--out", tmp_path / "p.csv") == 0  # one model: the ensemble
     np.testing.assert_array_equal(probs(pd.read_csv(tmp_path / "p.csv")), probs(saved))
+
+
+def test_a_500_khz_clip_trains_and_is_predicted(tiny_us8k, tmp_path, capsys):
+    """500 kHz -> 22,050 Hz has no small torchaudio kernel: kfold used to quarantine the clip
+    ('cannot decode: AttributeError') and predict to end in a traceback."""
+    import soundfile as sf
+    meta = pd.read_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv")
+    row = meta[(meta["fold"] == 1) & meta["slice_file_name"].str.endswith(".wav")].iloc[0]
+    bat = tiny_us8k / "audio" / "fold1" / row["slice_file_name"]
+    t = np.arange(250_000) / 500_000
+    tone = (0.3 * np.sin(2 * np.pi * 3000 * t) * np.sin(2 * np.pi * 7 * t)).astype(np.float32)
+    sf.write(bat, tone, 500_000, subtype="PCM_16")
+    cfg = fast_config(tmp_path, tiny_us8k, name="bat", splits=[1],
+                      **{"audio.sample_rate": 22050, "audio.duration": 0.5, "train.epochs": 1})
+    result = run_cv(cfg, progress=False)
+    assert result.quarantine.empty
+    clips, saved = clips_of(result.run_dir, 1)
+    assert str(bat) in clips and saved["pred"].notna().all()  # tested in split 1
+    new = tmp_path / "new_bat.wav"
+    sf.write(new, tone[::-1].copy(), 500_000, subtype="FLOAT")
+    out = tmp_path / "p.csv"
+    assert predict("--run", result.run_dir, new, "--split", 1, "--out", out, "--threads", 1) == 0
+    got = pd.read_csv(out)
+    assert got["path"].tolist() == [str(new)] and got["predicted"].notna().all()
+    np.testing.assert_allclose(probs(got).sum(axis=1), 1, atol=1e-5)
