@@ -681,7 +681,7 @@ def _interrupt(signum, frame):
 
 # Exit statuses (docs/faults.md): 0 done; 1 `datasets check` found problems, or a bug (its traceback);
 # 2 a user mistake, refused in one line; 3 the disk (or quota) is full; 130 interrupted (Ctrl-C, SIGTERM).
-EXIT_USER, EXIT_DISK_FULL, EXIT_INTERRUPTED = 2, 3, 130
+EXIT_DISK_FULL, EXIT_INTERRUPTED = 3, 130  # a user mistake: its FoldbenchError.exit_status, 2
 KEPT = {  # per command: what a stopped run leaves behind, and how to go on
     "kfold": "finished splits are kept; continue with --resume",
     "nested": "finished outer splits and trials are kept; continue with --resume",
@@ -707,16 +707,16 @@ def run_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     mistake is one line (exit 2)."""
     import signal
 
-    from bench.errors import USER_ERRORS
+    from bench.errors import FoldbenchError
     from bench.provenance import set_command
     from bench.redact import redact
     set_command(sys.argv if argv is None else ["cli.py", *argv])  # what run.json records
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         return args.func(args)
-    except USER_ERRORS as e:
+    except FoldbenchError as e:
         print(f"error: {redact(e)}", file=sys.stderr)
-        return EXIT_USER
+        return e.exit_status
     finally:
         set_command(None)
 

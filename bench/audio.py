@@ -29,9 +29,10 @@ import torch
 import torchaudio.transforms as T
 
 from .config import AudioConfig
+from .errors import FoldbenchError
 
 
-class BadAudio(Exception):
+class BadAudio(FoldbenchError):
     """A file that cannot become a clip; the message is the reason, for people."""
 
 

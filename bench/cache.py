@@ -42,6 +42,7 @@ from .atomic import DISK_FULL
 from .audio import BadAudio, load_clip, n_samples
 from .config import AudioConfig
 from .datasets import Dataset
+from .errors import FoldbenchError
 
 CACHE_VERSION = 4  # bump when the stored content changes meaning
 STORE_DTYPE = np.int16
@@ -49,7 +50,7 @@ FULL_SCALE = 32767
 LOCK = ".lock"  # in `waves/`: taken to create or clean temporary folders; in each one: held while it builds
 
 
-class CacheError(RuntimeError):
+class CacheError(FoldbenchError, RuntimeError):
     """The cache cannot be read or built for a reason that is not the audio's (permission, I/O,
     memory, disk); the message names the file or folder and what to do."""
 

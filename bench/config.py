@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from .redact import is_redacted, redact
+from .errors import FoldbenchError
 
 
 @dataclass
@@ -122,7 +123,7 @@ class RunConfig:
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
 
-class ConfigError(ValueError):
+class ConfigError(FoldbenchError, ValueError):
     """A config key or value that does not fit the schema."""
 
 

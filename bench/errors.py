@@ -1,16 +1,16 @@
-"""The errors that mean bad input or settings (a message for people), not a bug (a traceback)."""
-from protocols import ProtocolError
-from reports.compare import CompareError
+"""One base class for what foldbench explains in one line (bad input or settings: a message for
+people and the exit status the CLI returns), as opposed to a bug (a traceback). A leaf module: it
+imports nothing of foldbench, and every layer's errors derive from `FoldbenchError`.
 
-from .audio import BadAudio
-from .cache import CacheError
-from .config import ConfigError
-from .datasets import DatasetError
-from .features import FeatureError
-from .ray_engine import EngineError
-from .runfolder import RunFolderError
-from .tracking import TrackingError
-from .train import TrainingError
+    class CacheError(FoldbenchError, RuntimeError): ...   # in bench/cache.py
+    except FoldbenchError as e: print(f"error: {e}"); return e.exit_status   # cli.main
+"""
 
-USER_ERRORS = (BadAudio, CacheError, ConfigError, DatasetError, FeatureError, ProtocolError, RunFolderError,
-               TrainingError, TrackingError, CompareError, EngineError)
+
+class FoldbenchError(Exception):
+    """A fault the user can act on: its message says what is wrong and how to fix it."""
+
+    exit_status = 2  # refused before anything is written (docs/faults.md lists every status)
+
+
+USER_ERRORS = (FoldbenchError,)  # what the CLI (and `datasets check`) turn into one line

@@ -24,11 +24,12 @@ import torchaudio.transforms as T
 from torch import nn
 
 from .config import AudioConfig, FeatureConfig
+from .errors import FoldbenchError
 
 AMIN = 1e-10  # power floor before the logarithm (librosa's and torchaudio's default): -100 dB
 
 
-class FeatureError(ValueError):
+class FeatureError(FoldbenchError, ValueError):
     """A feature config that cannot work with this audio config."""
 
 

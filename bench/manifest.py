@@ -23,13 +23,14 @@ from typing import Callable
 import pandas as pd
 
 from .config import DatasetConfig
+from .errors import FoldbenchError
 
 SHOWN = 10  # problems listed in one error; the rest are counted
 # Prefix of content fingerprints; runs made before them carry 16 bare hex digits (file stamps).
 FINGERPRINT_FORMAT = "c1-"
 
 
-class DatasetError(ValueError):
+class DatasetError(FoldbenchError, ValueError):
     """Metadata or layout that cannot be used; the message names the file and the reason."""
 
 

@@ -28,6 +28,7 @@ from typing import Iterator
 import numpy as np
 
 from .config import ConfigError
+from .errors import FoldbenchError
 
 INSTALL = "pip install -c constraints.txt -e '.[ray]'"
 RETRIES = 3  # a split's task is started again this often when its worker process dies
@@ -91,7 +92,7 @@ def _answers(address: str) -> None:
                           f"for a local Ray") from None
 
 
-class EngineError(RuntimeError):
+class EngineError(FoldbenchError, RuntimeError):
     """A Ray task that could not be completed (its worker died too often): one line, exit 2."""
 
 

@@ -31,6 +31,7 @@ import yaml
 
 from .atomic import atomic_path, atomic_write_csv, atomic_write_text
 from .config import ConfigError, RunConfig, dump_yaml, flatten, load_yaml, plain_name
+from .errors import FoldbenchError
 
 # Sections that decide the results: a resumed run must match them exactly.
 RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
@@ -47,7 +48,7 @@ SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts
 LATER_DEFAULTS = {"protocol.repeats": 1}
 
 
-class RunFolderError(ValueError):
+class RunFolderError(FoldbenchError, ValueError):
     """A run folder that cannot be started, resumed or read as asked."""
 
 

@@ -29,6 +29,7 @@ from typing import Any, Callable, Iterator, TypeVar
 from .config import TrackingConfig
 from .mlflow_layout import EXPERIMENT_TAGS, standard_tags
 from .redact import redact
+from .errors import FoldbenchError
 
 T = TypeVar("T")
 HINT = "or pass another --tracking-uri, or --no-mlflow"
@@ -39,7 +40,7 @@ PROBE_TIMEOUT_S = 5  # the server check: one request, no retries, this long at m
 # and trial, between foldbench's own lines. The links foldbench prints are enough.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
 
-class TrackingError(Exception):
+class TrackingError(FoldbenchError):
     """The MLflow store cannot be reached, read or written."""
 
 

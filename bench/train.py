@@ -23,9 +23,10 @@ from tqdm.auto import tqdm
 from .config import ModelConfig, RunConfig, TrainConfig
 from .features import Augment
 from .models import ModelError, create_model
+from .errors import FoldbenchError
 
 
-class TrainingError(RuntimeError):
+class TrainingError(FoldbenchError, RuntimeError):
     """Training that went wrong in a way worth a clear message (a NaN loss, say)."""
 
 

@@ -17,11 +17,12 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import PredefinedSplit
+from bench.errors import FoldbenchError
 
 PROTOCOLS: dict[str, type[Protocol]] = {}
 
 
-class ProtocolError(ValueError):
+class ProtocolError(FoldbenchError, ValueError):
     """A fold plan that would make the evaluation wrong; the message says which clips or classes."""
 
 

@@ -172,10 +172,12 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path):
     """A real SIGINT in the first seconds (the heavy imports): exit 130, no traceback."""
-    p = subprocess.run([sys.executable, "-c", IMPORT_HOOK, "report", str(tmp_path)], cwd=REPO,
-                       capture_output=True, text=True, timeout=300)
+    p = subprocess.run([sys.executable, "-c", IMPORT_HOOK, "kfold", "--dataset", "demo", "--runs-dir",
+                        str(tmp_path / "runs"), "--no-mlflow"], cwd=REPO, capture_output=True, text=True,
+                       timeout=300)
     assert p.returncode == 130, p.stderr[-3000:]
-    assert one_line(p.stderr) == "interrupted: no file is half-written; run the command again"
+    assert one_line(p.stderr) == "interrupted: finished splits are kept; continue with --resume"
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 # ---- 8. credentials in URLs ----

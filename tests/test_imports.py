@@ -89,8 +89,9 @@ def test_no_import_cycles():
 
 def test_leaf_modules_import_nothing_of_the_package_above_them():
     graph = import_graph()
-    assert graph["bench.manifest"] <= {"bench.config"}
-    assert graph["protocols.base"] == set()
+    assert graph["bench.manifest"] <= {"bench.config", "bench.errors"}
+    assert graph["protocols.base"] == {"bench.errors"}  # the one error base class, a leaf
+    assert graph["bench.errors"] == set()
 
 
 @pytest.mark.parametrize("first", ["bench.folder_datasets", "bench.groups", "protocols.holdout"])
@@ -99,3 +100,24 @@ def test_imports_first_in_a_fresh_interpreter(first):
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["['demo',", "'folder',", "'gtzan',", "'us8k']"]
+
+
+def test_one_error_base_class_and_a_leaf_errors_module():
+    """Every error meant for people derives from bench.errors.FoldbenchError (the CLI's one line and
+    exit status); bench/errors.py imports nothing of foldbench."""
+    import ast
+    import importlib
+    from pathlib import Path
+
+    from bench.errors import FoldbenchError
+    src = Path(__file__).resolve().parents[1] / "bench" / "errors.py"
+    imports = [n for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
+    assert imports == []
+    for module, name in [("bench.audio", "BadAudio"), ("bench.cache", "CacheError"),
+                         ("bench.config", "ConfigError"), ("bench.manifest", "DatasetError"),
+                         ("bench.frontends", "FeatureError"), ("protocols.base", "ProtocolError"),
+                         ("bench.runfolder", "RunFolderError"), ("bench.train", "TrainingError"),
+                         ("bench.tracking", "TrackingError"), ("reports.compare", "CompareError"),
+                         ("bench.ray_engine", "EngineError"), ("bench.models.registry", "ModelError")]:
+        cls = getattr(importlib.import_module(module), name)
+        assert issubclass(cls, FoldbenchError) and cls.exit_status == 2, name

@@ -11,11 +11,12 @@ import inspect
 from typing import Any, Callable
 
 from torch import nn
+from ..errors import FoldbenchError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 
 
-class ModelError(ValueError):
+class ModelError(FoldbenchError, ValueError):
     """A model name, parameter or input shape the model cannot take."""
 
 
