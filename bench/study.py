@@ -60,7 +60,7 @@ class PlaceSeeded(optuna.samplers.BaseSampler):
 
     def __init__(self, seed: int):
         self.seed = seed
-        self._tpe = optuna.samplers.TPESampler(seed=seed % 2 ** 32)
+        self._tpe: optuna.samplers.TPESampler | None = None  # the trial's, from `before_trial` on
 
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]

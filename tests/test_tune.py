@@ -112,9 +112,9 @@ def test_rerunning_continues_the_count_and_adds_no_duplicate_trials(study):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     fits = study["calls"]["fit"]
     assert [len(f) for f in fits[:3]] == [3 * 2, 1 * 2, 0]  # the second run trained trial 3 only
-    # each run's sampler is seeded past the trials already there (1 enqueued, then 3, then 4),
+    # each trial's sampler is seeded by its place in the study (0 enqueued, 1, 2; the re-run's 3),
     # so a re-run does not replay the suggestions of the first
-    assert [s for s in study["calls"]["seeds"] if s is not None] == [1, 3, 4]  # None: create_study's default
+    assert [s for s in study["calls"]["seeds"] if s is not None] == [0, 1, 2, 3]  # None: create_study's default
     table = pd.read_csv(study["folder"] / "trials.csv")
     assert table["number"].tolist() == [0, 1, 2, 3] and (table["state"] == "complete").all()
     assert sorted(p.name for p in (study["folder"] / "trials").iterdir()) == ["0", "1", "2", "3"]
