@@ -454,7 +454,8 @@ SEARCH_SAVED = {"trials": "trials", "inner_splits": "inner_splits", "sampler_see
 
 
 def resume_search(args: argparse.Namespace, run_dir: Path) -> None:
-    """A resumed nested run's search settings from its search.json, where not given as flags."""
+    """A resumed nested run's search settings (and --no-non-nested) from its search.json, where not
+    given as flags."""
     import json
 
     from bench.tune import load_space
@@ -465,6 +466,8 @@ def resume_search(args: argparse.Namespace, run_dir: Path) -> None:
     for arg, key in SEARCH_SAVED.items():
         if isinstance(getattr(args, arg), Default) and isinstance(saved.get(key), int):
             setattr(args, arg, saved[key])
+    if args.no_non_nested is None and isinstance(saved.get("non_nested"), bool):
+        args.no_non_nested = not saved["non_nested"]
     if args.space is None and "space" in saved and saved["space"] != json.loads(json.dumps(load_space(None))):
         raise C.ConfigError(f"--resume {run_dir}: this run searched a space from a --space file; "
                             f"give that --space FILE again")
@@ -664,7 +667,7 @@ def make_parser() -> argparse.ArgumentParser:
     g.add_argument("--inner-splits", type=int, default=2, metavar="N",
                    help="inner splits each trial trains (default: 2); the non-nested study tunes on "
                         "the full plan's first N splits")
-    g.add_argument("--no-non-nested", action="store_true",
+    g.add_argument("--no-non-nested", action="store_true", default=None,  # None: not given (--resume: saved)
                    help="skip the non-nested estimate (a study and a kfold run: about 1/folds of the cost)")
     search_options(g)
     for action in nested._actions:  # told apart from flags given: --resume takes the saved ones

@@ -96,11 +96,11 @@ def select(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Pr
     inner_cfg = merge(cfg, {"splits": list(range(1, inner_splits + 1))})
     if workers is not None:
         result = workers.search(inner_cfg, tune, space, folder, prepared.device, parent_run=parent_run,
-                                inner_fold=split.test_fold)
+                                inner_fold=split.test_fold, sole=True)
     else:
         inner = inner_prepared(prepared, split.test_fold, cfg.protocol.val)
         result = search(inner_cfg, tune, space, inner, folder, tracker=tracker, parent_run=parent_run,
-                        progress=False)
+                        progress=False, sole=True)  # the run folder's lock: no one else runs it
     best = best_trial(result.study)
     if best is None:
         raise RunFolderError(f"outer split {split.index}: no inner trial completed (see "
@@ -113,6 +113,12 @@ def _settings(cfg: RunConfig, tune: TuneConfig, space: dict, inner_splits: int) 
     return json.loads(json.dumps({"trials": tune.trials, "inner_splits": inner_splits, "space": space,
                                   "sampler_seed": tune.seed, "prune_startup": tune.prune_startup,
                                   "prune_warmup": tune.prune_warmup}))
+
+
+def _same_run(saved: dict, settings: dict) -> bool:
+    """search.json's settings are these (one saved before `non_nested` was recorded: the others)."""
+    return saved == settings if "non_nested" in saved else saved == {
+        k: v for k, v in settings.items() if k != "non_nested"}
 
 
 def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resume: bool = False,
@@ -142,9 +148,10 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
         if resume and not saved and not (folder.path / "inner").is_dir() and folder.done():
             raise RunFolderError(f"--resume {folder.path}: a kfold run, not a nested one; continue it "
                                  f"with `kfold --resume`, or give nested another --name")
-        if saved and saved != settings:
+        run_settings = {**settings, "non_nested": non_nested}  # search.json: what shapes the run
+        if saved and not _same_run(saved, run_settings):
             raise RunFolderError(f"--resume {folder.path}: the search settings differ from the saved "
-                                 f"search.json ({saved} -> {settings}); resume with the same ones")
+                                 f"search.json ({saved} -> {run_settings}); resume with the same ones")
         other = sorted(k for k, v in selected.items() if v != settings)
         if other:
             raise RunFolderError(f"--resume {folder.path}: outer split(s) {', '.join(map(str, other))} "
@@ -152,7 +159,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
                                  f"split.json: {selected[other[0]]}); resume with the same ones")
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
-        atomic_write_text(folder.path / "search.json", json.dumps(settings, indent=1) + "\n")
+        atomic_write_text(folder.path / "search.json", json.dumps(run_settings, indent=1) + "\n")
         from .threads import apply as set_threads  # recorded: results differ by thread count
         threads = set_threads(cfg.train.threads, (lambda line: print(line, file=sys.stderr)) if progress else None)
         attempt = Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json
@@ -215,10 +222,11 @@ def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker,
                      parent=parent, tags={"kind": "non-nested"}) as run:
         study_cfg = merge(cfg, {"splits": list(range(1, inner_splits + 1))})
         study_tune = replace(tune, study=f"{cfg.name}-non-nested")
-        result = (workers.search(study_cfg, study_tune, space, folder, prepared.device, parent_run=run)
+        result = (workers.search(study_cfg, study_tune, space, folder, prepared.device, parent_run=run,
+                                 sole=True)
                   if workers is not None else
                   search(study_cfg, study_tune, space, prepared, folder, tracker=tracker, parent_run=run,
-                         progress=False))
+                         progress=False, sole=True))
         best = best_trial(result.study)
         if best is None:
             raise RunFolderError(f"non-nested study: no trial completed (see {folder / 'report.md'})")

@@ -58,10 +58,13 @@ class StudyWorkers:
         check_least(self, cfg, device)
 
     def search(self, cfg, tune, space, folder, device, *, parent_run: str | None = None,
-               inner_fold: int | None = None, trial_lines: bool = False):
+               inner_fold: int | None = None, trial_lines: bool = False, sole: bool = False):
         """`tune.search` of `cfg` in `folder` by the workers; the study's outputs (trials.csv,
         best.yaml, plots, report.md) written here at the end. The study is opened here first: its
-        schema and settings exist before any worker starts."""
+        schema and settings exist before any worker starts. `sole`: no one else runs the study
+        (`tune.search`): a trial found running was interrupted."""
+        from .study import abandon
+        from .tracking import Tracker
         from .tune import StudyResult, counted, open_study, optuna_quiet, write_outputs
         cfg, tune = absolute(cfg, tune)  # a Ray worker starts in a folder of Ray's own
         folder = Path(folder).expanduser().resolve()
@@ -81,7 +84,9 @@ class StudyWorkers:
             folder.mkdir(parents=True, exist_ok=True)
             try:
                 with optuna_quiet():
-                    open_study(cfg, tune, space, folder)
+                    study = open_study(cfg, tune, space, folder)
+                    if sole:
+                        abandon(study, None, Tracker(cfg.tracking, experiment=cfg.dataset.name))
             except BaseException:
                 if created:  # a failed start leaves no study folder behind, as `tune` alone
                     shutil.rmtree(folder, ignore_errors=True)
@@ -94,18 +99,31 @@ class StudyWorkers:
             refs = [task.remote(cfg, replace(tune, worker=i), space, folder, inner_fold, parent_run,
                                 trial_lines, cpus) for i in range(self.workers)]  # each its own sampler seed
             try:
-                added = [task_result(ray, ref, f"Optuna worker {i + 1}", "the same command continues the study")
-                         for i, ref in enumerate(refs)]
+                for i, ref in enumerate(refs):
+                    task_result(ray, ref, f"Optuna worker {i + 1}", "the same command continues the study")
             except BaseException:
                 _stop(ray, refs)
                 _abandoned(cfg, tune, space, folder)
                 raise
 
-        print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
         with optuna_quiet():
             study = open_study(cfg, tune, space, folder)
             write_outputs(study, folder, cfg, plots=True)
+        added = ran_by(study, tune.owner, self.workers)
+        print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
         return StudyResult(study, folder, sum(added), counted(study))
+
+
+def ran_by(study, owner: str, workers: int) -> list[int]:
+    """The counted trials in `study` that each of `owner`'s workers ran, from the study itself:
+    a worker Ray started again after a kill returns only what its last start ran, and the trial
+    it was killed in is counted by whichever worker ran its retry."""
+    from .study import counts
+    ran = [0] * workers
+    for t in study.get_trials(deepcopy=False):
+        if t.user_attrs.get("owner") == owner and counts(t) and t.user_attrs.get("worker") in range(workers):
+            ran[t.user_attrs["worker"]] += 1
+    return ran
 
 
 def _stop(ray, refs) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import uuid
 import warnings
 from fractions import Fraction
 from typing import Any
@@ -39,6 +40,69 @@ def counts(t: optuna.trial.FrozenTrial) -> bool:
 def counted(study: optuna.Study) -> int:
     """The trials that count towards --trials (`counts`)."""
     return sum(counts(t) for t in study.get_trials(deepcopy=False))
+
+
+def superseded(t: optuna.trial.FrozenTrial) -> bool:
+    """A trial whose place in the study's sequence another one takes: one interrupted (Ctrl-C,
+    SIGTERM, a resume that found it running) or whose worker was killed, both failed without
+    counting (a retry runs its settings), and one not run (the study was full)."""
+    if t.user_attrs.get("excluded"):
+        return str(t.user_attrs.get("reason", "")).startswith("not run")
+    return t.state == optuna.trial.TrialState.FAIL and not counts(t)
+
+
+class PlaceSeeded(optuna.samplers.BaseSampler):
+    """TPE seeded afresh for each trial with `seed` plus the trial's place: its number less the
+    trials before it that were superseded (`superseded`). So the settings a trial draws do not depend
+    on what was interrupted before it: a study continued after Ctrl-C or a kill, its interrupted
+    trial retried with the same params, draws what the uninterrupted study drew; a continued study
+    draws from new places (no suggestion replayed)."""
+
+    def __init__(self, seed: int):
+        self.seed = seed
+        self._tpe: optuna.samplers.TPESampler | None = None  # the trial's, from `before_trial` on
+
+    def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
+        place = trial.number - sum(superseded(t) for t in earlier)
+        self._tpe = optuna.samplers.TPESampler(seed=(self.seed + place) % 2 ** 32)
+        self._tpe.before_trial(study, trial)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._tpe.infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._tpe.sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._tpe.sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._tpe.after_trial(study, trial, state, values)
+
+
+def retry_interrupted(study: optuna.Study, names) -> list[int]:
+    """Every trial interrupted with all its settings drawn (`names`), queued again once with them,
+    as `RetryStale` queues a killed worker's: its retry takes its place in the sequence (and starts
+    from the splits it finished, `Objective`). Workers doing this at once queue each trial once
+    (`claim_study_attr`). One interrupted before its settings were drawn is not retried: the next
+    trial takes its place. Returns the numbers queued again."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
+    queued = []
+    for t in trials:
+        if (t.state != optuna.trial.TrialState.FAIL or t.user_attrs.get("reason") != "interrupted"
+                or t.number in retried or set(t.params) != set(names)):
+            continue
+        token = uuid.uuid4().hex
+        if claim_study_attr(study, f"retry of trial {t.number}", token) != token:
+            continue  # another worker queued it
+        system = {"failed_trial": t.number, **t.system_attrs}
+        system["retry_history"] = [*t.system_attrs.get("retry_history", []), t.number]
+        study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=t.params,
+                                            distributions=t.distributions, system_attrs=system))
+        queued.append(t.number)
+    return queued
 
 
 def frozen(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
@@ -103,14 +167,15 @@ def close_trial_run(tracker: Tracker | None, run: str | None, reason: str) -> st
     return None
 
 
-def abandon(study: optuna.Study, owner: str, tracker: Tracker | None) -> list[int]:
+def abandon(study: optuna.Study, owner: str | None, tracker: Tracker | None) -> list[int]:
     """The trials `owner`'s workers were running when they were stopped from outside (their driver
     interrupted, the workers killed): failed with the reason "interrupted" (not counted, as a trial
-    interrupted in its own process), their MLflow runs closed KILLED; at once, not after the
-    heartbeat's grace. Returns their numbers."""
+    interrupted in its own process; retried, `retry_interrupted`), their MLflow runs closed KILLED;
+    at once, not after the heartbeat's grace. `owner` None: every running trial (a resumed nested
+    run owns its studies: what its killed process was running is no one's). Returns their numbers."""
     stopped = []
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
-        if t.user_attrs.get("owner") != owner:
+        if owner is not None and t.user_attrs.get("owner") != owner:
             continue
         close_trial_run(tracker, t.user_attrs.get("mlflow_run"), "interrupted")
         study._storage.set_trial_user_attr(t._trial_id, "reason", "interrupted")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import logging
 import shutil
 import time
 import warnings
@@ -38,8 +39,8 @@ from .redact import redact
 from .features import FeatureError, check_features
 from .mlflow_layout import run_params
 from .space import apply_params, check_space, load_space, suggest
-from .study import (FINISHED, METRIC, RetryStale, best_trial, claim_study_attr, counted, counts, frozen,
-                    holding, priority, rdb_storage, trial_line)
+from .study import (FINISHED, METRIC, PlaceSeeded, RetryStale, abandon, best_trial, claim_study_attr,
+                    counted, counts, frozen, holding, priority, rdb_storage, retry_interrupted, trial_line)
 from .tracking import Tracker, retry_races
 
 DEFAULT_SPLITS = [1, 2, 3]  # tune's splits unless --splits: all 10 would train 10 models a trial
@@ -87,15 +88,25 @@ class Objective:
         self.poll_s = 5.0  # how often a trial held back by other workers' running trials looks again
         self.note = None  # `note(text)`, when set, prints a line (a wait for other workers' trials)
         self.owner: str | None = None  # `TuneConfig.owner`
+        self.worker = 0  # `TuneConfig.worker`
 
     def __call__(self, trial: optuna.Trial) -> float:
+        try:
+            return self._call(trial)
+        except KeyboardInterrupt:  # wherever it landed: not counted, and retried with these params
+            trial.set_user_attr("reason", "interrupted")
+            raise
+
+    def _call(self, trial: optuna.Trial) -> float:
         if isinstance(trial, optuna.Trial) and priority(frozen(trial))[0] == 0:  # a retry (not a
             # FixedTrial): its user attrs are copies of the killed trial's
-            for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run", "owner"):
+            for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run", "owner",
+                        "worker", "reason"):
                 if key in trial.user_attrs:
                     trial.set_user_attr(key, None)
         if self.owner and isinstance(trial, optuna.Trial):  # whose driver may have to close it
             trial.set_user_attr("owner", self.owner)
+            trial.set_user_attr("worker", self.worker)  # which of its workers ran it (`ray_workers.ran_by`)
         if self.target is not None:  # before suggesting: a trial not run has no params (TPE ignores it)
             self._wait_for_room(trial)
         cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
@@ -108,7 +119,7 @@ class Objective:
             "state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())})
         if run:  # for whoever finds this trial's worker gone (`RetryStale`): it closes the run KILLED
             trial.set_user_attr("mlflow_run", run)
-        shutil.rmtree(Path(cfg.runs_dir) / cfg.name, ignore_errors=True)  # numbers are never reused
+        resume = self._start_folder(trial, cfg)
         seen: list[tuple[int, int, int]] = []  # (split, correct, total)
         if self.status:
             self.status(f"trial {trial.number}: split 1 of {len(cfg.splits)}")
@@ -133,9 +144,10 @@ class Objective:
                 raise optuna.TrialPruned(f"excluded before training: {e}") from None
             if self.prepared is None:
                 self.prepared = prepare(self.cfg, progress=self.progress, tracking=False)
-            run_cv(cfg, report, prepared=self.prepared, score_test=False, tracker=tracker,
+            run_cv(cfg, report, prepared=self.prepared, score_test=False, tracker=tracker, resume=resume,
                    parent_run=run, progress=self.progress)  # `report` saw every split, in order
             value = float(mean_fraction([(c, n) for _, c, n in seen]))  # the float nearest the mean
+            self._finish(trial, tracker, run, "complete", folder=Path(cfg.runs_dir) / cfg.name)
         except optuna.TrialPruned as e:
             self._finish(trial, tracker, run, "pruned", str(e), folder=Path(cfg.runs_dir) / cfg.name)
             raise
@@ -145,8 +157,21 @@ class Objective:
                          f"{type(e).__name__}: {e}", "KILLED" if interrupted else "FAILED",
                          folder=Path(cfg.runs_dir) / cfg.name)
             raise
-        self._finish(trial, tracker, run, "complete", folder=Path(cfg.runs_dir) / cfg.name)
         return value
+
+    def _start_folder(self, trial: optuna.Trial, cfg: RunConfig) -> bool:
+        """The trial's run folder, empty (numbers are never reused); for a retry, a copy of the
+        folder of the trial it retries, whose verified splits the retry keeps (`run_cv`'s resume): a
+        split whose work finished counts. Returns whether `run_cv` resumes it."""
+        own = Path(cfg.runs_dir) / cfg.name
+        shutil.rmtree(own, ignore_errors=True)
+        history = frozen(trial).system_attrs.get("retry_history") if isinstance(trial, optuna.Trial) else None
+        before = Path(cfg.runs_dir) / str(history[-1]) if history else None
+        if before is None or not (before / "config.yaml").is_file():
+            return False
+        shutil.copytree(before, own)
+        atomic_write_text(own / "config.yaml", dump_yaml(cfg))  # its own name (settings: the same)
+        return True
 
     def _not_run(self, trial: optuna.Trial, reason: str) -> None:
         trial.set_user_attr("excluded", True)
@@ -266,10 +291,10 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
     name = tune.study or cfg.dataset.name
     study = retry_races(lambda: optuna.create_study(storage=storage, study_name=name, direction="maximize",
                                                     load_if_exists=True, pruner=pruner))
-    # Seeded, and offset by the trials already there: a re-run must not replay the same suggestions.
-    # Workers started together see the same trials: their number keeps them from drawing the same settings.
-    seed = tune.seed + len(study.get_trials(deepcopy=False)) + WORKER_SEEDS * tune.worker
-    study.sampler = optuna.samplers.TPESampler(seed=seed % 2 ** 32)
+    # Seeded per trial by its place in the study (`PlaceSeeded`): a re-run continues the sequence an
+    # uninterrupted run draws, without replaying a suggestion. Workers started together see the same
+    # trials: their number keeps them from drawing the same settings.
+    study.sampler = PlaceSeeded(tune.seed + WORKER_SEEDS * tune.worker)
     fixed = {k: v for k, v in runs.result_view(cfg).items() if k not in space and k != "dataset.root"}
     settings = json.loads(json.dumps({**fixed, **{f"search {k}": v for k, v in space.items()}}))
     saved = study.user_attrs.get("settings")
@@ -339,30 +364,54 @@ def study_folder(cfg: RunConfig, tune: TuneConfig) -> Path:
     return Path(cfg.runs_dir) / f"tune-{tune.study}"
 
 
+class NotInterrupted(logging.Filter):
+    """Drops Optuna's two warnings on a trial interrupted ("Trial N failed with parameters ...
+    KeyboardInterrupt" with its traceback, then "Trial N failed with value None."): the command
+    says it in one line ("interrupted: ..."), not with a library traceback."""
+    trial: str | None = None  # "Trial N" whose second warning is still to come
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+            self.trial = text.split(" failed")[0]
+            return False
+        if self.trial and text.startswith(f"{self.trial} failed with value"):
+            self.trial = None
+            return False
+        return True
+
+
 @contextlib.contextmanager
 def optuna_quiet():
-    """Optuna's per-trial INFO lines (17-digit values, every parameter) off; warnings stay."""
+    """Optuna's per-trial INFO lines (17-digit values, every parameter) off; warnings stay, except
+    those on a trial interrupted (`NotInterrupted`)."""
     before = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    trials_log, quiet = logging.getLogger("optuna.study._optimize"), NotInterrupted()  # a failed trial's log
+    trials_log.addFilter(quiet)
     try:
         yield
     finally:
+        trials_log.removeFilter(quiet)
         optuna.logging.set_verbosity(before)
 
 
 def search(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Prepared, folder: Path,
            *, tracker: Tracker | None = None, parent_run: str | None = None,
-           progress: bool = True, trial_lines: bool = False) -> StudyResult:
+           progress: bool = True, trial_lines: bool = False, sole: bool = False) -> StudyResult:
     """The study `tune.study` in `folder` over `prepared`'s splits `cfg.splits`, run or continued up
     to `tune.trials` counted trials: `tune`'s loop, and nested CV's inner search (whose `prepared`
     holds only the inner splits). Its MLflow run goes under `parent_run` when given. `progress`: a
     trials bar (its postfix says which split the trial is at); `trial_lines`: `trial_line` printed
-    for every finished trial (nested prints its own line per outer split instead)."""
+    for every finished trial (nested prints its own line per outer split instead). `sole`: no other
+    process runs this study (nested: its run folder's lock), so a trial found running was
+    interrupted. Interrupted trials are retried first, with their params (`retry_interrupted`)."""
     with optuna_quiet():
-        return _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines)
+        return _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines, sole)
 
 
-def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines) -> StudyResult:
+def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines,
+            sole) -> StudyResult:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -387,10 +436,14 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
     if isinstance(stale, RetryStale):  # closes a killed trial's MLflow run when this worker finds it
         stale.tracker, stale.note = tracker, objective.note
     before = counted(study)
+    if sole:  # what a killed process was running: interrupted
+        abandon(study, None, tracker)
+    if before < tune.trials:
+        retry_interrupted(study, space)
     bar = tqdm(total=tune.trials, initial=min(before, tune.trials), desc=f"trials ({name})", unit="trial",
                disable=not progress, dynamic_ncols=True)
     objective.status = bar.set_postfix_str
-    objective.target, objective.owner = tune.trials, tune.owner
+    objective.target, objective.owner, objective.worker = tune.trials, tune.owner, tune.worker
     own = 0  # counted trials this invocation ran (other workers may share the study)
 
     def after_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:

@@ -3,6 +3,7 @@ folder and MLflow layout, the non-nested estimate beside it, resume per outer sp
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import mlflow
@@ -17,7 +18,8 @@ from bench.prepare import Prepared, prepare
 from bench.runfolder import RunFolderError
 from bench.tune import TuneConfig, load_space
 from tests.conftest import fast_config
-from tests.test_kill_and_races import finish, kill_held, procs, start, trained  # noqa: F401 (procs: fixture)
+from tests.test_kill_and_races import (finish, kill_held, procs, start, trained,  # noqa: F401 (procs: fixture)
+                                       wait_until)
 from tests.test_tune import SPACE, TINY, tune_args, write_space
 
 TUNE = TuneConfig(trials=3, prune_startup=5)  # no pruning: every trial trains every inner split
@@ -291,9 +293,89 @@ def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(ne
         path.write_text(original)
 
 
-def test_kfold_resume_without_a_name_skips_nested_runs(nested_run):
+def test_kfold_resume_without_a_name_skips_nested_runs(nested_run, tmp_path):
+    """(Before: `!= "n1"`, which None passed too.) A copy of the nested run's record, then a kfold run's."""
     from bench.runfolder import latest_run
-    assert latest_run(nested_run / "runs", "us8k") != "n1"
+    runs = tmp_path / "runs"
+    (runs / "n1").mkdir(parents=True)
+    for name in ("config.yaml", "search.json"):
+        (runs / "n1" / name).write_text((nested_run / "runs" / "n1" / name).read_text())
+    assert latest_run(runs, "us8k") is None
+    assert latest_run(runs, "us8k", nested=True) == "n1"
+    (runs / "k1").mkdir()
+    (runs / "k1" / "config.yaml").write_text((runs / "n1" / "config.yaml").read_text())
+    assert latest_run(runs, "us8k") == "k1"
+    assert latest_run(runs, "us8k", nested=True) == "n1"
+
+
+def inner_sequence(run: Path, study: str, k) -> list[tuple[dict, float]]:
+    """The counted trials of outer split k's study (or the non-nested one), in order: (params, value)."""
+    from bench.study import counts
+    folder = run / "inner" / str(k) if k else run / "non-nested"
+    trials = optuna.load_study(study_name=study, storage=f"sqlite:///{folder / 'study.db'}").get_trials()
+    return [(t.params, t.value) for t in trials if counts(t)]
+
+
+def assert_same_nested(run: Path, reference: Path) -> None:
+    """Split for split: the settings chosen, the inner value, the predictions; every study's counted
+    trials (settings and values, in order); the estimates."""
+    import pandas as pd
+    for k in (1, 2):
+        got, ref = (json.loads((r / "splits" / str(k) / "split.json").read_text()) for r in (run, reference))
+        assert (got["chosen"], got["inner_val_acc_mean"]) == (ref["chosen"], ref["inner_val_acc_mean"])
+        pd.testing.assert_frame_equal(*(pd.read_csv(r / "splits" / str(k) / "predictions.csv")
+                                        for r in (run, reference)))
+        assert inner_sequence(run, f"n1-outer-{k}", k) == inner_sequence(reference, f"n1-outer-{k}", k)
+    assert inner_sequence(run, "n1-non-nested", None) == inner_sequence(reference, "n1-non-nested", None)
+    got, ref = (json.loads((r / "nested.json").read_text()) for r in (run, reference))
+    assert (got["nested"], got["selection_bias"]) == (ref["nested"], ref["selection_bias"])
+
+
+@pytest.fixture(scope="module")
+def threads_one_run(tmp_path_factory, tiny_us8k_master):
+    """An uninterrupted nested run with one thread (what the interrupted runs are compared to)."""
+    tmp = tmp_path_factory.mktemp("nested-reference")
+    assert cli.main(nested_args(tmp, tiny_us8k_master, "--threads", "1")) == 0
+    return tmp
+
+
+@pytest.mark.parametrize("hold", ["done:1", "epoch:1"])
+def test_ctrl_c_then_resume_equals_the_uninterrupted_run(threads_one_run, tiny_us8k_master, tmp_path, procs,
+                                                         hold):
+    """SIGINT (Ctrl-C) in outer split 1's first inner trial: after its inner split was DONE (its work
+    finished, not yet told to Optuna: it counts with its value) or mid-training (it is retried with
+    the same settings). Before, the finished trial was failed and not retried: the sampler drew
+    other settings (an outer split's test 0.117 -> 0.183). Ctrl-C prints one line, no traceback."""
+    args = nested_args(tmp_path, tiny_us8k_master, "--threads", "1")
+    args[args.index("--cache-dir") + 1] = str(threads_one_run / "cache")
+    p = start(procs, tmp_path, args, "first", FB_HOLD=hold)
+    wait_until(lambda: (tmp_path / f"held-{p.pid}").exists(), [p], "the hold point")
+    p.send_signal(signal.SIGINT)
+    rc, _, err = finish(p)
+    assert rc == 130
+    assert cli.main([*args, "--resume"]) == 0
+    assert_same_nested(tmp_path / "runs" / "n1", threads_one_run / "runs" / "n1")
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "failed with" not in err, err[-3000:]
+    assert err.strip().splitlines()[-1].startswith("interrupted:")
+
+
+def test_no_non_nested_is_saved_with_the_run(tmp_path, tiny_us8k_master, monkeypatch):
+    """`nested --no-non-nested`, interrupted, then `--resume` without the flag: the run as started
+    (before, search.json did not hold it: the resume ran the non-nested study and its kfold too)."""
+    real_fit = cv_mod.fit_split
+
+    def interrupt(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cv_mod, "fit_split", interrupt)
+    args = nested_args(tmp_path, tiny_us8k_master, "--splits", "1", "--trials", "1")
+    assert cli.main([*args, "--no-non-nested"]) == 130
+    monkeypatch.setattr(cv_mod, "fit_split", real_fit)
+    run = tmp_path / "runs" / "n1"
+    assert json.loads((run / "search.json").read_text())["non_nested"] is False
+    assert cli.main([*args, "--resume"]) == 0
+    assert (run / "splits" / "1" / "DONE").is_file() and not (run / "non-nested").exists()
+    assert json.loads((run / "nested.json").read_text())["non_nested"] is None
 
 
 def test_tune_refuses_repeats(tmp_path, tiny_us8k, capsys):

@@ -112,9 +112,9 @@ def test_rerunning_continues_the_count_and_adds_no_duplicate_trials(study):
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
     fits = study["calls"]["fit"]
     assert [len(f) for f in fits[:3]] == [3 * 2, 1 * 2, 0]  # the second run trained trial 3 only
-    # each run's sampler is seeded past the trials already there (1 enqueued, then 3, then 4),
+    # each trial's sampler is seeded by its place in the study (0 enqueued, 1, 2; the re-run's 3),
     # so a re-run does not replay the suggestions of the first
-    assert [s for s in study["calls"]["seeds"] if s is not None] == [1, 3, 4]  # None: create_study's default
+    assert [s for s in study["calls"]["seeds"] if s is not None] == [0, 1, 2, 3]  # None: create_study's default
     table = pd.read_csv(study["folder"] / "trials.csv")
     assert table["number"].tolist() == [0, 1, 2, 3] and (table["state"] == "complete").all()
     assert sorted(p.name for p in (study["folder"] / "trials").iterdir()) == ["0", "1", "2", "3"]
@@ -384,3 +384,40 @@ def test_a_storage_that_cannot_be_opened_leaves_no_study_folder(tiny_us8k_master
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "cannot open the study storage" in err
         assert not (tmp_path / "runs" / "tune-q").exists()
+
+
+def test_ctrl_c_is_one_line_and_the_rerun_retries_the_trial_with_its_settings(tiny_us8k_master, tmp_path,
+                                                                              monkeypatch, capfd):
+    """Ctrl-C in a trial's second split: exit 130 and one line, not Optuna's KeyboardInterrupt
+    traceback. The re-run retries the trial with its settings, keeping its finished first split,
+    and goes on with the settings an uninterrupted study draws next (before: a failed trial that
+    was never retried, and a sampler reseeded by the number of trials, so other settings)."""
+    real_fit, calls = cv_mod.fit_split, []
+
+    def interrupt_second(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_fit(*a, **kw)
+
+    args = tune_args(tmp_path, tiny_us8k_master, SPACE, "--trials", "2", "--prune-startup", "5", "--threads", "1")
+    monkeypatch.setattr(cv_mod, "fit_split", interrupt_second)
+    assert cli.main(args) == 130
+    err = capfd.readouterr().err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err and "failed with" not in err, err
+    assert [line for line in err.splitlines() if line.strip()][-1].startswith("interrupted:")
+    monkeypatch.setattr(cv_mod, "fit_split", real_fit)
+    calls.clear()
+    assert cli.main(args) == 0
+    db = f"sqlite:///{tmp_path / 'runs' / 'tune-us8k' / 'study.db'}"
+    trials = optuna.load_study(study_name="us8k", storage=db).get_trials()
+    assert [t.state.name for t in trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+    assert trials[0].user_attrs["reason"] == "interrupted" and trials[1].params == trials[0].params
+    assert (tmp_path / "runs" / "tune-us8k" / "trials" / "1" / "splits" / "1" / "DONE").is_file()
+    # the same study uninterrupted: the same settings and values
+    other = tmp_path / "other"
+    other.mkdir()
+    other_args = tune_args(other, tiny_us8k_master, SPACE, "--trials", "2", "--prune-startup", "5", "--threads", "1")
+    assert cli.main(other_args) == 0
+    ref = optuna.load_study(study_name="us8k", storage=f"sqlite:///{other / 'runs' / 'tune-us8k' / 'study.db'}")
+    assert [(t.params, t.value) for t in ref.get_trials()] == [(t.params, t.value) for t in trials[1:]]

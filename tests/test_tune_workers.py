@@ -99,3 +99,18 @@ def test_a_worker_that_loses_the_study_run_race_uses_the_winners_run(tmp_path):
     assert run == "winner" and study.user_attrs[study_run_key(tracker)] == "winner"
     mine = tracker.started[1]
     assert tracker.ended[mine] == "KILLED" and tracker.deleted == [mine]
+
+
+def test_the_workers_summary_counts_what_the_study_holds():
+    """Worker 1 ran a trial, then was killed in its second (failed by the heartbeat) and started
+    again by Ray; worker 0 ran the retry. Ray's return values say 3 + 0 (the restarted worker ran
+    nothing): the summary said 'the workers ran 3 + 0' and '3 trial(s) added' when 4 were."""
+    from bench.ray_workers import ran_by
+    me, other = {"owner": "me"}, {"owner": "someone else"}
+    study = study_with((COMPLETE, {**me, "worker": 0}), (COMPLETE, {**me, "worker": 1}),
+                       (COMPLETE, {**me, "worker": 0}), (FAIL, {**me, "worker": 1}),
+                       (COMPLETE, {**other, "worker": 0}),
+                       (PRUNED, {**me, "worker": 1, "excluded": True, "reason": "not run: full"}))
+    study.add_trial(optuna.create_trial(state=COMPLETE, value=0.4, user_attrs={**me, "worker": 0},
+                                        system_attrs={"failed_trial": 3, "retry_history": [3]}))
+    assert ran_by(study, "me", 2) == [3, 1]
