@@ -458,11 +458,9 @@ def resume_search(args: argparse.Namespace, run_dir: Path) -> None:
     given as flags."""
     import json
 
+    from bench.nested import read_search
     from bench.tune import load_space
-    try:
-        saved = json.loads((run_dir / "search.json").read_text())
-    except (OSError, ValueError):
-        return  # not started far enough to save them (or not a nested run: run_nested says so)
+    saved = read_search(run_dir)  # {}: not started far enough to save them (or not a nested run)
     for arg, key in SEARCH_SAVED.items():
         if isinstance(getattr(args, arg), Default) and isinstance(saved.get(key), int):
             setattr(args, arg, saved[key])

@@ -40,7 +40,7 @@ from .atomic import atomic_write_text
 from .config import ConfigError, RunConfig, merge
 from .cv import SplitJob, code_version, open_parent_run, report, run_cv, run_split
 from .prepare import Prepared, prepare
-from .provenance import Attempt, clock
+from .provenance import Attempt, clock, record_digest
 from .runfolder import RunFolder, RunFolderError, latest_run, read_json
 from .tracking import Tracker
 from .space import check_space, load_space
@@ -115,6 +115,25 @@ def _settings(cfg: RunConfig, tune: TuneConfig, space: dict, inner_splits: int) 
                                   "prune_warmup": tune.prune_warmup}))
 
 
+def read_search(run_dir) -> dict:
+    """search.json's settings ({} when absent), vouched for by their own digest: one that does not
+    match (an edited file) is refused. A search.json written before it had a digest is read as is."""
+    path = Path(run_dir) / "search.json"
+    saved = read_json(path)
+    if "digest" not in saved:
+        return saved
+    body = {k: v for k, v in saved.items() if k != "digest"}
+    if saved["digest"] != record_digest(body):
+        raise RunFolderError(f"{path} does not match its digest (edited or damaged), so the search "
+                             f"settings this run was started with are unknown; start a new run")
+    return body
+
+
+def _write_search(run_dir: Path, settings: dict) -> None:
+    atomic_write_text(run_dir / "search.json",
+                      json.dumps({**settings, "digest": record_digest(settings)}, indent=1) + "\n")
+
+
 def _same_run(saved: dict, settings: dict) -> bool:
     """search.json's settings are these (one saved before `non_nested` was recorded: the others)."""
     return saved == settings if "non_nested" in saved else saved == {
@@ -137,7 +156,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
     outer = prepared.chosen(cfg.splits)
     status = "FINISHED"
     with RunFolder.claim(cfg, resume) as folder:
-        saved = read_json(folder.path / "search.json")
+        saved = read_search(folder.path)
         # What each finished outer split was selected with (its DONE vouches for split.json; search.json
         # is only the latest invocation's): a resume must match it, or the estimate mixes budgets.
         reasons = {s.index: "not finished" for s in outer}  # why each split is (re)trained; None: kept
@@ -159,7 +178,7 @@ def run_nested(cfg: RunConfig, tune: TuneConfig, inner_splits: int = 2, *, resum
                                  f"split.json: {selected[other[0]]}); resume with the same ones")
         folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
                           prepared.quarantine)
-        atomic_write_text(folder.path / "search.json", json.dumps(run_settings, indent=1) + "\n")
+        _write_search(folder.path, run_settings)
         from .threads import apply as set_threads  # recorded: results differ by thread count
         threads = set_threads(cfg.train.threads, (lambda line: print(line, file=sys.stderr)) if progress else None)
         attempt = Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json

@@ -49,6 +49,7 @@ def _strip_record(record: logging.LogRecord) -> logging.LogRecord:
     record.msg, record.args = redact(message), ()
     if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
         record.exc_info, record.exc_text = None, None
+        record.interrupted = True  # for filters that drop an interruption's lines (bench.tune)
     return record
 
 

@@ -372,7 +372,8 @@ class NotInterrupted(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
-        if record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt):
+        if getattr(record, "interrupted", False) or (  # bench.redact took its traceback off
+                record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)):
             self.trial = text.split(" failed")[0]
             return False
         if self.trial and text.startswith(f"{self.trial} failed with value"):

@@ -285,7 +285,14 @@ def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(ne
     path = run / "search.json"
     original = path.read_text()
     try:
-        path.write_text(json.dumps({**json.loads(original), "trials": 3}))
+        edited = {**json.loads(original), "trials": 3}
+        path.write_text(json.dumps(edited))  # its own digest no longer matches
+        for extra in ((), ("--trials", "3")):
+            assert cli.main(nested_args(nested_run, tiny_us8k_master, "--resume", *extra)) == 2
+            err = capsys.readouterr().err
+            assert "search.json does not match its digest" in err and len(err.strip().splitlines()) == 1
+        del edited["digest"]  # as an older foldbench wrote it: read as is, checked against split.json
+        path.write_text(json.dumps(edited))
         assert cli.main(nested_args(nested_run, tiny_us8k_master, "--resume", "--trials", "3")) == 2
         err = capsys.readouterr().err
         assert "selected with other search settings" in err and len(err.strip().splitlines()) == 1
