@@ -17,9 +17,9 @@ import contextlib
 import sys
 from pathlib import Path
 
-from bench import config as C
-from bench.names import dataset_names, model_names, protocol_names
-from bench.presets import PRESETS, apply_preset
+from bench.core import config as C
+from bench.core.names import dataset_names, model_names, protocol_names
+from bench.core.presets import PRESETS, apply_preset
 
 EPILOG = """Config precedence: defaults < --preset < --config FILE < --set KEY=VALUE < the flags above.
 Results go to runs/<name>/ (report.md, scores.json, confusion matrices, learning curves) and to
@@ -134,8 +134,8 @@ def resumed_config(args: argparse.Namespace, latest) -> C.RunConfig | None:
 
 
 def cmd_kfold(args: argparse.Namespace) -> int:
-    from bench.cv import run_cv
-    from bench.runfolder import default_name, latest_run
+    from bench.drivers.kfold import run_cv
+    from bench.core.runfolder import default_name, latest_run
     from reports import summary_table
     cfg = C.validate(build_config(args, base=resumed_config(args, latest_run)))
     if cfg.name is None:
@@ -209,7 +209,7 @@ def ray_check(args: argparse.Namespace, on: bool, flags: tuple[str, ...], switch
     if gpus is not None and not (0 <= gpus <= 1 or float(gpus).is_integer()):
         raise C.ConfigError(f"--{flags[2].replace('_', '-')} {gpus}: a share of one GPU (0 to 1) or "
                             f"a whole number of GPUs")
-    from bench.ray_engine import require_ray
+    from bench.scale.ray_engine import require_ray
     require_ray()
 
 
@@ -218,7 +218,7 @@ def study_workers(args: argparse.Namespace):
     ray_check(args, args.workers is not None, ("ray_address", "worker_cpus", "worker_gpus"), "--workers N")
     if args.workers is None:
         return None
-    from bench.ray_workers import StudyWorkers
+    from bench.scale.ray_workers import StudyWorkers
     return StudyWorkers(args.workers, args.ray_address, args.worker_cpus, args.worker_gpus)
 
 
@@ -229,8 +229,8 @@ def ray_connected(runner, cfg):
     if runner is None:
         yield
         return
-    from bench.ray_engine import session
-    from bench.train import resolve_device
+    from bench.scale.ray_engine import session
+    from bench.train.fit import resolve_device
     with session(runner.address):
         runner.check(cfg, resolve_device(cfg.train.device))
         yield
@@ -241,12 +241,12 @@ def engine(args: argparse.Namespace):
     ray_check(args, args.executor == "ray", ("ray_address", "split_cpus", "split_gpus"), "--executor ray")
     if args.executor != "ray":
         return None
-    from bench.ray_engine import RayEngine
+    from bench.scale.ray_engine import RayEngine
     return RayEngine(args.ray_address, args.split_cpus, args.split_gpus)
 
 
 def print_mlflow_hint(cfg, run_dir) -> None:
-    from bench.mlflow_layout import ui_hint
+    from bench.tracking.layout import ui_hint
     hint = ui_hint(cfg.tracking, run_dir)
     if hint:
         print(f"MLflow: {hint}")
@@ -255,7 +255,7 @@ def print_mlflow_hint(cfg, run_dir) -> None:
 def cmd_datasets_check(args: argparse.Namespace) -> int:
     import json
 
-    from bench.check import check_dataset, render_text
+    from bench.drivers.check import check_dataset, render_text
     cfg = build_config(args)
     result = check_dataset(cfg, progress=not (args.quiet or args.json))
     print(json.dumps(result.to_json(), indent=1) if args.json else render_text(result, cfg.audio.duration))
@@ -263,7 +263,7 @@ def cmd_datasets_check(args: argparse.Namespace) -> int:
 
 
 def cmd_datasets_list(args: argparse.Namespace) -> int:
-    from bench.check import render_list
+    from bench.drivers.check import render_list
     print(render_list())
     return 0
 
@@ -271,7 +271,7 @@ def cmd_datasets_list(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     import json
 
-    from bench.tracking import Tracker
+    from bench.tracking.tracker import Tracker
     from reports.compare import to_json, compare_runs, output_folder, render_comparison, save_comparison
     cfg = build_config(args)  # --tracking-uri, --experiment, --no-mlflow, --runs-dir as for kfold
     folder = output_folder(args.out, cfg.runs_dir)
@@ -284,7 +284,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from bench.predict import predict_files, render
+    from bench.train.predict import predict_files, render
     out = Path(args.out) if args.out else None
     if out is not None and (out.is_dir() or not out.parent.is_dir() or out.suffix.lower() != ".csv"):
         raise C.ConfigError(f"--out {args.out}: give a .csv file in an existing folder")
@@ -294,7 +294,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     result = predict_files(args.run, args.files, split=args.split, device=args.device)
     print(render(result))
     if out is not None:
-        from bench.atomic import atomic_write_csv
+        from bench.core.atomic import atomic_write_csv
         atomic_write_csv(out, result.table)
         print(f"\nwritten: {out} ({len(result.table)} rows)")
     return 0
@@ -350,7 +350,7 @@ def add_datasets_command(sub) -> None:
 
 
 def cmd_speed(args: argparse.Namespace) -> int:
-    from bench.speed import render, run_speed, use_replica
+    from bench.drivers.speed import render, run_speed, use_replica
     from reports.files import atomic_write_json
     cfg = build_config(args)
     if args.replica:
@@ -364,7 +364,7 @@ def cmd_speed(args: argparse.Namespace) -> int:
 
 
 def search_options(g) -> None:
-    """The search's own options (bench.tune.TuneConfig) that `tune` and `nested` share."""
+    """The search's own options (bench.drivers.tune.TuneConfig) that `tune` and `nested` share."""
     g.add_argument("--heartbeat", metavar="SECONDS", type=int, default=60,
                    help="a running trial's heartbeat interval in the storage: a trial without one for "
                         "3x this (its worker was killed) is failed by another worker, not counted, and "
@@ -393,7 +393,7 @@ sqlite:///mlflow.db; open with `mlflow ui --backend-store-uri sqlite:///mlflow.d
 
 
 def tune_options(parser: argparse.ArgumentParser) -> None:
-    """The study's own options (bench.tune.TuneConfig); the config options come first."""
+    """The study's own options (bench.drivers.tune.TuneConfig); the config options come first."""
     g = parser.add_argument_group("search")
     g.add_argument("--trials", type=int, default=20,
                    help="trials in the study in total: running the same command again continues "
@@ -409,15 +409,15 @@ def tune_options(parser: argparse.ArgumentParser) -> None:
 
 
 def tune_config(args: argparse.Namespace, **kw):
-    from bench.tune import TuneConfig
+    from bench.drivers.tune import TuneConfig
     return TuneConfig(trials=args.trials, space=args.space, seed=args.sampler_seed,
                       prune_startup=args.prune_startup, prune_warmup=args.prune_warmup,
                       heartbeat=args.heartbeat, **kw)
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from bench.study import best_trial
-    from bench.tune import parse_duration, run_study
+    from bench.drivers.study import best_trial
+    from bench.drivers.tune import parse_duration, run_study
     if args.name or args.resume:  # not in tune's help; refused with the flag to use instead
         raise C.ConfigError("tune names its own folders (<runs-dir>/tune-<study>/trials/<n>) and always "
                             "continues its study: use --study instead of --name/--resume")
@@ -425,7 +425,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     tune = tune_config(args, study=args.study, storage=args.storage, timeout=parse_duration(args.timeout))
     workers = study_workers(args)
     if workers is not None:  # Ctrl-C: main says the finished trials are kept (KEPT)
-        from bench.ray_workers import tune_workers
+        from bench.scale.ray_workers import tune_workers
         with ray_connected(workers, cfg):
             result = tune_workers(cfg, tune, workers, progress=not args.quiet)
     else:
@@ -458,8 +458,8 @@ def resume_search(args: argparse.Namespace, run_dir: Path) -> None:
     given as flags."""
     import json
 
-    from bench.nested import read_search
-    from bench.tune import load_space
+    from bench.drivers.nested import read_search
+    from bench.drivers.tune import load_space
     saved = read_search(run_dir)  # {}: not started far enough to save them (or not a nested run)
     for arg, key in SEARCH_SAVED.items():
         if isinstance(getattr(args, arg), Default) and isinstance(saved.get(key), int):
@@ -472,8 +472,8 @@ def resume_search(args: argparse.Namespace, run_dir: Path) -> None:
 
 
 def cmd_nested(args: argparse.Namespace) -> int:
-    from bench.nested import latest_nested, render_summary, run_nested
-    from bench.runfolder import default_name
+    from bench.drivers.nested import latest_nested, render_summary, run_nested
+    from bench.core.runfolder import default_name
     cfg = C.validate(build_config(args, base=resumed_config(args, latest_nested)))
     if cfg.name is None:
         cfg.name = f"nested-{default_name(cfg)}"
@@ -491,13 +491,13 @@ def cmd_nested(args: argparse.Namespace) -> int:
 
 
 def cmd_presets(args: argparse.Namespace) -> int:
-    from bench.presets import render_presets
+    from bench.core.presets import render_presets
     print(render_presets())
     return 0
 
 
 def cmd_suite(args: argparse.Namespace) -> int:
-    from bench.suite import Entry, render, run_suite
+    from bench.drivers.suite import Entry, render, run_suite
     entries = []
     for label in [p for p in (args.presets or "").split(",") if p]:
         if label not in PRESETS:
@@ -708,9 +708,9 @@ def run_command(args: argparse.Namespace, argv: list[str] | None) -> int:
     mistake is one line (exit 2)."""
     import signal
 
-    from bench.errors import FoldbenchError
-    from bench.provenance import set_command
-    from bench.redact import redact
+    from bench.core.errors import FoldbenchError
+    from bench.core.provenance import set_command
+    from bench.core.redact import redact
     set_command(sys.argv if argv is None else ["cli.py", *argv])  # what run.json records
     signal.signal(signal.SIGTERM, _interrupt)
     try:
@@ -724,10 +724,10 @@ def run_command(args: argparse.Namespace, argv: list[str] | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command; every fault ends in one line on stderr and a documented exit status, with
-    credentials redacted (bench.redact) in it and in every library's log lines."""
+    credentials redacted (bench.core.redact) in it and in every library's log lines."""
     import signal
 
-    from bench.redact import redact, redacting_logs
+    from bench.core.redact import redact, redacting_logs
     args, on_sigint = None, signal.getsignal(signal.SIGINT)
     try:
         args = make_parser().parse_args(argv)
@@ -742,7 +742,7 @@ def main(argv: list[str] | None = None) -> int:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     except OSError as e:
-        from bench.atomic import DISK_FULL
+        from bench.core.atomic import DISK_FULL
         if e.errno not in DISK_FULL:
             return bug(e)
         print(redact(disk_full_line(e, args)), file=sys.stderr)
@@ -757,7 +757,7 @@ def bug(e: Exception) -> int:
     """Not a fault foldbench knows: its traceback (credentials redacted), exit 1."""
     import traceback
 
-    from bench.redact import redact
+    from bench.core.redact import redact
     print(redact("".join(traceback.format_exception(e))).rstrip(), file=sys.stderr)
     return 1
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 from sklearn.model_selection import PredefinedSplit
-from bench.errors import FoldbenchError
+from bench.core.errors import FoldbenchError
 
 PROTOCOLS: dict[str, type[Protocol]] = {}
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import f1_score, precision_recall_fscore_support
 
-from bench.runfolder import RunFolder, RunFolderError
+from bench.core.runfolder import RunFolder, RunFolderError
 from reports.files import read_split_json, split_file
 from reports.stats import t_interval
 

@@ -35,11 +35,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from bench.runfolder import read_json, saved_result_view
+from bench.core.runfolder import read_json, saved_result_view
 from reports.aggregate import class_names, fold_scores, interval_text, load_predictions, summary
 from reports.files import dataset_name, missing_splits, read_plan, read_split_json, run_name
 from reports.stats import bayes_correlated_ttest, corrected_ttest, mcnemar_exact
-from bench.errors import FoldbenchError
+from bench.core.errors import FoldbenchError
 
 
 class CompareError(FoldbenchError, ValueError):

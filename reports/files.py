@@ -1,6 +1,6 @@
 """Run-folder files: atomic writes, and readers for what training leaves in a run folder.
 
-The layout read here (written by the training code through bench.runfolder.RunFolder, which verifies
+The layout read here (written by the training code through bench.core.runfolder.RunFolder, which verifies
 it: split folders are read by the plan's split list only, plan.json as far as DONE markers vouch for it):
 
     <run>/config.yaml                     effective config (the dataset name and `splits` are read)
@@ -21,8 +21,8 @@ import pandas as pd
 import yaml
 
 
-from bench.atomic import atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: F401
-from bench.runfolder import RunFolder
+from bench.core.atomic import atomic_path, atomic_write_csv, atomic_write_json, atomic_write_text  # noqa: F401
+from bench.core.runfolder import RunFolder
 
 
 # ---- readers: split folders only through RunFolder, by the plan's split list ----
@@ -47,13 +47,8 @@ def read_plan(run_dir) -> dict:
 
 
 def asked_splits(run_dir) -> list[int]:
-    """The splits the run was asked for: config.yaml's `splits` (`--splits 1,2`), else every split
-    of plan.json (else 1..n, n = number of distinct folds in folds.csv)."""
-    planned = RunFolder(run_dir).planned()
-    asked = read_config(run_dir).get("splits")
-    if isinstance(asked, list) and asked:
-        return sorted({int(k) for k in asked if isinstance(k, int) and k in planned} or planned)
-    return planned
+    """The splits the run was asked for (`RunFolder.asked`)."""
+    return RunFolder(run_dir).asked()
 
 
 def expected_splits(run_dir) -> list[int]:

@@ -1,17 +1,17 @@
 """The report's first section, "What was run": data, protocol, settings, command, code, times.
 
 Read from the run folder only: plan.json (dataset fingerprint, protocol, repeats, the planned
-splits), config.yaml (the settings that decide results, `bench.runfolder.result_view`: the ones
+splits), config.yaml (the settings that decide results, `bench.core.runfolder.result_view`: the ones
 every DONE digest vouches for) and run.json (command, code version, host, start and duration,
-`bench.provenance`). A run made before run.json existed says so instead of guessing.
+`bench.core.provenance`). A run made before run.json existed says so instead of guessing.
 """
 from __future__ import annotations
 
 from datetime import datetime
 from pathlib import Path
 
-from bench.provenance import read_run_json, run_json_state
-from bench.runfolder import saved_result_view
+from bench.core.provenance import read_run_json, run_json_state
+from bench.core.runfolder import saved_result_view
 from reports.document import Block, Heading, Note, Table
 
 SECTIONS = ("audio", "features", "augment", "model", "train")  # settings tables, in this order

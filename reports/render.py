@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.atomic import staged
-from bench.runfolder import RunFolder, RunFolderError
+from bench.core.atomic import staged
+from bench.core.runfolder import RunFolder, RunFolderError
 from reports.aggregate import (class_names, fold_scores, interval_text, load_predictions, per_class,
                                repeat_scores, repeat_summary, summary)
 from reports.confusion import confusion_counts, normalize_rows, plot_confusion

@@ -1,5 +1,5 @@
 """A tune study's report, from the Optuna study and its trial folders: the trials table, the plots
-(from `optuna.visualization.matplotlib`) and report.md. `bench.tune` writes them into
+(from `optuna.visualization.matplotlib`) and report.md. `bench.drivers.tune` writes them into
 runs/tune-<study>/ after every trial (the table) and at the end (everything).
 """
 from __future__ import annotations
@@ -14,7 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from bench.runfolder import RunFolder  # noqa: E402
+from bench.core.runfolder import RunFolder  # noqa: E402
 from reports.files import atomic_write_csv, atomic_write_text, read_split_json  # noqa: E402
 from reports.plots import save_png  # noqa: E402
 from reports.render import markdown_table  # noqa: E402
@@ -30,7 +30,7 @@ PLOTS = {
     "parameter importances": ("param_importances.png", "plot_param_importances", 8, 2),
     "parallel coordinates": ("parallel_coordinate.png", "plot_parallel_coordinate", 8, 2),
 }
-METRIC = "val_acc_mean"  # bench.study.METRIC (not imported: reports do not import the drivers)
+METRIC = "val_acc_mean"  # bench.drivers.study.METRIC (not imported: reports do not import the drivers)
 
 
 def trials_table(study: optuna.Study) -> pd.DataFrame:

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.config import RunConfig, merge
-from bench.synth import US8K_CLASSES, write_us8k
+from bench.core.config import RunConfig, merge
+from bench.data.synth import US8K_CLASSES, write_us8k
 
 # Small and quick: 8 kHz, 1 s clips, 32 Mel bands, a few epochs.
 FAST = {

@@ -5,9 +5,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from bench.cv import run_cv
-from bench.datasets import DatasetError
-from bench.train import band_stats
+from bench.drivers.kfold import run_cv
+from bench.data.datasets import DatasetError
+from bench.train.fit import band_stats
 from tests.conftest import fast_config
 
 

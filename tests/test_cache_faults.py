@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench import audio as audio_mod
-from bench import cache as cache_mod
-from bench.cache import CacheError, clean_stale, load_waveforms
-from bench.config import AudioConfig, DatasetConfig
-from bench.datasets import create_dataset
+from bench.data import audio as audio_mod
+from bench.data import cache as cache_mod
+from bench.data.cache import CacheError, clean_stale, load_waveforms
+from bench.core.config import AudioConfig, DatasetConfig
+from bench.data.datasets import create_dataset
 from tests.conftest import FailingDisk
 
 AUDIO = AudioConfig(sample_rate=8000, channels=1, duration=1.0)
@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 # Builds the cache of the dataset at argv[1] into argv[2]; argv[3] seconds of sleep per clip.
 BUILD = """
 import sys, time
-from bench import cache
-from bench.config import AudioConfig, DatasetConfig
-from bench.datasets import create_dataset
+from bench.data import cache
+from bench.core.config import AudioConfig, DatasetConfig
+from bench.data.datasets import create_dataset
 real, pause = cache.load_clip, float(sys.argv[3])
 cache.load_clip = lambda *a: time.sleep(pause) or real(*a)
 try:

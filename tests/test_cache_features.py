@@ -4,12 +4,12 @@ import pytest
 import soundfile as sf
 import torch
 
-from bench import cache as cache_mod
-from bench.audio import load_clip
-from bench.cache import load_waveforms
-from bench.config import AudioConfig, AugmentConfig, DatasetConfig, FeatureConfig
-from bench.datasets import create_dataset
-from bench.features import Augment, FeatureError, check_features, feature_bank, log_mel
+from bench.data import cache as cache_mod
+from bench.data.audio import load_clip
+from bench.data.cache import load_waveforms
+from bench.core.config import AudioConfig, AugmentConfig, DatasetConfig, FeatureConfig
+from bench.data.datasets import create_dataset
+from bench.features.bank import Augment, FeatureError, check_features, feature_bank, log_mel
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bench.synth import source_params, synth_clip, write_folder_dataset
+from bench.data.synth import source_params, synth_clip, write_folder_dataset
 from cli import main
 
 SPEAKERS = ("ann", "bob", "cid", "dan", "eve", "fay")

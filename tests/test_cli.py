@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 
 import cli
-from bench import cv as cv_mod
-from bench.cv import run_cv
+from bench.drivers import kfold as cv_mod
+from bench.drivers.kfold import run_cv
 from tests.conftest import FAST, fast_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,9 +143,9 @@ def test_help_imports_nothing_heavy():
 
 
 def test_the_light_name_lists_equal_the_registries():
-    from bench.datasets import list_datasets
+    from bench.data.datasets import list_datasets
     from bench.models import list_models
-    from bench.names import dataset_names, model_names, protocol_names
+    from bench.core.names import dataset_names, model_names, protocol_names
     from protocols import list_protocols
     assert dataset_names() == list_datasets()
     assert protocol_names() == list_protocols()

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.runfolder import RunFolder
-from bench.synth import write_folder_dataset
+from bench.core.runfolder import RunFolder
+from bench.data.synth import write_folder_dataset
 from cli import main
 from conftest import FAST
 from reports.compare import CompareError, compare_runs, render_comparison

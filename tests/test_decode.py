@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from bench import audio as audio_mod
-from bench.audio import (INTEGER_READS, BadAudio, decode, fit_length, frames_needed, load_clip, resample,
+from bench.data import audio as audio_mod
+from bench.data.audio import (INTEGER_READS, BadAudio, decode, fit_length, frames_needed, load_clip, resample,
                          to_channels)
-from bench.config import AudioConfig
+from bench.core.config import AudioConfig
 from tests.conftest import FailingDisk
 
 CASES = [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_U8"), ("WAV", "IMA_ADPCM"), ("WAV", "FLOAT"),
@@ -108,8 +108,8 @@ def test_an_io_error_is_an_os_error_not_bad_audio(tmp_path, monkeypatch):
 def test_an_odd_sample_rate_keeps_the_resampling_kernel_small(tmp_path):
     """44,101 Hz -> 8 kHz shares no factor: torchaudio's kernel would hold 44,101 x 8,000 taps
     (1.4 GB). The rate is read as 44,100 Hz instead, and the clip decodes like its neighbour's."""
-    from bench.audio import MAX_KERNEL, _resampler, kernel_rate, load_clip
-    from bench.config import AudioConfig
+    from bench.data.audio import MAX_KERNEL, _resampler, kernel_rate, load_clip
+    from bench.core.config import AudioConfig
     assert kernel_rate(44101, 8000) == 44100 and kernel_rate(48000, 22050) == 48000
     tone = np.sin(2 * np.pi * 440 * np.arange(44101) / 44101).astype(np.float32)
     sf.write(tmp_path / "odd.wav", tone, 44101, subtype="FLOAT")
@@ -126,7 +126,7 @@ def test_a_rate_without_a_small_kernel_is_resampled_at_its_own_rate(tmp_path, mo
     """500 kHz -> 22,050 Hz has no small torchaudio kernel (441 x 10,000 taps) and no round
     neighbour with one: it used to fail ('Resample' object has no attribute 'width'). It is
     resampled by soxr at its own rate, reading only what the 4 s clip needs of a 10 s file."""
-    from bench.audio import kernel_rate
+    from bench.data.audio import kernel_rate
     assert kernel_rate(500_000, 22050) is None and kernel_rate(44101, 22050) == 44100
     rate, t = 500_000, np.arange(10 * 500_000) / 500_000
     tone = 0.5 * np.sin(2 * np.pi * 1000 * t)

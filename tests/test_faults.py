@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 
 import cli
-from bench import cv as cv_mod
-from bench.redact import redact
-from bench.study import storage_url
+from bench.drivers import kfold as cv_mod
+from bench.core.redact import redact
+from bench.drivers.study import storage_url
 from conftest import FAST
 
 REPO = Path(__file__).resolve().parents[1]
@@ -119,9 +119,9 @@ TRAINING = ("kfold", "tune", "nested", "suite")  # interrupted inside a split's 
 ELSEWHERE = {  # command line -> the function it runs, interrupted
     "compare": (["compare", "runs/a", "runs/b", "--no-mlflow"], "reports.compare.compare_runs"),
     "report": (["report", "runs/a"], "reports.render.rebuild"),
-    "predict": (["predict", "--run", "runs/a", "x.wav"], "bench.predict.predict_files"),
-    "datasets check": (["datasets", "check", "--dataset", "demo"], "bench.check.check_dataset"),
-    "speed": (["speed", "--dataset", "demo"], "bench.speed.run_speed"),
+    "predict": (["predict", "--run", "runs/a", "x.wav"], "bench.train.predict.predict_files"),
+    "datasets check": (["datasets", "check", "--dataset", "demo"], "bench.drivers.check.check_dataset"),
+    "speed": (["speed", "--dataset", "demo"], "bench.drivers.speed.run_speed"),
 }
 SAID = {"kfold": "finished splits are kept; continue with --resume",
         "nested": "finished outer splits and trials are kept; continue with --resume",
@@ -151,7 +151,7 @@ def test_ctrl_c_in_every_command_is_one_line_and_exit_130(command, tiny_us8k_mas
     monkeypatch.chdir(tmp_path)
     assert cli.main(args) == 130
     err = capfd.readouterr().err
-    if command == "tune":  # Optuna's own "Trial 0 failed ... KeyboardInterrupt()" line: bench/tune.py's
+    if command == "tune":  # Optuna's own "Trial 0 failed ... KeyboardInterrupt()" line: bench/drivers/tune.py's
         err = "\n".join(line for line in err.splitlines() if "KeyboardInterrupt()" not in line)
     assert one_line(err) == "interrupted: " + SAID.get(command, "no file is half-written; run the command again")
 

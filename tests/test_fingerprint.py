@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import cache as cache_mod
-from bench import filehash
-from bench.config import AudioConfig, DatasetConfig
-from bench.datasets import create_dataset
+from bench.data import cache as cache_mod
+from bench.data import filehash
+from bench.core.config import AudioConfig, DatasetConfig
+from bench.data.datasets import create_dataset
 
 AUDIO = AudioConfig(8000, 1, 1.0)
 

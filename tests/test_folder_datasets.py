@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.config import DatasetConfig
-from bench.datasets import DatasetError, create_dataset
-from bench.synth import GTZAN_GENRES, write_folder_dataset, write_gtzan
+from bench.core.config import DatasetConfig
+from bench.data.datasets import DatasetError, create_dataset
+from bench.data.synth import GTZAN_GENRES, write_folder_dataset, write_gtzan
 
 SPEAKERS = ("ann", "bob", "cid", "dan", "eve", "fay")
 

@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from bench import features as features_mod
-from bench.config import AudioConfig, ConfigError, FeatureConfig, RunConfig, merge, validate
-from bench.features import FeatureError, check_features, feature_bank, max_mels
-from bench.frontends import (FRONTENDS, ResizeToImage, create_frontend, frontend_shape, list_frontends,
+from bench.features.bank import bank as features_mod
+from bench.core.config import AudioConfig, ConfigError, FeatureConfig, RunConfig, merge, validate
+from bench.features.bank import FeatureError, check_features, feature_bank, max_mels
+from bench.features.frontends import (FRONTENDS, ResizeToImage, create_frontend, frontend_shape, list_frontends,
                              uses_mel)
-from bench.prepare import check_config
-from bench.tune import check_space
+from bench.drivers.prepare import check_config
+from bench.drivers.tune import check_space
 
 AUDIO = AudioConfig(sample_rate=8000, channels=2, duration=0.5)
 
@@ -214,7 +214,7 @@ def test_registry_lists_the_front_ends_and_is_a_leaf_module():
     assert uses_mel("logmel") and uses_mel("logmel_max") and not uses_mel("linear_db")
     with pytest.raises(FeatureError, match="unknown front end 'mfcc'; known: linear_db, logmel"):
         create_frontend("mfcc", AUDIO, FeatureConfig())
-    tree = ast.parse((Path(__file__).parent.parent / "bench" / "frontends.py").read_text())
+    tree = ast.parse((Path(__file__).parent.parent / "bench" / "features" / "frontends.py").read_text())
     local = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level}
     assert local == {"config"}
 

@@ -1,5 +1,5 @@
 """No import cycles: the module-level imports between the project's modules form no loop, and the
-modules that once did (`bench.datasets` <-> `bench.folder_datasets`, `protocols` <-> its protocol
+modules that once did (`bench.data.datasets` <-> `bench.data.folder_datasets`, `protocols` <-> its protocol
 modules) import first in a fresh interpreter."""
 import ast
 import subprocess
@@ -15,8 +15,9 @@ PACKAGES = ("bench", "protocols", "reports")
 def modules() -> dict[str, Path]:
     found = {}
     for pkg in PACKAGES:
-        for f in sorted((ROOT / pkg).glob("*.py")):
-            found[pkg if f.stem == "__init__" else f"{pkg}.{f.stem}"] = f
+        for f in sorted((ROOT / pkg).rglob("*.py")):
+            parts = f.relative_to(ROOT).with_suffix("").parts
+            found[".".join(parts[:-1] if f.stem == "__init__" else parts)] = f
     return found
 
 
@@ -77,7 +78,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports():
     graph = import_graph()
-    assert "bench.manifest" in graph["bench.folder_datasets"] and "bench.groups" in graph["bench.datasets"]
+    assert "bench.data.manifest" in graph["bench.data.folder_datasets"] and "bench.data.groups" in graph["bench.data.datasets"]
     assert "protocols.base" in graph["protocols.holdout"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
@@ -89,35 +90,35 @@ def test_no_import_cycles():
 
 def test_leaf_modules_import_nothing_of_the_package_above_them():
     graph = import_graph()
-    assert graph["bench.manifest"] <= {"bench.config", "bench.errors"}
-    assert graph["protocols.base"] == {"bench.errors"}  # the one error base class, a leaf
-    assert graph["bench.errors"] == set()
+    assert graph["bench.data.manifest"] <= {"bench.core.config", "bench.core.errors"}
+    assert graph["protocols.base"] == {"bench.core.errors"}  # the one error base class, a leaf
+    assert graph["bench.core.errors"] == set()
 
 
-@pytest.mark.parametrize("first", ["bench.folder_datasets", "bench.groups", "protocols.holdout"])
+@pytest.mark.parametrize("first", ["bench.data.folder_datasets", "bench.data.groups", "protocols.holdout"])
 def test_imports_first_in_a_fresh_interpreter(first):
-    code = f"import {first}; import bench.datasets, protocols; print(sorted(bench.datasets.DATASETS))"
+    code = f"import {first}; import bench.data.datasets, protocols; print(sorted(bench.data.datasets.DATASETS))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.split() == ["['demo',", "'folder',", "'gtzan',", "'us8k']"]
 
 
 def test_one_error_base_class_and_a_leaf_errors_module():
-    """Every error meant for people derives from bench.errors.FoldbenchError (the CLI's one line and
-    exit status); bench/errors.py imports nothing of foldbench."""
+    """Every error meant for people derives from bench.core.errors.FoldbenchError (the CLI's one line and
+    exit status); bench/core/errors.py imports nothing of foldbench."""
     import ast
     import importlib
     from pathlib import Path
 
-    from bench.errors import FoldbenchError
-    src = Path(__file__).resolve().parents[1] / "bench" / "errors.py"
+    from bench.core.errors import FoldbenchError
+    src = Path(__file__).resolve().parents[1] / "bench" / "core" / "errors.py"
     imports = [n for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert imports == []
-    for module, name in [("bench.audio", "BadAudio"), ("bench.cache", "CacheError"),
-                         ("bench.config", "ConfigError"), ("bench.manifest", "DatasetError"),
-                         ("bench.frontends", "FeatureError"), ("protocols.base", "ProtocolError"),
-                         ("bench.runfolder", "RunFolderError"), ("bench.train", "TrainingError"),
-                         ("bench.tracking", "TrackingError"), ("reports.compare", "CompareError"),
-                         ("bench.ray_engine", "EngineError"), ("bench.models.registry", "ModelError")]:
+    for module, name in [("bench.data.audio", "BadAudio"), ("bench.data.cache", "CacheError"),
+                         ("bench.core.config", "ConfigError"), ("bench.data.manifest", "DatasetError"),
+                         ("bench.features.frontends", "FeatureError"), ("protocols.base", "ProtocolError"),
+                         ("bench.core.runfolder", "RunFolderError"), ("bench.train.fit", "TrainingError"),
+                         ("bench.tracking.tracker", "TrackingError"), ("reports.compare", "CompareError"),
+                         ("bench.scale.ray_engine", "EngineError"), ("bench.models.registry", "ModelError")]:
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, FoldbenchError) and cls.exit_status == 2, name

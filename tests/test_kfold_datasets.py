@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 from torchaudio.datasets import gtzan as ta_gtzan
 
-from bench.synth import write_folder_dataset, write_gtzan
+from bench.data.synth import write_folder_dataset, write_gtzan
 from cli import main
 from conftest import FAST
 

@@ -21,8 +21,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from bench.cv import run_cv
-from bench.runfolder import RunFolder
+from bench.drivers.kfold import run_cv
+from bench.core.runfolder import RunFolder
 from tests.conftest import FAST, fast_config
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +32,8 @@ EPOCHS = 2
 WRAPPER = r"""
 import os, sys, time
 from pathlib import Path
-import cli, bench.cv as cv, bench.errors  # noqa: F401  (everything heavy imported before the barrier)
-from bench.runfolder import RunFolder
+import cli, bench.drivers.kfold as cv, bench.core.errors  # noqa: F401  (everything heavy imported before the barrier)
+from bench.core.runfolder import RunFolder
 env = os.environ
 hold_at = env.get("FB_HOLD", "")
 

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from bench import prepare
-from bench.synth import write_folder_dataset
-from bench.tracking import Tracker
+from bench.drivers import prepare
+from bench.data.synth import write_folder_dataset
+from bench.tracking.tracker import Tracker
 from cli import main
 from conftest import FAST
 

@@ -5,8 +5,8 @@ import json
 import pandas as pd
 import pytest
 
-from bench.config import DatasetConfig
-from bench.datasets import DatasetError, create_dataset
+from bench.core.config import DatasetConfig
+from bench.data.datasets import DatasetError, create_dataset
 from cli import main
 
 

@@ -69,7 +69,7 @@ def text_of(dom: str) -> str:
 
 
 def test_the_printed_link_opens_the_runs_table_with_metrics_and_params(ui):
-    from bench.mlflow_layout import runs_link
+    from bench.tracking.layout import runs_link
     url, run_dir, ids = ui
     text = text_of(render(runs_link(url, ids["experiment"])))
     assert "ui-run" in text, text[:2000]

@@ -5,10 +5,10 @@ import pytest
 import torch
 from torch import nn
 
-from bench.config import ConfigError, RunConfig, flatten, load_yaml, merge, parse_overrides
+from bench.core.config import ConfigError, RunConfig, flatten, load_yaml, merge, parse_overrides
 from bench.models import MODELS, ModelError, create_model, model_params
-from bench.prepare import check_config
-from bench.train import setup_training
+from bench.drivers.prepare import check_config
+from bench.train.fit import setup_training
 
 # One clip's feature shape per front end: log-mel 64 bands x 4 s at 22.05 kHz / hop 512, 128 bands
 # x 4 s at 44.1 kHz, a linear spectrogram (n_fft 2048) of 1 s, a 64 x 64 image, stereo log-mel.
@@ -135,7 +135,7 @@ def test_params_from_yaml_and_back(tmp_path):
     path.write_text("model: {name: vit, params: {depth: 6, image_size: 32}}\n")
     cfg = load_yaml(path)
     assert cfg.model.name == "vit" and cfg.model.params == {"depth": 6, "image_size": 32}
-    from bench.config import dump_yaml
+    from bench.core.config import dump_yaml
     path.write_text(dump_yaml(cfg))
     assert load_yaml(path).model.params == {"depth": 6, "image_size": 32}
     assert merge(cfg, {"model.params": {}}).model.params == {}  # an empty mapping clears

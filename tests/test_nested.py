@@ -12,11 +12,11 @@ import optuna
 import pytest
 
 import cli
-from bench import cv as cv_mod
-from bench.nested import inner_prepared, select
-from bench.prepare import Prepared, prepare
-from bench.runfolder import RunFolderError
-from bench.tune import TuneConfig, load_space
+from bench.drivers import kfold as cv_mod
+from bench.drivers.nested import inner_prepared, select
+from bench.drivers.prepare import Prepared, prepare
+from bench.core.runfolder import RunFolderError
+from bench.drivers.tune import TuneConfig, load_space
 from tests.conftest import fast_config
 from tests.test_kill_and_races import (finish, kill_held, procs, start, trained,  # noqa: F401 (procs: fixture)
                                        wait_until)
@@ -302,7 +302,7 @@ def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(ne
 
 def test_kfold_resume_without_a_name_skips_nested_runs(nested_run, tmp_path):
     """(Before: `!= "n1"`, which None passed too.) A copy of the nested run's record, then a kfold run's."""
-    from bench.runfolder import latest_run
+    from bench.core.runfolder import latest_run
     runs = tmp_path / "runs"
     (runs / "n1").mkdir(parents=True)
     for name in ("config.yaml", "search.json"):
@@ -317,7 +317,7 @@ def test_kfold_resume_without_a_name_skips_nested_runs(nested_run, tmp_path):
 
 def inner_sequence(run: Path, study: str, k) -> list[tuple[dict, float]]:
     """The counted trials of outer split k's study (or the non-nested one), in order: (params, value)."""
-    from bench.study import counts
+    from bench.drivers.study import counts
     folder = run / "inner" / str(k) if k else run / "non-nested"
     trials = optuna.load_study(study_name=study, storage=f"sqlite:///{folder / 'study.db'}").get_trials()
     return [(t.params, t.value) for t in trials if counts(t)]

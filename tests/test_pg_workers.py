@@ -26,7 +26,7 @@ from pathlib import Path
 import optuna
 import pytest
 
-from bench.study import counts, storage_url
+from bench.drivers.study import counts, storage_url
 from tests.test_tune import SPACE, TINY, write_space
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,14 +37,14 @@ PG = os.environ.get("FOLDBENCH_TEST_PG")
 WRAPPER = r"""
 import os, sys, time
 from pathlib import Path
-import cli, bench.tune, bench.cv  # noqa: F401  (everything heavy imported before the barrier)
+import cli, bench.drivers.tune, bench.drivers.kfold  # noqa: F401  (everything heavy imported before the barrier)
 if os.environ.get("FB_HOLD"):  # test-only: block (alive) inside the first split's training, to be killed
-    real_fit = bench.cv.fit_split
+    real_fit = bench.drivers.kfold.fit_split
     def fit(*a, **kw):
         Path(os.environ["FB_HOLD"]).write_text(str(os.getpid()))
         while True:
             time.sleep(1)
-    bench.cv.fit_split = fit
+    bench.drivers.kfold.fit_split = fit
 barrier = os.environ["FB_BARRIER"]
 Path(f"{barrier}.ready.{os.getpid()}").touch()
 while not os.path.exists(barrier):

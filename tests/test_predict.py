@@ -11,8 +11,8 @@ import pytest
 import torch
 
 import cli
-from bench.cv import run_cv
-from bench.runfolder import RunFolder
+from bench.drivers.kfold import run_cv
+from bench.core.runfolder import RunFolder
 from tests.conftest import fast_config
 
 SPLITS = [1, 2, 3]
@@ -86,7 +86,7 @@ def test_default_is_the_ensemble_mean_of_the_split_models(run, tmp_path, capsys,
         assert predict("--run", run_dir, *files, "--split", k, "--out", tmp_path / f"{k}.csv") == 0
         per_split.append(probs(pd.read_csv(tmp_path / f"{k}.csv")))
     capsys.readouterr()
-    import bench.predict as predict_mod
+    import bench.train.predict as predict_mod
     featurised = []  # the splits share one feature config: the files are featurised once, not per model
     real_maps = predict_mod.frontend_maps
     monkeypatch.setattr(predict_mod, "frontend_maps", lambda *a, **kw: featurised.append(a[1]) or real_maps(*a, **kw))

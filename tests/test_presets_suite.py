@@ -5,9 +5,9 @@ import pandas as pd
 import pytest
 
 import cli
-from bench.config import RunConfig, flatten
-from bench.presets import PRESETS, SOURCES, apply_preset
-from bench.prepare import check_config
+from bench.core.config import RunConfig, flatten
+from bench.core.presets import PRESETS, SOURCES, apply_preset
+from bench.drivers.prepare import check_config
 from tests.test_cli import fast_flags
 
 TUTORIALS = {  # the description of each system, key by key

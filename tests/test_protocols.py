@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.config import DatasetConfig
-from bench.datasets import create_dataset
+from bench.core.config import DatasetConfig
+from bench.data.datasets import create_dataset
 from protocols import (PROTOCOLS, Protocol, ProtocolError, Split, create_protocol, list_protocols,
                        make_splits, plan_splits, register_protocol)
 from protocols.checks import check_plan

@@ -17,12 +17,12 @@ import pandas as pd
 import pytest
 
 import cli
-from bench.cv import run_cv
-from bench.runfolder import RunFolder
+from bench.drivers.kfold import run_cv
+from bench.core.runfolder import RunFolder
 from tests.conftest import FAST, fast_config
 from tests.test_pg_workers import pg_database  # noqa: F401  (a fresh PostgreSQL database, a fixture)
 
-os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when ray is imported: as bench.ray_engine sets it
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # read when ray is imported: as bench.scale.ray_engine sets it
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install -c constraints.txt -e '.[ray]'")
 
 DEADLINE = 240  # seconds; a bound for waits on a shared 2-core machine, not a timing assertion
@@ -91,7 +91,7 @@ def test_ray_keeps_the_signal_handlers_foldbench_set(monkeypatch):
     does: run.json, MLflow runs closed) must stay."""
     import signal
 
-    from bench.ray_engine import session
+    from bench.scale.ray_engine import session
 
     def mine(signum, frame):
         raise KeyboardInterrupt
@@ -179,11 +179,11 @@ def test_resume_on_ray_trains_only_the_splits_without_verified_outputs(tiny_us8k
 
 def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
     """A task's TrainingError (a NaN loss) is the same user error as in process (one line, exit 2)."""
-    from bench.ray_engine import task_result
-    from bench.train import TrainingError
+    from bench.scale.ray_engine import task_result
+    from bench.train.fit import TrainingError
 
     def fails():  # a local function: shipped to the worker by value
-        from bench.train import TrainingError
+        from bench.train.fit import TrainingError
         raise TrainingError("split 4: training loss became nan at epoch 2")
 
     ref = ray.remote(fails).options(max_retries=0).remote()
@@ -195,7 +195,7 @@ def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
 def test_a_bug_in_a_task_keeps_the_workers_traceback(local_ray):
     """Any other error is raised as itself too, chained to Ray's error, whose text holds the
     worker's traceback (where the bug is): the driver's own frames alone would not say."""
-    from bench.ray_engine import task_result
+    from bench.scale.ray_engine import task_result
 
     def buggy_helper_in_the_worker():
         return {}["missing"]
@@ -242,7 +242,7 @@ def tune_args(tmp_path: Path, root: Path, storage: str | None, trials: int, *ext
 def assert_exact_study(tmp_path: Path, storage: str | None, trials: int) -> None:
     import optuna
 
-    from bench.study import counts, storage_url
+    from bench.drivers.study import counts, storage_url
     url = storage_url(storage) if storage else f"sqlite:///{tmp_path / 'runs/tune-shared/study.db'}"
     study = optuna.load_study(study_name="shared", storage=url)
     all_trials = study.get_trials(deepcopy=False)
@@ -281,7 +281,7 @@ def test_nested_with_ray_workers_runs_every_study_to_exactly_its_trials(tiny_us8
     workers on Ray, exactly --trials each; no inner trial validated or tested on its outer fold."""
     import optuna
 
-    from bench.study import counts
+    from bench.drivers.study import counts
     from tests.test_nested import nested_args
     code = cli.main(nested_args(tmp_path, tiny_us8k_master, "--trials", "3", "--workers", "2"))
     assert code == 0, capsys.readouterr().err
@@ -344,7 +344,7 @@ def test_tune_workers_stopped_with_sigterm_record_their_trials_interrupted(tiny_
     from mlflow import MlflowClient
     from mlflow.entities import ViewType
 
-    from bench.study import counts
+    from bench.drivers.study import counts
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = [a for a in tune_args(tmp_path, tiny_us8k_master, None, 4, "--workers", "2", "--set",
                                  "train.epochs=200") if a != "--no-mlflow"] + ["--tracking-uri", uri]

@@ -11,11 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.config import ConfigError, merge, validate
-from bench.manifest import Dataset
-from bench.plan import copies_across_folds, duplicate_sets, make_plan
-from bench.runfolder import RunFolder, RunFolderError, result_view
-from bench.synth import write_folder_dataset
+from bench.core.config import ConfigError, merge, validate
+from bench.data.manifest import Dataset
+from protocols.plan import copies_across_folds, duplicate_sets, make_plan
+from bench.core.runfolder import RunFolder, RunFolderError, result_view
+from bench.data.synth import write_folder_dataset
 from protocols import PROTOCOLS
 from protocols.checks import check_plan
 from tests.conftest import fast_config
@@ -170,7 +170,7 @@ def sounds_master(tmp_path_factory):
 
 
 def test_repeated_run_verifies_reports_and_resumes(sounds_master, tmp_path):
-    from bench.cv import run_cv
+    from bench.drivers.kfold import run_cv
     cfg = fast_config(tmp_path, sounds_master, name="rep", **{
         "dataset.name": "folder", "protocol.folds": 3, "protocol.repeats": 2, "train.epochs": 1})
     result = run_cv(cfg, progress=False)
@@ -234,7 +234,7 @@ def test_repeated_run_verifies_reports_and_resumes(sounds_master, tmp_path):
 
 
 def test_predefined_folds_repeat_with_other_training_seeds(tiny_us8k_master, tmp_path):
-    from bench.cv import run_cv
+    from bench.drivers.kfold import run_cv
     cfg = fast_config(tmp_path, tiny_us8k_master, name="us8k-rep", **{
         "protocol.repeats": 2, "train.epochs": 1, "splits": [1, 11]})  # fold 1 of each repeat
     result = run_cv(cfg, progress=False)

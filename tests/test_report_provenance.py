@@ -10,11 +10,11 @@ from html.parser import HTMLParser
 import pandas as pd
 import pytest
 
-from bench.provenance import record_digest
+from bench.core.provenance import record_digest
 
 import cli
-from bench.cv import code_version
-from bench.runfolder import RunFolder
+from bench.drivers.kfold import code_version
+from bench.core.runfolder import RunFolder
 from conftest import FAST
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -175,7 +175,7 @@ def test_an_edited_run_json_is_not_shown_and_a_resume_replaces_it(run_copy, caps
     assert cli.main(["report", str(run_copy)]) == 0
     md = (run_copy / "report.md").read_text()
     assert "forged-host" not in md and "does not match its digest" in md
-    from bench.provenance import Attempt, read_run_json
+    from bench.core.provenance import Attempt, read_run_json
     Attempt.begin(run_copy, resume=True, code_version="x").end("finished")
     fresh = read_run_json(run_copy)
     assert fresh["host"] != "forged-host" and len(fresh["attempts"]) == 1 and "replaced" in fresh

@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.runfolder import RunFolder
+from bench.core.runfolder import RunFolder
 from reports import build_report, summary_table
 from reports.aggregate import class_names, fold_scores, load_predictions, per_class, summary
 from reports.confusion import confusion_counts, normalize_rows, plot_confusion

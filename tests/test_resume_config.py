@@ -8,10 +8,10 @@ import pytest
 import yaml
 
 import cli
-from bench.config import ConfigError
-from bench.cv import run_cv
-from bench.runfolder import RunFolder, result_view
-from bench.config import load_yaml
+from bench.core.config import ConfigError
+from bench.drivers.kfold import run_cv
+from bench.core.runfolder import RunFolder, result_view
+from bench.core.config import load_yaml
 from tests.conftest import FAST, fast_config
 from tests.test_kill_and_races import finish, kill_held, procs, start, trained  # noqa: F401 (procs: fixture)
 
@@ -71,8 +71,8 @@ def finished(tiny_us8k_master, tmp_path):
 
 
 def test_resume_without_a_name_continues_the_newest_run(finished, monkeypatch, capsys):
-    import bench.cv
-    monkeypatch.setattr(bench.cv, "fit_split", lambda *a, **kw: pytest.fail("a finished split trained again"))
+    import bench.drivers.kfold
+    monkeypatch.setattr(bench.drivers.kfold, "fit_split", lambda *a, **kw: pytest.fail("a finished split trained again"))
     before = sorted(p.name for p in finished.iterdir())
     assert cli.main(["kfold", "--resume", "--runs-dir", str(finished), "--quiet"]) == 0
     assert "over 1 fold" in capsys.readouterr().out
@@ -105,7 +105,7 @@ def test_a_saved_config_starts_a_new_run(finished, name, capsys):
 def test_nested_resume_takes_the_saved_search_settings_unless_given(tmp_path):
     run = tmp_path / "runs" / "n"
     run.mkdir(parents=True)
-    from bench.tune import load_space
+    from bench.drivers.tune import load_space
     space = json.loads(json.dumps(load_space(None)))
     (run / "search.json").write_text(json.dumps({"trials": 3, "inner_splits": 4, "space": space, "sampler_seed": 7,
                                                  "prune_startup": 1, "prune_warmup": 2}))

@@ -7,11 +7,11 @@ import torch
 import torchaudio.transforms as T
 
 import cli
-from bench.cache import load_waveforms
-from bench.config import AugmentConfig, DatasetConfig
-from bench.datasets import create_dataset
-from bench.features import Augment, feature_bank
-from bench.speed import ROWS, PerItemDataset, render
+from bench.data.cache import load_waveforms
+from bench.core.config import AugmentConfig, DatasetConfig
+from bench.data.datasets import create_dataset
+from bench.features.bank import Augment, feature_bank
+from bench.drivers.speed import ROWS, PerItemDataset, render
 from tests.conftest import fast_config
 
 

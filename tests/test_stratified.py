@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from torchaudio.datasets import gtzan as ta_gtzan
 
-from bench.config import RunConfig, merge
-from bench.plan import make_plan, protocol_options
+from bench.core.config import RunConfig, merge
+from protocols.plan import make_plan, protocol_options
 from protocols import ProtocolError, create_protocol, list_protocols, plan_splits
 from protocols.checks import check_plan
 
@@ -143,8 +143,8 @@ def test_protocol_options_from_config():
 
 
 def test_make_plan_finds_identical_audio(tiny_us8k_master, tmp_path):
-    from bench.datasets import create_dataset
-    from bench.plan import copies_across_folds, label_conflicts
+    from bench.data.datasets import create_dataset
+    from protocols.plan import copies_across_folds, label_conflicts
     ds = create_dataset(merge(RunConfig(), {"dataset.name": "us8k", "dataset.root": str(tiny_us8k_master)}).dataset, tmp_path)
     hashes = [f"h{i}" for i in range(len(ds.table))]
     first, last = 0, len(ds.table) - 1  # fold 1 and fold 10, class 0 and class 2

@@ -1,4 +1,4 @@
-"""Tests for bench.synth: layouts, determinism, the real UrbanSound8K margins, the format mix, make_demo's safety."""
+"""Tests for bench.data.synth: layouts, determinism, the real UrbanSound8K margins, the format mix, make_demo's safety."""
 import os
 import re
 import time
@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from bench import synth
+from bench.data import synth
 
 
 def _files(root):

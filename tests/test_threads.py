@@ -1,4 +1,4 @@
-"""The thread chooser (bench/threads.py): auto takes the cores that are free, read from a fake
+"""The thread chooser (bench/core/threads.py): auto takes the cores that are free, read from a fake
 /proc/stat; the affinity mask, an explicit --threads and OMP_NUM_THREADS are respected; workers
 split the cores; `speed` and kfold say what they chose. Nothing here is timed."""
 import subprocess
@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench import threads as T
-from bench.threads import ThreadChoice, choose_threads, free_cpus, read_proc_stat, threads_per_worker
+from bench.core import threads as T
+from bench.core.threads import ThreadChoice, choose_threads, free_cpus, read_proc_stat, threads_per_worker
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -131,7 +131,7 @@ def test_apply_measures_once_per_process_and_announces_changes(monkeypatch):
 
 
 def test_the_thread_module_imports_no_torch():
-    code = "import sys, bench.threads; print('torch' in sys.modules)"
+    code = "import sys, bench.core.threads; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 

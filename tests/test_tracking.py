@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from bench.config import TrackingConfig
-from bench.errors import USER_ERRORS
-from bench.tracking import Tracker, TrackingError, retry_races
+from bench.core.config import TrackingConfig
+from bench.core.errors import USER_ERRORS
+from bench.tracking.tracker import Tracker, TrackingError, retry_races
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -156,8 +156,8 @@ def test_a_store_failure_while_logging_is_a_tracking_error(tmp_path, made_db):
 
 KILLED_JOB = """
     import os, signal, sys
-    from bench.config import TrackingConfig
-    from bench.tracking import Tracker
+    from bench.core.config import TrackingConfig
+    from bench.tracking.tracker import Tracker
     t = Tracker(TrackingConfig(tracking_uri=f"sqlite:///{sys.argv[1]}"), "exp")
     parent = t.start("job")
     done = t.start("split-1", tags={"split": 1}, parent=parent)
@@ -204,8 +204,8 @@ WORKER = """
     import sys, time, traceback
     from pathlib import Path
     import mlflow.tracking  # imported before the start line, so the workers meet in store creation
-    from bench.config import TrackingConfig
-    from bench.tracking import Tracker
+    from bench.core.config import TrackingConfig
+    from bench.tracking.tracker import Tracker
     folder, me, workers, rounds = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
     failed = 0
     for r in range(rounds):
@@ -255,8 +255,8 @@ def test_retry_races_retries_only_the_known_races():
 
 
 def test_artifacts_go_beside_the_sqlite_database_not_the_working_folder(tmp_path, monkeypatch):
-    from bench.config import TrackingConfig
-    from bench.tracking import Tracker
+    from bench.core.config import TrackingConfig
+    from bench.tracking.tracker import Tracker
     work, store = tmp_path / "work", tmp_path / "store"
     work.mkdir(), store.mkdir()
     monkeypatch.chdir(work)
@@ -277,7 +277,7 @@ def tracked_kfold(tmp: Path, root: Path, name: str = "tracked", **overrides):
     """A tiny kfold (2 splits, 2 epochs) logged to a fresh SQLite store; its report.html is the
     report's own (asserted: the artifact tests below must not pass without it)."""
     from conftest import fast_config
-    from bench.cv import run_cv
+    from bench.drivers.kfold import run_cv
 
     cfg = fast_config(tmp, root, name=name, **{
         "tracking.mlflow": True, "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
@@ -318,7 +318,7 @@ def test_parent_params_are_the_resolved_result_settings_and_nothing_else(logged)
     # onecycle: max_lr and anneal decide, lr and the other schedules' settings do not
     assert "train.max_lr" in params and "train.lr" not in params and "train.plateau_factor" not in params
     assert "train.momentum" not in params  # adam
-    from bench.runfolder import result_view
+    from bench.core.runfolder import result_view
     kept = {k for k, v in result_view(cfg).items() if v is not None} - {"dataset.root", "train.lr",
                                                                         "train.momentum", "train.nesterov",
                                                                         "train.plateau_factor",
@@ -377,7 +377,7 @@ def test_per_fold_accuracy_on_the_parent_and_report_files_as_artifacts(logged):
 
 
 def test_the_experiment_opens_on_its_runs_table(logged, tmp_path, made_db):
-    from bench.mlflow_layout import EXPERIMENT_TAGS, ui_hint
+    from bench.tracking.layout import EXPERIMENT_TAGS, ui_hint
     _, result, client, exp, _, _ = logged
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json_file_text(exp.tags["mlflow.sharedViewState.foldbench"])
@@ -401,7 +401,7 @@ def json_file_text(text: str) -> dict:
 
 def test_run_params_resolve_the_config_without_the_data(tmp_path):
     from conftest import fast_config
-    from bench.mlflow_layout import run_params
+    from bench.tracking.layout import run_params
     cfg = fast_config(tmp_path, **{"dataset.name": "demo", "protocol.name": "stratified", "protocol.folds": 4,
                                    "train.optimizer": "sgd", "train.momentum": 0.9, "train.schedule": "plateau",
                                    "features.f_max": 3000.0, "features.mel_norm": "slaney"})
@@ -417,7 +417,7 @@ def test_run_params_resolve_the_config_without_the_data(tmp_path):
 
 
 def merge_cfg(cfg, data):
-    from bench.config import merge
+    from bench.core.config import merge
     return merge(cfg, data)
 
 

@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from bench.config import RunConfig, merge
-from bench.train import TrainingError, fit_split
+from bench.core.config import RunConfig, merge
+from bench.train.fit import TrainingError, fit_split
 
 
 def toy_bank(n_per_class=30, n_classes=3, seed=0):
@@ -81,7 +81,7 @@ def lrs(result):
 
 
 def test_default_is_adam_with_onecycle():
-    from bench.train import Schedule, setup_training
+    from bench.train.fit import Schedule, setup_training
     _, _, opt, sched = setup_training(CFG, (1, 16, 20), 3, 10, torch.device("cpu"))
     assert type(opt) is torch.optim.Adam and isinstance(sched, Schedule)
     assert isinstance(sched.per_step, torch.optim.lr_scheduler.OneCycleLR) and sched.plateau is None
@@ -89,7 +89,7 @@ def test_default_is_adam_with_onecycle():
 
 @pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
 def test_the_optimizer_is_the_configured_one(name, cls):
-    from bench.train import setup_training
+    from bench.train.fit import setup_training
     cfg = merge(CFG, {"train.optimizer": name, "train.momentum": 0.9, "train.nesterov": name == "sgd",
                       "train.weight_decay": 0.01, "train.schedule": "constant", "train.lr": 0.02})
     _, _, opt, _ = setup_training(cfg, (1, 16, 20), 3, 10, torch.device("cpu"))
@@ -147,7 +147,7 @@ def test_plateau_ignores_the_test_fold_and_follows_validation():
 
 
 def test_plateau_without_a_validation_fold_is_refused_before_training():
-    from bench.config import ConfigError, validate
+    from bench.core.config import ConfigError, validate
     cfg = merge(CFG, {"train.schedule": "plateau"})
     with pytest.raises(ConfigError, match="protocol.val=none has no validation fold"):
         validate(merge(cfg, {"protocol.val": "none"}))
@@ -166,7 +166,7 @@ def test_plateau_without_a_validation_fold_is_refused_before_training():
     ({"train.plateau_patience": -1}, "train.plateau_patience"), ({"train.mixup": -0.1}, "train.mixup"),
 ])
 def test_new_train_fields_are_validated(overrides, match):
-    from bench.config import ConfigError, validate
+    from bench.core.config import ConfigError, validate
     with pytest.raises(ConfigError, match=match):
         validate(merge(CFG, overrides))
 
@@ -175,7 +175,7 @@ def test_mixup_changes_the_training_loss_only(monkeypatch):
     """Mixup blends training batches: the training loss changes, and it is never applied while
     predicting (validation, test); the test clips never enter a training batch (noise there changes
     nothing in the history)."""
-    import bench.train as train_mod
+    import bench.train.fit as train_mod
     bank, labels = toy_bank()
     idx = np.arange(len(labels))
     train, val, test = idx[::2], idx[1::4], idx[3::4]
@@ -209,7 +209,7 @@ def test_mixup_changes_the_training_loss_only(monkeypatch):
 
 
 def test_mixup_blends_inputs_and_targets_with_one_weight():
-    from bench.train import mixup
+    from bench.train.fit import mixup
     x = torch.arange(4.0).reshape(4, 1, 1, 1)
     y = torch.tensor([0, 1, 2, 0])
     mx, my = mixup(x, y, 3, 0.4, np.random.default_rng(0))

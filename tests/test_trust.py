@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 
 import cli
-from bench import cv as cv_mod
-from bench.cv import run_cv
-from bench.runfolder import RunFolder
+from bench.drivers import kfold as cv_mod
+from bench.drivers.kfold import run_cv
+from bench.core.runfolder import RunFolder
 from tests.conftest import fast_config
 from tests.test_cli import fast_flags
 
@@ -96,7 +96,7 @@ def test_a_failing_run_leaves_no_folder_and_resume_does_not_pick_it(tiny_us8k_ma
     with pytest.raises(RuntimeError, match="boom"):
         run_cv(fast_config(tmp_path, tiny_us8k_master, name="dead"), progress=False)
     assert not (tmp_path / "runs" / "dead").exists()
-    from bench.runfolder import latest_run
+    from bench.core.runfolder import latest_run
     assert latest_run(tmp_path / "runs", "us8k") == good.run_dir.name
 
 
@@ -151,7 +151,7 @@ def test_duplicate_metadata_rows_are_refused_before_training(tiny_us8k, tmp_path
     """Metadata listing one file twice is refused before training, naming both rows."""
     meta = pd.read_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv")
     pd.concat([meta, meta.iloc[[4]]]).to_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv", index=False)
-    from bench.datasets import DatasetError
+    from bench.data.datasets import DatasetError
     with pytest.raises(DatasetError, match=meta.iloc[4]["slice_file_name"]):
         run_cv(fast_config(tmp_path, tiny_us8k), progress=False)
     assert not (tmp_path / "runs").exists()

@@ -11,15 +11,15 @@ import pytest
 import yaml
 
 import cli
-from bench import cache as cache_mod
-from bench import cv as cv_mod
-from bench import prepare as prepare_mod
-from bench import features as features_mod
-from bench.config import ConfigError, RunConfig, flatten, load_yaml, merge
-from bench.cv import run_cv
-from bench.datasets import create_dataset
-from bench.train import TrainingError
-from bench.tune import Objective, apply_params, check_space, load_space, parse_duration
+from bench.data import cache as cache_mod
+from bench.drivers import kfold as cv_mod
+from bench.drivers import prepare as prepare_mod
+from bench.features.bank import bank as features_mod
+from bench.core.config import ConfigError, RunConfig, flatten, load_yaml, merge
+from bench.drivers.kfold import run_cv
+from bench.data.datasets import create_dataset
+from bench.train.fit import TrainingError
+from bench.drivers.tune import Objective, apply_params, check_space, load_space, parse_duration
 from reports.files import read_history, read_split_json
 from tests.conftest import FAST, fast_config
 
@@ -338,8 +338,8 @@ def test_tune_refuses_name_and_runs_without_validation_folds(tmp_path, tiny_us8k
 OPENING_WORKER = """
     import sys, time, traceback
     from pathlib import Path
-    from bench.config import RunConfig, merge
-    from bench.tune import TuneConfig, open_study
+    from bench.core.config import RunConfig, merge
+    from bench.drivers.tune import TuneConfig, open_study
     folder, me, workers, rounds = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
     cfg = merge(RunConfig(), {"dataset.name": "us8k", "splits": [1, 2]})
     failed = 0

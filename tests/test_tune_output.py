@@ -1,6 +1,6 @@
 """tune that a user can read and trust: exact fractions and ties, one line per trial, the objective's
 name, plots only where they mean something, and `tune --help`. The study runs through the real
-`bench.tune.search` with `run_cv` replaced by a stand-in that reports chosen counts of clips, so
+`bench.drivers.tune.search` with `run_cv` replaced by a stand-in that reports chosen counts of clips, so
 no model trains and every figure is known in advance."""
 from __future__ import annotations
 
@@ -15,11 +15,11 @@ import pytest
 import torch
 
 import cli
-from bench import tune as tune_mod
-from bench.train import TrainingError
+from bench.drivers import tune as tune_mod
+from bench.train.fit import TrainingError
 from protocols import create_protocol
-from bench.study import best_trial
-from bench.tune import DEFAULT_SPLITS, TuneConfig, mean_fraction, search
+from bench.drivers.study import best_trial
+from bench.drivers.tune import DEFAULT_SPLITS, TuneConfig, mean_fraction, search
 from tests.conftest import fast_config
 
 N_VAL = 30  # validation clips per split in the stand-in
@@ -79,7 +79,7 @@ def test_the_running_mean_for_pruning_is_exact_too(tmp_path, monkeypatch):
 
 
 def test_fit_split_counts_the_validation_clips_it_got_right():
-    from bench.train import fit_split
+    from bench.train.fit import fit_split
     from tests.test_train import CFG, toy_bank
     bank, labels = toy_bank()
     idx = np.random.default_rng(0).permutation(len(labels))

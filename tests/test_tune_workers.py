@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import optuna
 import pytest
 
-from bench.config import ConfigError
-from bench.study import claim_study_attr, counts
-from bench.tune import TuneConfig, check_tune
+from bench.core.config import ConfigError
+from bench.drivers.study import claim_study_attr, counts
+from bench.drivers.tune import TuneConfig, check_tune
 from reports.study import render_study, trials_table
 
 FAIL, PRUNED, COMPLETE = (optuna.trial.TrialState.FAIL, optuna.trial.TrialState.PRUNED,
@@ -90,7 +90,7 @@ def test_a_worker_that_loses_the_study_run_race_uses_the_winners_run(tmp_path):
     """Another worker claims the study run between this one finding none and starting its own:
     this one's run is ended and deleted, and the winner's is used (once, it replaced the winner's
     id in the study, leaving two study runs and one of them RUNNING after its worker was killed)."""
-    from bench.tune import open_study_run, study_run_key
+    from bench.drivers.tune import open_study_run, study_run_key
     study = optuna.create_study(storage=f"sqlite:///{tmp_path / 's.db'}", study_name="s")
     tracker = FakeTracker()
     tracker.before_new_run = lambda: claim_study_attr(study, study_run_key(tracker), "winner")
@@ -105,7 +105,7 @@ def test_the_workers_summary_counts_what_the_study_holds():
     """Worker 1 ran a trial, then was killed in its second (failed by the heartbeat) and started
     again by Ray; worker 0 ran the retry. Ray's return values say 3 + 0 (the restarted worker ran
     nothing): the summary said 'the workers ran 3 + 0' and '3 trial(s) added' when 4 were."""
-    from bench.ray_workers import ran_by
+    from bench.scale.ray_workers import ran_by
     me, other = {"owner": "me"}, {"owner": "someone else"}
     study = study_with((COMPLETE, {**me, "worker": 0}), (COMPLETE, {**me, "worker": 1}),
                        (COMPLETE, {**me, "worker": 0}), (FAIL, {**me, "worker": 1}),

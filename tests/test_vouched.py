@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 import cli
-from bench.runfolder import RunFolder
+from bench.core.runfolder import RunFolder
 from reports import build_report
 from reports.files import atomic_write_text, read_plan
 from tests.test_reports import write_run

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from .registry import ModelError, register_model
+from bench.models.registry import ModelError, register_model
 
 
 def _conv_block(c_in: int, c_out: int, kernel: int) -> list[nn.Module]:

@@ -11,7 +11,7 @@ import inspect
 from typing import Any, Callable
 
 from torch import nn
-from ..errors import FoldbenchError
+from bench.core.errors import FoldbenchError
 
 MODELS: dict[str, Callable[..., nn.Module]] = {}
 

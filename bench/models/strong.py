@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .registry import ModelError, register_model
+from bench.models.registry import ModelError, register_model
 
 
 class ConvBlock(nn.Module):

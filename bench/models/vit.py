@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .registry import ModelError, register_model
+from bench.models.registry import ModelError, register_model
 
 
 class ViT(nn.Module):

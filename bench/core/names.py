@@ -1,0 +1,38 @@
+"""The registered dataset kinds, protocols and models, by name, without importing torch or
+scikit-learn: for the command line's choices and --help (which must answer in well under a second).
+
+The names are read from the registering modules' source (`@register_dataset("us8k", ...)`,
+`@register_protocol(...)`, `@register_model(...)`), so a new registration shows up by itself;
+`tests/test_cli.py` checks that these lists equal the real registries. A leaf module.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SOURCES = {"dataset": ("bench/*.py",), "protocol": ("protocols/*.py",), "model": ("bench/models/*.py",)}
+
+
+@lru_cache(maxsize=None)
+def registered(kind: str) -> tuple[str, ...]:
+    """Sorted names given to `@register_<kind>("name"...)` in the modules that register them."""
+    pattern = re.compile(rf"^@register_{kind}\(\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+    found: set[str] = set()
+    for glob in SOURCES[kind]:
+        for path in ROOT.glob(glob):
+            found.update(pattern.findall(path.read_text(encoding="utf-8")))
+    return tuple(sorted(found))
+
+
+def dataset_names() -> list[str]:
+    return list(registered("dataset"))
+
+
+def protocol_names() -> list[str]:
+    return list(registered("protocol"))
+
+
+def model_names() -> list[str]:
+    return list(registered("model"))
