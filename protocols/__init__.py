@@ -5,16 +5,34 @@ Registry: `PROTOCOLS` (a dict filled by `@register_protocol`), `create_protocol(
 defaults of `leaky`, `leak_reason`, `cross_validated`, `group_disjoint`, `reshufflable`, and a `repr` that shows
 the config); `predefined.py`, `stratified.py` and `holdout.py` register theirs on import.
 """
+
 from __future__ import annotations
 
 import numpy as np
 
 from . import holdout, predefined, stratified  # noqa: F401  (registers the protocols)
-from .base import (PROTOCOLS, Protocol, ProtocolError, Split, create_protocol, list_protocols,
-                   make_splits, register_protocol)
+from .base import (
+    PROTOCOLS,
+    Protocol,
+    ProtocolError,
+    Split,
+    create_protocol,
+    list_protocols,
+    make_splits,
+    register_protocol,
+)
 
-__all__ = ["PROTOCOLS", "Protocol", "ProtocolError", "Split", "create_protocol", "list_protocols",
-           "make_splits", "plan_splits", "register_protocol"]
+__all__ = [
+    "PROTOCOLS",
+    "Protocol",
+    "ProtocolError",
+    "Split",
+    "create_protocol",
+    "list_protocols",
+    "make_splits",
+    "plan_splits",
+    "register_protocol",
+]
 
 
 def plan_splits(protocol: Protocol, folds: np.ndarray, val: str = "next") -> list[Split]:

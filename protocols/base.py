@@ -9,6 +9,7 @@ leaves out. What a protocol promises is said by class attributes with defaults h
 scikit-learn's splitters the parameters of `__init__` are kept under their own names, and `repr`
 shows them. A `reshufflable` protocol takes a `seed`: repeated CV draws repeat r with seed + r - 1.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -44,7 +45,9 @@ def make_splits(folds: np.ndarray, val: str = "next") -> list[Split]:
     folds = np.asarray(folds)
     order = sorted(np.unique(folds).tolist())
     if len(order) < (3 if val == "next" else 2):
-        raise ProtocolError(f"{len(order)} fold(s) is too few for test{' + validation' if val == 'next' else ''} + training")
+        raise ProtocolError(
+            f"{len(order)} fold(s) is too few for test{' + validation' if val == 'next' else ''} + training"
+        )
     splits = []
     for i, (rest, test) in enumerate(PredefinedSplit(test_fold=folds).split(), start=1):
         test_fold = int(folds[test[0]])
@@ -75,8 +78,11 @@ class Protocol:
     @classmethod
     def params(cls) -> list[str]:
         """The names of `__init__`'s parameters: the protocol's config."""
-        return [p.name for p in inspect.signature(cls.__init__).parameters.values()
-                if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+        return [
+            p.name
+            for p in inspect.signature(cls.__init__).parameters.values()
+            if p.name != "self" and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({', '.join(f'{p}={getattr(self, p)!r}' for p in self.params())})"
@@ -89,6 +95,7 @@ def register_protocol(name: str):
         cls.name = name
         PROTOCOLS[name] = cls
         return cls
+
     return add
 
 
@@ -102,6 +109,7 @@ def create_protocol(name: str, **kw) -> Protocol:
     cls = PROTOCOLS[name]
     unknown = sorted(set(kw) - set(cls.params()))
     if unknown:
-        raise ProtocolError(f"protocol {name} takes no option {', '.join(unknown)}; "
-                            f"its options: {', '.join(cls.params()) or 'none'}")
+        raise ProtocolError(
+            f"protocol {name} takes no option {', '.join(unknown)}; its options: {', '.join(cls.params()) or 'none'}"
+        )
     return cls(**kw)

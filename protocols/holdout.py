@@ -6,6 +6,7 @@ Larsen (2015), as torchaudio ships it (`torchaudio.datasets.gtzan`: `filtered_tr
 writes one fold id per clip (1 = test list, 2 = validation list, 3 = training list, 0 = in no list,
 left out), and provides its own `splits`: the single split that tests fold 1.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -29,12 +30,13 @@ class FixedSplit(Protocol):
         stems = [c.rsplit("/", 1)[-1].rsplit(".", 1)[0].lower() for c in table["clip"]]
         folds = np.array([role.get(s, LEFT_OUT) for s in stems], dtype=int)
         if not (folds > 0).any():
-            raise ProtocolError(f"protocol {self.name}: none of the {len(table)} clips is in its lists "
-                                f"(e.g. {', '.join(stems[:3])}): it needs the dataset it was made for")
+            raise ProtocolError(
+                f"protocol {self.name}: none of the {len(table)} clips is in its lists "
+                f"(e.g. {', '.join(stems[:3])}): it needs the dataset it was made for"
+            )
         for fold, part in ((TEST, "test"), (VAL, "validation"), (TRAIN, "training")):
             if not (folds == fold).any():
-                raise ProtocolError(f"protocol {self.name}: no clip of its {part} list is in this "
-                                    f"dataset")
+                raise ProtocolError(f"protocol {self.name}: no clip of its {part} list is in this dataset")
         return folds
 
     def splits(self, folds: np.ndarray, val: str = "next") -> list[Split]:
@@ -54,4 +56,5 @@ class GtzanFiltered(FixedSplit):
 
     def lists(self) -> dict[int, list[str]]:
         from torchaudio.datasets import gtzan
+
         return {TEST: gtzan.filtered_test, VAL: gtzan.filtered_valid, TRAIN: gtzan.filtered_train}

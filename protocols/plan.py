@@ -12,6 +12,7 @@ seed + r - 1 (repeat 1 is the plan of R=1); fixed folds are the same in every re
 then differ in their training seed only. Split numbers run on: repeat r, fold k is split
 (r-1)*n + k. Every repeat's plan is checked, and so are its copies across folds.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -47,8 +48,9 @@ def protocol_options(cfg: RunConfig, name: str | None = None) -> dict:
         kind = DATASETS.get(cfg.dataset.name)
         opts["n_folds"] = cfg.protocol.folds or (kind.folds if kind else 10)
     elif cfg.protocol.folds is not None:
-        raise ProtocolError(f"--folds {cfg.protocol.folds}: protocol {name} has fixed lists (one "
-                            f"split), not a number of folds")
+        raise ProtocolError(
+            f"--folds {cfg.protocol.folds}: protocol {name} has fixed lists (one split), not a number of folds"
+        )
     if "seed" in accepted:
         opts["seed"] = cfg.protocol.seed
     return opts
@@ -92,22 +94,35 @@ class Plan:
     @property
     def leak_reason(self) -> str | None:
         if self.copies_leak:
-            return ("--allow-leaky: identical audio sits in more than one fold (a copy trains, a copy "
-                    "tests)")
+            return "--allow-leaky: identical audio sits in more than one fold (a copy trains, a copy tests)"
         return self.protocol.leak_reason
 
     def summary(self) -> dict:
         """What `plan.json` in the run folder records."""
-        return {"protocol": repr(self.protocol), "protocol_name": self.protocol.name,
-                "leaky": self.leaky, "leak_reason": self.leak_reason,
-                "group_disjoint": self.protocol.group_disjoint,
-                "n_clips": len(self.table), "left_out": len(self.left_out),
-                "repeats": self.repeats, "repeats_vary": self.repeats_vary,
-                "splits": [{"split": s.index, "repeat": s.repeat, "test_fold": s.test_fold,
-                            "val_fold": s.val_fold, "n_train": len(s.train), "n_val": len(s.val),
-                            "n_test": len(s.test)}
-                           for s in self.splits],
-                "warnings": self.warnings}
+        return {
+            "protocol": repr(self.protocol),
+            "protocol_name": self.protocol.name,
+            "leaky": self.leaky,
+            "leak_reason": self.leak_reason,
+            "group_disjoint": self.protocol.group_disjoint,
+            "n_clips": len(self.table),
+            "left_out": len(self.left_out),
+            "repeats": self.repeats,
+            "repeats_vary": self.repeats_vary,
+            "splits": [
+                {
+                    "split": s.index,
+                    "repeat": s.repeat,
+                    "test_fold": s.test_fold,
+                    "val_fold": s.val_fold,
+                    "n_train": len(s.train),
+                    "n_val": len(s.val),
+                    "n_test": len(s.test),
+                }
+                for s in self.splits
+            ],
+            "warnings": self.warnings,
+        }
 
 
 def make_plan(cfg: RunConfig, dataset: Dataset, ok: np.ndarray, hashes=None) -> Plan:
@@ -125,8 +140,7 @@ def make_plan(cfg: RunConfig, dataset: Dataset, ok: np.ndarray, hashes=None) -> 
             continue
         if "seed" not in opts:
             raise ProtocolError(f"protocol {name} is reshufflable but takes no seed")
-        again = np.asarray(create_protocol(name, **{**opts, "seed": opts["seed"] + r - 1}).assign(table),
-                           dtype=int)
+        again = np.asarray(create_protocol(name, **{**opts, "seed": opts["seed"] + r - 1}).assign(table), dtype=int)
         if not np.array_equal(again > 0, assigned[0] > 0):
             raise ProtocolError(f"protocol {name}: repeat {r} leaves out other clips than repeat 1")
         assigned.append(again)
@@ -138,17 +152,23 @@ def make_plan(cfg: RunConfig, dataset: Dataset, ok: np.ndarray, hashes=None) -> 
     for r, folds in enumerate(repeat_folds, start=1):
         own = plan_splits(protocol, folds, cfg.protocol.val)
         own = [dataclasses.replace(s, index=(r - 1) * len(own) + s.index, repeat=r) for s in own]
-        found = check_plan(table, folds, own, dataset.classes,
-                           groups_must_not_cross=protocol.group_disjoint,
-                           every_clip_tested=protocol.cross_validated)
-        warnings += [w if r == 1 else f"repeat {r}: {w}" for w in found
-                     if r == 1 or protocol.reshufflable]
+        found = check_plan(
+            table,
+            folds,
+            own,
+            dataset.classes,
+            groups_must_not_cross=protocol.group_disjoint,
+            every_clip_tested=protocol.cross_validated,
+        )
+        warnings += [w if r == 1 else f"repeat {r}: {w}" for w in found if r == 1 or protocol.reshufflable]
         splits += own
     if left_out:
-        warnings.insert(0, f"protocol {name} leaves out {len(left_out)} clip(s) that are in none of "
-                           f"its lists, e.g. {', '.join(left_out[:5])}")
-    dups = duplicate_sets(table, repeat_folds,
-                          None if hashes is None else np.asarray(hashes, dtype=object)[rows])
+        warnings.insert(
+            0,
+            f"protocol {name} leaves out {len(left_out)} clip(s) that are in none of "
+            f"its lists, e.g. {', '.join(left_out[:5])}",
+        )
+    dups = duplicate_sets(table, repeat_folds, None if hashes is None else np.asarray(hashes, dtype=object)[rows])
     across = copies_across_folds(dups)
     if across:
         warnings.append(across)
@@ -156,6 +176,7 @@ def make_plan(cfg: RunConfig, dataset: Dataset, ok: np.ndarray, hashes=None) -> 
 
 
 # ---- identical audio ----
+
 
 def duplicate_sets(table: pd.DataFrame, folds, hashes) -> pd.DataFrame:
     """set, clip, class, fold for every clip whose hash another clip shares; sets numbered 1..
@@ -167,8 +188,9 @@ def duplicate_sets(table: pd.DataFrame, folds, hashes) -> pd.DataFrame:
     columns = ["set", "clip", "class", *fold_cols]
     if hashes is None:
         return pd.DataFrame(columns=columns)
-    df = pd.DataFrame({"hash": hashes, "clip": table["clip"].to_numpy(),
-                       "class": table["class"].to_numpy(), **fold_cols})
+    df = pd.DataFrame(
+        {"hash": hashes, "clip": table["clip"].to_numpy(), "class": table["class"].to_numpy(), **fold_cols}
+    )
     df = df[df["hash"].notna() & df["hash"].duplicated(keep=False)]
     df["set"] = df.groupby("hash", sort=False).ngroup() + 1
     return df.sort_values(["set", "clip"])[columns].reset_index(drop=True)
@@ -176,8 +198,10 @@ def duplicate_sets(table: pd.DataFrame, folds, hashes) -> pd.DataFrame:
 
 def _describe(group: pd.DataFrame, fold: str | None) -> str:
     folds = group[fold] if fold else [np.nan] * len(group)
-    return " = ".join(f"{c} ({cls}{f', fold {int(f)}' if pd.notna(f) else ''})"
-                      for c, cls, f in zip(group["clip"], group["class"], folds))
+    return " = ".join(
+        f"{c} ({cls}{f', fold {int(f)}' if pd.notna(f) else ''})"
+        for c, cls, f in zip(group["clip"], group["class"], folds)
+    )
 
 
 def label_conflicts(dups: pd.DataFrame) -> str | None:
@@ -185,8 +209,11 @@ def label_conflicts(dups: pd.DataFrame) -> str | None:
     sets = [g for _, g in dups.groupby("set") if g["class"].nunique() > 1]
     if not sets:
         return None
-    return (f"{len(sets)} set(s) of identical audio carry different labels: "
-            + "; ".join(_describe(g, None) for g in sets[:5]) + (" ..." if len(sets) > 5 else ""))
+    return (
+        f"{len(sets)} set(s) of identical audio carry different labels: "
+        + "; ".join(_describe(g, None) for g in sets[:5])
+        + (" ..." if len(sets) > 5 else "")
+    )
 
 
 def copies_across_folds(dups: pd.DataFrame) -> str | None:
@@ -199,7 +226,10 @@ def copies_across_folds(dups: pd.DataFrame) -> str | None:
         sets = [g for _, g in dups.groupby("set") if g[col].nunique() > 1]
         if sets:
             where = "" if repeat == 1 else f" in repeat {repeat}"
-            return (f"{len(sets)} set(s) of identical audio sit in more than one fold{where} (a copy in "
-                    f"training and a copy in test leak): " + "; ".join(_describe(g, col) for g in sets[:5])
-                    + (" ..." if len(sets) > 5 else ""))
+            return (
+                f"{len(sets)} set(s) of identical audio sit in more than one fold{where} (a copy in "
+                f"training and a copy in test leak): "
+                + "; ".join(_describe(g, col) for g in sets[:5])
+                + (" ..." if len(sets) > 5 else "")
+            )
     return None

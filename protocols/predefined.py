@@ -1,4 +1,5 @@
 """Folds that come with the data: UrbanSound8K's `fold` column (and any ESC-50-style fold column)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,10 @@ class PredefinedFolds(Protocol):
 
     def assign(self, table: pd.DataFrame) -> np.ndarray:
         if self.column not in table.columns:
-            raise ProtocolError(f"the manifest has no {self.column!r} column: this dataset has no "
-                                f"predefined folds; use --protocol stratified")
+            raise ProtocolError(
+                f"the manifest has no {self.column!r} column: this dataset has no "
+                f"predefined folds; use --protocol stratified"
+            )
         folds = pd.to_numeric(table[self.column], errors="coerce")
         bad = folds.isna() | ~folds.isin(range(1, self.n_folds + 1))
         if bad.any():
@@ -28,5 +31,6 @@ class PredefinedFolds(Protocol):
             values = table.loc[bad, self.column].head(5).tolist()
             raise ProtocolError(
                 f"{int(bad.sum())} clip(s) have a fold missing or outside 1..{self.n_folds}, e.g. "
-                + ", ".join(f"{c} (fold={v!r})" for c, v in zip(rows, values)))
+                + ", ".join(f"{c} (fold={v!r})" for c, v in zip(rows, values))
+            )
         return folds.astype(int).to_numpy()

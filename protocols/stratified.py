@@ -5,6 +5,7 @@ Both are scikit-learn's splitters, seeded: `StratifiedKFold`, or `StratifiedGrou
 manifest has groups (a speaker, an artist, a source recording), so that no group is in two folds.
 Fold k is the k-th test set the splitter yields; the same seed gives the same fold ids.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,9 +25,11 @@ def check_class_sizes(table: pd.DataFrame, n_folds: int) -> None:
     small = counts[counts < n_folds]
     if len(small):
         raise ProtocolError(
-            "class(es) with fewer clips than the " f"{n_folds} folds: "
+            "class(es) with fewer clips than the "
+            f"{n_folds} folds: "
             + ", ".join(f"{c} ({n} clip{'s' if n != 1 else ''})" for c, n in small.items())
-            + "; add clips, merge or drop the class, or use fewer folds (--folds)")
+            + "; add clips, merge or drop the class, or use fewer folds (--folds)"
+        )
 
 
 def _fold_ids(splitter, table: pd.DataFrame, groups=None) -> np.ndarray:
@@ -64,12 +67,16 @@ class StratifiedFolds(_Seeded):
         groups = table["group"]
         if groups.isna().any():
             clips = table.loc[groups.isna(), "clip"].head(5).tolist()
-            raise ProtocolError(f"{int(groups.isna().sum())} clip(s) have no group, e.g. "
-                                f"{', '.join(clips)}: give every clip a group or none")
+            raise ProtocolError(
+                f"{int(groups.isna().sum())} clip(s) have no group, e.g. "
+                f"{', '.join(clips)}: give every clip a group or none"
+            )
         n_groups = groups.nunique()
         if n_groups < self.n_folds:
-            raise ProtocolError(f"{n_groups} group(s) cannot fill {self.n_folds} folds: every clip of "
-                                f"a group goes to one fold; use fewer folds (--folds)")
+            raise ProtocolError(
+                f"{n_groups} group(s) cannot fill {self.n_folds} folds: every clip of "
+                f"a group goes to one fold; use fewer folds (--folds)"
+            )
         self.group_disjoint = True
         splitter = StratifiedGroupKFold(self.n_folds, shuffle=True, random_state=self.seed)
         return _fold_ids(splitter, table, groups.astype(str).to_numpy())
@@ -81,8 +88,10 @@ class RandomFolds(_Seeded):
     groups, so clips of one source recording land in training and test."""
 
     leaky = True
-    leak_reason = ("folds are drawn at random, ignoring the dataset's own folds and groups: clips "
-                   "of one source recording (speaker, artist) sit in training and test")
+    leak_reason = (
+        "folds are drawn at random, ignoring the dataset's own folds and groups: clips "
+        "of one source recording (speaker, artist) sit in training and test"
+    )
 
     def assign(self, table: pd.DataFrame) -> np.ndarray:
         check_class_sizes(table, self.n_folds)

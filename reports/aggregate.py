@@ -4,6 +4,7 @@ Everything here reads `<run>/splits/<k>/predictions.csv` of the finished splits 
 and nothing else: reports never depend on the model or the training code. Repeated CV: every
 split carries its repeat (split.json), scores are per split, pooled over all splits, and per repeat.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -20,7 +21,7 @@ REQUIRED_COLUMNS = ["clip", "fold", "label", "pred"]
 
 def class_names(pred_df: pd.DataFrame) -> list[str]:
     """Class names in class-id order, recovered from the `prob_<class>` columns."""
-    return [c[len(PROB_PREFIX):] for c in pred_df.columns if c.startswith(PROB_PREFIX)]
+    return [c[len(PROB_PREFIX) :] for c in pred_df.columns if c.startswith(PROB_PREFIX)]
 
 
 def _read_split(run_dir, k: int) -> pd.DataFrame:
@@ -85,14 +86,16 @@ def fold_scores(pred_df: pd.DataFrame) -> pd.DataFrame:
         folds = df["fold"].unique()
         if len(folds) != 1:
             raise ValueError(f"split {k}: predictions span test folds {sorted(folds)}")
-        rows.append({
-            "split": int(k),
-            "repeat": int(df["repeat"].iloc[0]) if "repeat" in df.columns else 1,
-            "test_fold": int(folds[0]),
-            "n": len(df),
-            "accuracy": float((df["label"] == df["pred"]).mean()),
-            "macro_f1": float(f1_score(df["label"], df["pred"], average="macro", zero_division=0)),
-        })
+        rows.append(
+            {
+                "split": int(k),
+                "repeat": int(df["repeat"].iloc[0]) if "repeat" in df.columns else 1,
+                "test_fold": int(folds[0]),
+                "n": len(df),
+                "accuracy": float((df["label"] == df["pred"]).mean()),
+                "macro_f1": float(f1_score(df["label"], df["pred"], average="macro", zero_division=0)),
+            }
+        )
     return pd.DataFrame(rows, columns=FOLD_COLUMNS)
 
 
@@ -136,8 +139,15 @@ def repeat_scores(fold_df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for r, df in fold_df.groupby("repeat", sort=True):
         acc_mean, acc_std = _mean_std(df["accuracy"].to_numpy(dtype=float))
-        rows.append({"repeat": int(r), "splits": len(df), "acc_mean": acc_mean, "acc_std": acc_std,
-                     "macro_f1_mean": float(df["macro_f1"].mean())})
+        rows.append(
+            {
+                "repeat": int(r),
+                "splits": len(df),
+                "acc_mean": acc_mean,
+                "acc_std": acc_std,
+                "macro_f1_mean": float(df["macro_f1"].mean()),
+            }
+        )
     return pd.DataFrame(rows, columns=["repeat", "splits", "acc_mean", "acc_std", "macro_f1_mean"])
 
 
@@ -146,8 +156,11 @@ def repeat_summary(fold_df: pd.DataFrame) -> dict:
     from one fold assignment, or training seed, to the next); the pooled figures are `summary`'s."""
     rep = repeat_scores(fold_df)
     means = rep["acc_mean"].to_numpy(dtype=float)
-    return {"repeats_scored": len(rep), "acc_repeat_means": [float(m) for m in means],
-            "acc_repeat_std": _mean_std(means)[1]}
+    return {
+        "repeats_scored": len(rep),
+        "acc_repeat_means": [float(m) for m in means],
+        "acc_repeat_std": _mean_std(means)[1],
+    }
 
 
 def per_class(pred_df: pd.DataFrame) -> pd.DataFrame:
@@ -157,8 +170,15 @@ def per_class(pred_df: pd.DataFrame) -> pd.DataFrame:
     """
     names = class_names(pred_df)
     p, r, f, s = precision_recall_fscore_support(
-        pred_df["label"], pred_df["pred"], labels=list(range(len(names))), zero_division=0)
-    return pd.DataFrame({
-        "label": range(len(names)), "class": names,
-        "precision": p, "recall": r, "f1": f, "support": s.astype(int),
-    })
+        pred_df["label"], pred_df["pred"], labels=list(range(len(names))), zero_division=0
+    )
+    return pd.DataFrame(
+        {
+            "label": range(len(names)),
+            "class": names,
+            "precision": p,
+            "recall": r,
+            "f1": f,
+            "support": s.astype(int),
+        }
+    )

@@ -24,6 +24,7 @@ how much two splits' training sets overlap, and validation clips only chose the 
 repeated CV every split (all repeats) is one difference, with the same correction (Bouckaert &
 Frank 2004; Corani & Benavoli 2015).
 """
+
 from __future__ import annotations
 
 import math
@@ -84,14 +85,22 @@ def load_run(run_dir) -> Run:
         info = {int(k): read_split_json(run_dir, int(k)) for k in scores["split"]}
     except (OSError, ValueError) as e:
         raise CompareError(f"{run_dir}: {e}") from None
-    return Run(run_dir, run_name(run_dir), pred, scores, info, read_plan(run_dir),
-               _fold_key(run_dir / "folds.csv"), dataset_name(run_dir), _settings(run_dir))
+    return Run(
+        run_dir,
+        run_name(run_dir),
+        pred,
+        scores,
+        info,
+        read_plan(run_dir),
+        _fold_key(run_dir / "folds.csv"),
+        dataset_name(run_dir),
+        _settings(run_dir),
+    )
 
 
 def _settings(run_dir: Path) -> dict:
     """The settings that decide results, except the protocol's (a leaky run's only difference)."""
-    return {k: v for k, v in saved_result_view(run_dir).items()
-            if not k.startswith(("protocol.", "dataset.root"))}
+    return {k: v for k, v in saved_result_view(run_dir).items() if not k.startswith(("protocol.", "dataset.root"))}
 
 
 def _ratio(run: Run, splits: list[int]) -> float | None:
@@ -128,8 +137,10 @@ def _pairing(best: Run, run: Run) -> tuple[list[int], str | None]:
     if not b.equals(r):
         if "label" in b and "label" in r and b["clip"].equals(r["clip"]) and not b["label"].equals(r["label"]):
             return [], f"not the same data as {best.label} (folds.csv gives clips other labels)"
-        return [], (f"other folds than {best.label} (folds.csv's clip and fold columns differ; protocol "
-                    f"{run.plan.get('protocol', '?')} vs {best.plan.get('protocol', '?')})")
+        return [], (
+            f"other folds than {best.label} (folds.csv's clip and fold columns differ; protocol "
+            f"{run.plan.get('protocol', '?')} vs {best.plan.get('protocol', '?')})"
+        )
     common = sorted(set(best.info) & set(run.info))
     if not common:
         return [], f"no finished split in common with {best.label}"
@@ -151,24 +162,39 @@ def _mcnemar(best: Run, run: Run, splits: list[int] | None) -> tuple[dict | None
         return None, "the runs give their clips different labels"
     right_a, right_b = (both["pred_a"] == both["label_a"]).to_numpy(), (both["pred_b"] == both["label_b"]).to_numpy()
     only_a, only_b = int((right_a & ~right_b).sum()), int((~right_a & right_b).sum())
-    return {"n_clips": len(both), "only_run_right": only_a, "only_best_right": only_b,
-            "p": mcnemar_exact(only_a, only_b)}, None
+    return {
+        "n_clips": len(both),
+        "only_run_right": only_a,
+        "only_best_right": only_b,
+        "p": mcnemar_exact(only_a, only_b),
+    }, None
 
 
 def _against(best: Run, run: Run, rope: float) -> dict:
     """`run` against `best`: differences are run - best (negative: worse than the best)."""
     splits, reason = _pairing(best, run)
-    out = {"paired": reason is None, "reason": reason, "splits": splits, "n_pairs": len(splits),
-           "diff": float(run.scores["accuracy"].mean() - best.scores["accuracy"].mean()),
-           "ratio_test_train": None, "ttest": None, "bayes": None, "mcnemar": None, "mcnemar_reason": None,
-           "notes": []}
+    out = {
+        "paired": reason is None,
+        "reason": reason,
+        "splits": splits,
+        "n_pairs": len(splits),
+        "diff": float(run.scores["accuracy"].mean() - best.scores["accuracy"].mean()),
+        "ratio_test_train": None,
+        "ttest": None,
+        "bayes": None,
+        "mcnemar": None,
+        "mcnemar_reason": None,
+        "notes": [],
+    }
     if reason is None:
         d = np.array([run.acc[k] - best.acc[k] for k in splits])
         out["diff"] = float(d.mean())
         left = sorted(set(run.info) ^ set(best.info))
         if left or missing_splits(run.dir) or missing_splits(best.dir):
-            out["notes"].append(f"paired on the {len(splits)} split(s) both finished "
-                                f"({', '.join(map(str, splits))}); the others are left out of the tests")
+            out["notes"].append(
+                f"paired on the {len(splits)} split(s) both finished "
+                f"({', '.join(map(str, splits))}); the others are left out of the tests"
+            )
         ratios = [x for x in (_ratio(best, splits), _ratio(run, splits)) if x is not None]
         if len(d) < 2:
             out["notes"].append("one split in common: no test over splits")
@@ -185,15 +211,28 @@ def _against(best: Run, run: Run, rope: float) -> dict:
 
 def _run_row(run: Run, rank: int) -> dict:
     s = summary(run.scores)
-    return {"rank": rank, "run": run.label, "dir": str(run.dir), "dataset": run.dataset,
-            "protocol": run.plan.get("protocol", "?"), "leaky": run.leaky,
-            "acc_mean": s["acc_mean"], "acc_std": s["acc_std"], "acc_ci95_low": s["acc_ci95_low"],
-            "acc_ci95_high": s["acc_ci95_high"], "n_splits": s["n_splits"],
-            "repeats": int(run.scores["repeat"].nunique()), "n_clips": len(run.pred),
-            "n_classes": len(class_names(run.pred)), "missing_splits": missing_splits(run.dir),
-            "mlflow_parent": read_json(run.dir / "mlflow.json").get("parent"),
-            "splits": run.scores[["split", "test_fold", "repeat", "accuracy"]].to_dict(orient="records"),
-            "vs": None, "vs_best": None, "settings": run.settings}
+    return {
+        "rank": rank,
+        "run": run.label,
+        "dir": str(run.dir),
+        "dataset": run.dataset,
+        "protocol": run.plan.get("protocol", "?"),
+        "leaky": run.leaky,
+        "acc_mean": s["acc_mean"],
+        "acc_std": s["acc_std"],
+        "acc_ci95_low": s["acc_ci95_low"],
+        "acc_ci95_high": s["acc_ci95_high"],
+        "n_splits": s["n_splits"],
+        "repeats": int(run.scores["repeat"].nunique()),
+        "n_clips": len(run.pred),
+        "n_classes": len(class_names(run.pred)),
+        "missing_splits": missing_splits(run.dir),
+        "mlflow_parent": read_json(run.dir / "mlflow.json").get("parent"),
+        "splits": run.scores[["split", "test_fold", "repeat", "accuracy"]].to_dict(orient="records"),
+        "vs": None,
+        "vs_best": None,
+        "settings": run.settings,
+    }
 
 
 def compare_runs(*run_dirs, rope: float = 0.01) -> dict:
@@ -231,11 +270,17 @@ def compare_runs(*run_dirs, rope: float = 0.01) -> dict:
         ref = next((r for r in runs[:i] if _pairing(r, run)[1] is None), runs[0])
         row["vs"] = ref.label
         row["vs_best"] = _against(ref, run, rope)
-    return {"best": runs[0].label, "rope": rope, "experiment": runs[0].dataset or "foldbench",
-            "runs": rows, "skipped": skipped}
+    return {
+        "best": runs[0].label,
+        "rope": rope,
+        "experiment": runs[0].dataset or "foldbench",
+        "runs": rows,
+        "skipped": skipped,
+    }
 
 
 # ---- output: Markdown, CSV, JSON, plot, MLflow ----
+
 
 def _f(x, fmt=".3f", none="—") -> str:
     return none if x is None else format(x, fmt)
@@ -247,58 +292,86 @@ def _p(x) -> str:
 
 def notes(result: dict) -> list[str]:
     best = result["runs"][0]
-    out = [f"Δ vs best: the run's accuracy minus {best['run']}'s (or, where noted, the best run on its folds), mean over the paired splits "
-           "(the difference of means where not paired). t-test: Nadeau-Bengio corrected resampled "
-           f"t-test, two-sided. P(better/equiv./worse): Bayesian correlated t-test, rope ±{result['rope']:g}: "
-           "the posterior probability that the run beats the best by more than the rope, lies within "
-           "it, or trails by more. McNemar: exact, per clip, pooled over the compared splits."]
+    out = [
+        f"Δ vs best: the run's accuracy minus {best['run']}'s (or, where noted, the best run on its folds), "
+        "mean over the paired splits "
+        "(the difference of means where not paired). t-test: Nadeau-Bengio corrected resampled "
+        f"t-test, two-sided. P(better/equiv./worse): Bayesian correlated t-test, rope ±{result['rope']:g}: "
+        "the posterior probability that the run beats the best by more than the rope, lies within "
+        "it, or trails by more. McNemar: exact, per clip, pooled over the compared splits."
+    ]
     for row in result["runs"][1:]:
         v, name, ref = row["vs_best"], row["run"], row.get("vs", best["run"])
         if not v["paired"]:
-            out.append(f"{name}: not paired with {ref}: {v['reason']}; compared by means only"
-                       + (" and per clip (McNemar)." if v["mcnemar"] else "."))
+            out.append(
+                f"{name}: not paired with {ref}: {v['reason']}; compared by means only"
+                + (" and per clip (McNemar)." if v["mcnemar"] else ".")
+            )
         elif ref != best["run"]:
-            out.append(f"{name}: tested against {ref}, the best run on the same folds ({best['run']} "
-                       f"is on other folds or data).")
+            out.append(
+                f"{name}: tested against {ref}, the best run on the same folds ({best['run']} "
+                f"is on other folds or data)."
+            )
         for n in v["notes"]:
             out.append(f"{name}: {n}.")
         if v["mcnemar"] is None and v["mcnemar_reason"]:
             out.append(f"{name}: no McNemar test: {v['mcnemar_reason']}.")
-        if (row["leaky"] != best["leaky"] and row["dataset"] == best["dataset"]
-                and row["settings"] == best["settings"]):  # the protocol is the only difference
+        if (
+            row["leaky"] != best["leaky"] and row["dataset"] == best["dataset"] and row["settings"] == best["settings"]
+        ):  # the protocol is the only difference
             leaky, honest = (row, best) if row["leaky"] else (best, row)
             gap = leaky["acc_mean"] - honest["acc_mean"]
-            out.append(f"The leaky protocol ({leaky['run']}) scores {gap:+.3f} against the honest one "
-                       f"({honest['run']}) on the same data"
-                       + (": what leakage is worth here." if gap > 0 else "; no leakage shows here."))
-    ratios = sorted({round(r["vs_best"]["ratio_test_train"], 4) for r in result["runs"][1:]
-                     if r["vs_best"]["ratio_test_train"] is not None})
+            out.append(
+                f"The leaky protocol ({leaky['run']}) scores {gap:+.3f} against the honest one "
+                f"({honest['run']}) on the same data"
+                + (": what leakage is worth here." if gap > 0 else "; no leakage shows here.")
+            )
+    ratios = sorted(
+        {
+            round(r["vs_best"]["ratio_test_train"], 4)
+            for r in result["runs"][1:]
+            if r["vs_best"]["ratio_test_train"] is not None
+        }
+    )
     if ratios:
         out.append(f"n_test/n_train in the correction (split.json): {', '.join(map(str, ratios))}.")
     for row in result["runs"]:
         if row["missing_splits"]:
-            out.append(f"{row['run']} is incomplete: split(s) {', '.join(map(str, row['missing_splits']))} "
-                       f"not finished; its mean covers {row['n_splits']} split(s).")
+            out.append(
+                f"{row['run']} is incomplete: split(s) {', '.join(map(str, row['missing_splits']))} "
+                f"not finished; its mean covers {row['n_splits']} split(s)."
+            )
     out += [f"Not read: {s['reason']}." for s in result["skipped"]]
     return out
 
 
 def render_comparison(result: dict) -> str:
     """The table and its notes, Markdown (also what the terminal shows)."""
-    lines = [f"# compare: {len(result['runs'])} runs, best first", "",
-             "| # | run | protocol | accuracy (mean ± std) | 95 % CI | splits | Δ vs best | t-test p | "
-             "P(better) | P(equiv.) | P(worse) | McNemar p |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"# compare: {len(result['runs'])} runs, best first",
+        "",
+        "| # | run | protocol | accuracy (mean ± std) | 95 % CI | splits | Δ vs best | t-test p | "
+        "P(better) | P(equiv.) | P(worse) | McNemar p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for row in result["runs"]:
         v = row["vs_best"] or {}
         t, b, m = v.get("ttest") or {}, v.get("bayes") or {}, v.get("mcnemar") or {}
         splits = f"{row['n_splits']}" + (f" ({row['repeats']} repeats)" if row["repeats"] > 1 else "")
-        diff = "best" if not v else f"{v['diff']:+.3f}" + ("" if v["paired"] else " (means)") + (
-            f" vs {row['vs']}" if row["vs"] != result["best"] else "")
-        lines.append(f"| {row['rank']} | {row['run']}{' LEAKY' if row['leaky'] else ''} | `{row['protocol']}` | "
-                     f"{row['acc_mean']:.3f} ± {row['acc_std']:.3f} | "
-                     f"{interval_text(row['acc_ci95_low'], row['acc_ci95_high'])} | {splits} | {diff} | {_p(t.get('p'))} | "
-                     f"{_f(b.get('p_better'))} | {_f(b.get('p_equiv'))} | {_f(b.get('p_worse'))} | "
-                     f"{_p(m.get('p'))} |")
+        diff = (
+            "best"
+            if not v
+            else f"{v['diff']:+.3f}"
+            + ("" if v["paired"] else " (means)")
+            + (f" vs {row['vs']}" if row["vs"] != result["best"] else "")
+        )
+        lines.append(
+            f"| {row['rank']} | {row['run']}{' LEAKY' if row['leaky'] else ''} | `{row['protocol']}` | "
+            f"{row['acc_mean']:.3f} ± {row['acc_std']:.3f} | "
+            f"{interval_text(row['acc_ci95_low'], row['acc_ci95_high'])} | {splits} | {diff} | {_p(t.get('p'))} | "
+            f"{_f(b.get('p_better'))} | {_f(b.get('p_equiv'))} | {_f(b.get('p_worse'))} | "
+            f"{_p(m.get('p'))} |"
+        )
     return "\n".join(lines + [""] + [f"- {n}" for n in notes(result)]) + "\n"
 
 
@@ -308,13 +381,37 @@ def table(result: dict) -> pd.DataFrame:
     for row in result["runs"]:
         v = row["vs_best"] or {}
         t, b, m = v.get("ttest") or {}, v.get("bayes") or {}, v.get("mcnemar") or {}
-        rows.append({k: row[k] for k in ("rank", "run", "dir", "protocol", "leaky", "acc_mean", "acc_std",
-                                         "acc_ci95_low", "acc_ci95_high", "n_splits", "repeats")}
-                    | {"paired": v.get("paired"), "paired_splits": " ".join(map(str, v.get("splits", []))),
-                       "diff_vs_best": v.get("diff"), "ratio_test_train": v.get("ratio_test_train"),
-                       "ttest_t": t.get("t"), "ttest_p": t.get("p"), "p_better": b.get("p_better"),
-                       "p_equiv": b.get("p_equiv"), "p_worse": b.get("p_worse"), "mcnemar_p": m.get("p"),
-                       "not_paired_reason": v.get("reason")})
+        rows.append(
+            {
+                k: row[k]
+                for k in (
+                    "rank",
+                    "run",
+                    "dir",
+                    "protocol",
+                    "leaky",
+                    "acc_mean",
+                    "acc_std",
+                    "acc_ci95_low",
+                    "acc_ci95_high",
+                    "n_splits",
+                    "repeats",
+                )
+            }
+            | {
+                "paired": v.get("paired"),
+                "paired_splits": " ".join(map(str, v.get("splits", []))),
+                "diff_vs_best": v.get("diff"),
+                "ratio_test_train": v.get("ratio_test_train"),
+                "ttest_t": t.get("t"),
+                "ttest_p": t.get("p"),
+                "p_better": b.get("p_better"),
+                "p_equiv": b.get("p_equiv"),
+                "p_worse": b.get("p_worse"),
+                "mcnemar_p": m.get("p"),
+                "not_paired_reason": v.get("reason"),
+            }
+        )
     return pd.DataFrame(rows)
 
 
@@ -325,7 +422,9 @@ def output_folder(out: str | None, runs_dir: str | Path = "runs") -> Path:
     if out is not None and len(folder.parts) == 1:
         folder = runs / folder
     if runs.resolve() not in folder.resolve().parents:
-        raise CompareError(f"--out {folder}: the comparison folder must lie inside {runs}/, e.g. {runs / 'compare-a-b'}")
+        raise CompareError(
+            f"--out {folder}: the comparison folder must lie inside {runs}/, e.g. {runs / 'compare-a-b'}"
+        )
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise CompareError(f"--out {folder} already exists and is not an empty folder; pick another --out")
     return folder
@@ -340,6 +439,7 @@ def save_comparison(result: dict, folder, tracker=None) -> list[Path]:
     on) an MLflow run tagged kind=comparison with the runs' mean accuracies and those files."""
     from reports.files import atomic_write_csv, atomic_write_json, atomic_write_text
     from reports.plots import plot_comparison
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"compare.{ext}" for ext in ("csv", "md", "json", "png")]
@@ -348,15 +448,18 @@ def save_comparison(result: dict, folder, tracker=None) -> list[Path]:
     atomic_write_json(paths[2], to_json(result))
     plot_comparison(result, paths[3])
     if tracker is not None and tracker.enabled:
-        tags = {"kind": "comparison", "best": result["best"], "comparison_folder": str(folder.resolve()),
-                "compared_runs": ", ".join(r["run"] for r in result["runs"])}
+        tags = {
+            "kind": "comparison",
+            "best": result["best"],
+            "comparison_folder": str(folder.resolve()),
+            "compared_runs": ", ".join(r["run"] for r in result["runs"]),
+        }
         for r in result["runs"]:
             tags[f"run.{_metric_key(r['run'])}.folder"] = str(Path(r["dir"]).resolve())
             if r["mlflow_parent"]:
                 tags[f"run.{_metric_key(r['run'])}.parent_run"] = r["mlflow_parent"]
         with tracker.run(folder.name, params={"rope": result["rope"]}, tags=tags) as run_id:
-            tracker.log_metrics(run_id, {f"acc_mean.{_metric_key(r['run'])}": r["acc_mean"]
-                                         for r in result["runs"]})
+            tracker.log_metrics(run_id, {f"acc_mean.{_metric_key(r['run'])}": r["acc_mean"] for r in result["runs"]})
             tracker.log_files(run_id, paths)
     return paths
 

@@ -1,4 +1,5 @@
 """Confusion matrices from saved predictions: counts summed over folds, row-normalised, heatmaps."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -21,8 +22,7 @@ def confusion_counts(pred_df: pd.DataFrame) -> pd.DataFrame:
     """
     names = class_names(pred_df)
     counts = confusion_matrix(pred_df["label"], pred_df["pred"], labels=list(range(len(names))))
-    return pd.DataFrame(counts, index=pd.Index(names, name="true"),
-                        columns=pd.Index(names, name="predicted"))
+    return pd.DataFrame(counts, index=pd.Index(names, name="true"), columns=pd.Index(names, name="predicted"))
 
 
 def normalize_rows(df: pd.DataFrame) -> pd.DataFrame:
@@ -52,8 +52,9 @@ def plot_confusion(df: pd.DataFrame, path, title: str) -> None:
     fig, ax = plt.subplots(figsize=(side + 1.2, side))
     vmax = values.max() if is_count else 1.0
     im = ax.imshow(values, cmap="Blues", vmin=0, vmax=max(vmax, 1e-12), interpolation="nearest")
-    cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, shrink=0.8,
-                        label="count" if is_count else "fraction of row")
+    cbar = fig.colorbar(
+        im, ax=ax, fraction=0.046, pad=0.03, shrink=0.8, label="count" if is_count else "fraction of row"
+    )
     if is_count:
         cbar.locator = MaxNLocator(integer=True)
         cbar.update_ticks()
@@ -64,12 +65,26 @@ def plot_confusion(df: pd.DataFrame, path, title: str) -> None:
             text = _cell_text(values[i, j], is_count, n)
             if text:
                 dark = values[i, j] > 0.5 * vmax
-                ax.text(j, i, text, ha="center", va="center", fontsize=fontsize,
-                        color="white" if dark else "black", in_layout=False)
+                ax.text(
+                    j,
+                    i,
+                    text,
+                    ha="center",
+                    va="center",
+                    fontsize=fontsize,
+                    color="white" if dark else "black",
+                    in_layout=False,
+                )
 
     label_size = float(np.clip(200 / max(n, 1), 7, 10))
-    ax.set_xticks(range(values.shape[1]), [str(c) for c in df.columns], rotation=60, ha="right",
-                  rotation_mode="anchor", fontsize=label_size)
+    ax.set_xticks(
+        range(values.shape[1]),
+        [str(c) for c in df.columns],
+        rotation=60,
+        ha="right",
+        rotation_mode="anchor",
+        fontsize=label_size,
+    )
     ax.set_yticks(range(n), [str(c) for c in df.index], fontsize=label_size)
     ax.set(xlabel="predicted", ylabel="true", title=title)
     fig.tight_layout()

@@ -9,6 +9,7 @@ Text in a block may use three inline marks, the same in both renderings: **bold*
 [label](href). Everything else is text: escaped in HTML; in Markdown table cells `|` is escaped.
 Both renderers walk the same blocks, so the two files cannot say different things.
 """
+
 from __future__ import annotations
 
 import base64
@@ -32,6 +33,7 @@ class Para:
 @dataclass
 class Note:
     """A warning or remark set apart (Markdown: a quote; HTML: a shaded box)."""
+
     text: str
     warning: bool = False
 
@@ -64,6 +66,7 @@ def cell(value) -> str:
 
 
 # ---- Markdown ----
+
 
 def _md_cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
@@ -117,7 +120,7 @@ def inline_html(text: str) -> str:
     """Text with its **bold**, `code` and [label](href) marks as HTML, the rest escaped."""
     out, pos = [], 0
     for m in _INLINE.finditer(text):
-        out.append(html.escape(text[pos:m.start()]))
+        out.append(html.escape(text[pos : m.start()]))
         if m["bold"] is not None:
             out.append(f"<strong>{inline_html(m['bold'])}</strong>")
         elif m["code"] is not None:
@@ -151,15 +154,20 @@ def to_html(doc: list[Block], run_dir, title: str) -> str:
             body.append("<ul>" + "".join(f"<li>{inline_html(i)}</li>" for i in b.items) + "</ul>")
         elif isinstance(b, Table):
             head = "".join(f"<th>{inline_html(h)}</th>" for h in b.headers)
-            rows = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>"
-                           for row in b.rows)
+            rows = "".join("<tr>" + "".join(f"<td>{inline_html(c)}</td>" for c in row) + "</tr>" for row in b.rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(b, Image):
             uri = _data_uri(Path(run_dir) / b.file)
-            body.append(f'<img alt="{html.escape(b.alt, quote=True)}" src="{uri}">' if uri else
-                        f"<p><em>({html.escape(b.alt)}: {html.escape(b.file)} is missing)</em></p>")
+            body.append(
+                f'<img alt="{html.escape(b.alt, quote=True)}" src="{uri}">'
+                if uri
+                else f"<p><em>({html.escape(b.alt)}: {html.escape(b.file)} is missing)</em></p>"
+            )
         else:
             raise TypeError(f"not a report block: {b!r}")
-    return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
-            f"<title>{html.escape(title)}</title>\n<style>\n{STYLE}\n</style>\n</head>\n<body>\n"
-            + "\n".join(body) + "\n</body>\n</html>\n")
+    return (
+        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title)}</title>\n<style>\n{STYLE}\n</style>\n</head>\n<body>\n"
+        + "\n".join(body)
+        + "\n</body>\n</html>\n"
+    )

@@ -12,9 +12,9 @@ it: split folders are read by the plan's split list only, plan.json as far as DO
     <run>/splits/<k>/split.json           split, repeat, test_fold, val_fold, train_seed, best_epoch, ...
     <run>/splits/<k>/DONE                 marker: only splits with it count
 """
+
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pandas as pd
@@ -26,6 +26,7 @@ from bench.core.runfolder import RunFolder
 
 
 # ---- readers: split folders only through RunFolder, by the plan's split list ----
+
 
 def done_splits(run_dir) -> list[int]:
     return RunFolder(run_dir).done()

@@ -1,4 +1,5 @@
 """Run plots: learning curves per split, accuracy per fold. PNGs, written atomically."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -53,16 +54,32 @@ def plot_learning_curves(run_dir, path) -> None:
             no_val.append(k)
         else:
             ax_val.plot(hist["epoch"], val, color=color, lw=1.2, label=label)
-            ax_val.plot(best["epoch"], pd.to_numeric(best["val_acc"], errors="coerce"), "*",
-                        color=color, ms=12, mec="black", mew=0.6)
+            ax_val.plot(
+                best["epoch"],
+                pd.to_numeric(best["val_acc"], errors="coerce"),
+                "*",
+                color=color,
+                ms=12,
+                mec="black",
+                mew=0.6,
+            )
     ax_loss.set(title="training loss", xlabel="epoch", ylabel="train_loss")
     ax_val.set(title="validation accuracy (star: selected epoch)", xlabel="epoch", ylabel="val_acc")
     if no_val:
-        note = "no validation fold" if len(no_val) == len(splits) else \
-            f"no validation fold: split {', '.join(map(str, no_val))}"
-        ax_val.text(0.5, 0.5 if len(no_val) == len(splits) else 0.03, note, ha="center",
-                    va="center" if len(no_val) == len(splits) else "bottom",
-                    transform=ax_val.transAxes, color="gray")
+        note = (
+            "no validation fold"
+            if len(no_val) == len(splits)
+            else f"no validation fold: split {', '.join(map(str, no_val))}"
+        )
+        ax_val.text(
+            0.5,
+            0.5 if len(no_val) == len(splits) else 0.03,
+            note,
+            ha="center",
+            va="center" if len(no_val) == len(splits) else "bottom",
+            transform=ax_val.transAxes,
+            color="gray",
+        )
     for ax in (ax_loss, ax_val):
         ax.grid(alpha=0.3)
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -72,8 +89,9 @@ def plot_learning_curves(run_dir, path) -> None:
     save_png(fig, path)
 
 
-def plot_fold_scores(fold_df: pd.DataFrame, path, n_classes: int | None = None,
-                     interval: tuple[float | None, float | None] | None = None) -> None:
+def plot_fold_scores(
+    fold_df: pd.DataFrame, path, n_classes: int | None = None, interval: tuple[float | None, float | None] | None = None
+) -> None:
     """Accuracy per split as bars (labelled with the test fold), the mean as a dashed line, the 95 %
     interval of the mean as a band around it (none for one split), and chance (1 / n_classes)."""
     n = len(fold_df)
@@ -87,17 +105,28 @@ def plot_fold_scores(fold_df: pd.DataFrame, path, n_classes: int | None = None,
         ax.axhline(acc.mean(), color="tab:red", ls="--", lw=1.5, label=f"mean {acc.mean():.3f}")
     low, high = interval or (None, None)
     if low is not None and high is not None:
-        ax.axhspan(low, high, color="tab:red", alpha=0.12, lw=0, zorder=0,
-                   label=f"95 % interval of the mean {low:.3f}–{high:.3f}")
+        ax.axhspan(
+            low,
+            high,
+            color="tab:red",
+            alpha=0.12,
+            lw=0,
+            zorder=0,
+            label=f"95 % interval of the mean {low:.3f}–{high:.3f}",
+        )
     elif n == 1:
         title += "\none split: no interval"
     if n_classes and n_classes > 1:
         ax.axhline(1 / n_classes, color="gray", ls=":", lw=1.5, label=f"chance (1/{n_classes})")
     repeated = "repeat" in fold_df.columns and fold_df["repeat"].nunique() > 1
-    ax.set_xticks(x, [f"{int(r)}.{int(f)}" if repeated else f"{int(f)}"
-                      for r, f in zip(fold_df.get("repeat", fold_df["test_fold"]), fold_df["test_fold"])])
-    ax.set(xlabel="repeat.test fold" if repeated else "test fold", ylabel="accuracy", ylim=(0, 1.3),
-           title=title)
+    ax.set_xticks(
+        x,
+        [
+            f"{int(r)}.{int(f)}" if repeated else f"{int(f)}"
+            for r, f in zip(fold_df.get("repeat", fold_df["test_fold"]), fold_df["test_fold"])
+        ],
+    )
+    ax.set(xlabel="repeat.test fold" if repeated else "test fold", ylabel="accuracy", ylim=(0, 1.3), title=title)
     ax.set_yticks(np.linspace(0, 1, 6))
     ax.grid(axis="y", alpha=0.3)
     if ax.get_legend_handles_labels()[0]:  # above the bars, which end at 1 (and their labels)
@@ -127,20 +156,24 @@ def plot_comparison(result: dict, path) -> None:
         for points in by_split.values():
             points = sorted(points)
             for (x0, y0), (x1, y1) in zip(points, points[1:]):  # dotted where it passes another plan's run
-                ax.plot([x0, x1], [y0, y1], color="gray", alpha=0.45, lw=1, zorder=1,
-                        ls="-" if x1 == x0 + 1 else ":")
+                ax.plot([x0, x1], [y0, y1], color="gray", alpha=0.45, lw=1, zorder=1, ls="-" if x1 == x0 + 1 else ":")
     for i, (r, color) in enumerate(zip(runs, _colors(len(runs)))):
         acc = [s["accuracy"] for s in r["splits"]]
         jitter = np.linspace(-0.08, 0.08, len(acc)) if len(acc) > 1 and i not in paired else np.zeros(len(acc))
-        ax.scatter(i + jitter, acc, s=28, zorder=2, color=color if i in paired else "none",
-                   edgecolors=color, linewidths=1.3)
+        ax.scatter(
+            i + jitter, acc, s=28, zorder=2, color=color if i in paired else "none", edgecolors=color, linewidths=1.3
+        )
         ax.hlines(r["acc_mean"], i - 0.25, i + 0.25, color="black", lw=2, zorder=3)
     n_classes = runs[0].get("n_classes") or 0
     if n_classes > 1:
         ax.axhline(1 / n_classes, color="tab:red", ls="--", lw=1, label=f"chance (1/{n_classes})")
         ax.legend(loc="lower left", fontsize=8)
-    ax.set_xticks(range(len(runs)), [f"{r['rank']}. {r['run']}" + (" (LEAKY)" if r["leaky"] else "")
-                                     for r in runs], rotation=20 if len(runs) > 3 else 0, ha="right" if len(runs) > 3 else "center")
+    ax.set_xticks(
+        range(len(runs)),
+        [f"{r['rank']}. {r['run']}" + (" (LEAKY)" if r["leaky"] else "") for r in runs],
+        rotation=20 if len(runs) > 3 else 0,
+        ha="right" if len(runs) > 3 else "center",
+    )
     title = "test accuracy per split, best first\n(bar: mean; grey lines: one split across runs on the same folds)"
     if len(paired) < len(runs):
         title += "\nhollow: paired with no other run (other folds or data)"

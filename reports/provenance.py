@@ -5,6 +5,7 @@ splits), config.yaml (the settings that decide results, `bench.core.runfolder.re
 every DONE digest vouches for) and run.json (command, code version, host, start and duration,
 `bench.core.provenance`). A run made before run.json existed says so instead of guessing.
 """
+
 from __future__ import annotations
 
 from datetime import datetime
@@ -50,8 +51,10 @@ def _when(stamp) -> str:
 def _attempt_text(a: dict) -> str:
     status = a.get("status")
     if status == "running":
-        return (f"started {_when(a.get('started'))}; no end recorded (still running when this report "
-                f"was written, or killed)")
+        return (
+            f"started {_when(a.get('started'))}; no end recorded (still running when this report "
+            f"was written, or killed)"
+        )
     end = f", {status}" if status and status != "finished" else ""
     threads = f"; {a['threads']}" if isinstance(a.get("threads"), str) else ""  # results differ by thread count
     return f"started {_when(a.get('started'))}, took {duration_text(a.get('duration_s'))}{end}{threads}"
@@ -65,8 +68,9 @@ def _protocol_text(plan: dict, val) -> str:
         text += f"; validation: {VALIDATION[val]}"
     repeats = int(plan.get("repeats") or 1)
     if repeats > 1:
-        vary = {"folds": "reshuffled folds", "seed": "training seeds"}.get(plan.get("repeats_vary"),
-                                                                          plan.get("repeats_vary"))
+        vary = {"folds": "reshuffled folds", "seed": "training seeds"}.get(
+            plan.get("repeats_vary"), plan.get("repeats_vary")
+        )
         text += f"; {repeats} repeats ({vary})"
     return text
 
@@ -93,44 +97,68 @@ def what_was_run(run_dir, plan: dict, asked: list[int], nested: bool) -> list[Bl
     if plan.get("dataset_fingerprint"):
         data += f", fingerprint `{plan['dataset_fingerprint']}`"
     if plan.get("n_clips") is not None:
-        data += f", {plan['n_clips']} clips" + (f" ({plan['left_out']} left out by the protocol)"
-                                                if plan.get("left_out") else "")
+        data += f", {plan['n_clips']} clips" + (
+            f" ({plan['left_out']} left out by the protocol)" if plan.get("left_out") else ""
+        )
     planned = plan.get("splits") or []
     chosen = grouped.get("splits", {}).get("splits")
-    splits = (f"{len(asked)} of {len(planned)} planned: {', '.join(map(str, asked))} (`--splits`)"
-              if chosen else f"all {len(asked)}")
-    rows = [["dataset", data], ["protocol", _protocol_text(plan, grouped.get("protocol", {}).get("val"))],
-            ["splits", splits]]
+    splits = (
+        f"{len(asked)} of {len(planned)} planned: {', '.join(map(str, asked))} (`--splits`)"
+        if chosen
+        else f"all {len(asked)}"
+    )
+    rows = [
+        ["dataset", data],
+        ["protocol", _protocol_text(plan, grouped.get("protocol", {}).get("val"))],
+        ["splits", splits],
+    ]
     if run:
         attempts = run.get("attempts")  # unverified provenance: entries that are not records are skipped
         attempts = [a for a in attempts if isinstance(a, dict)] if isinstance(attempts, list) else []
         version = f"`{run.get('code_version') or 'unknown'}`"
         if run.get("foldbench_version"):
             version += f" (foldbench {run['foldbench_version']})"
-        rows += [["command", f"`{run.get('command', '?')}`"], ["code version", version],
-                 ["host", str(run.get("host") or "?")]]
+        rows += [
+            ["command", f"`{run.get('command', '?')}`"],
+            ["code version", version],
+            ["host", str(run.get("host") or "?")],
+        ]
         if len(attempts) <= 1:
             rows.append(["time", _attempt_text(attempts[0]) if attempts else _when(run.get("started"))])
         else:
-            rows.append(["time", f"started {_when(run.get('started'))}; {len(attempts)} attempts, "
-                                    f"{duration_text(run.get('duration_s'))} in all"])
-            rows += [[f"attempt {i}", f"{_attempt_text(a)}: `{a.get('command', '?')}`"]
-                     for i, a in enumerate(attempts, start=1)]
+            rows.append(
+                [
+                    "time",
+                    f"started {_when(run.get('started'))}; {len(attempts)} attempts, "
+                    f"{duration_text(run.get('duration_s'))} in all",
+                ]
+            )
+            rows += [
+                [f"attempt {i}", f"{_attempt_text(a)}: `{a.get('command', '?')}`"]
+                for i, a in enumerate(attempts, start=1)
+            ]
     elif (outer := _enclosing_run(run_dir)) is not None:  # nested's non-nested/kfold: no run.json of its own
         rows.append(["command", f"recorded by the run this one is part of: {outer / 'run.json'}"])
     elif run_json_state(run_dir) == "unverified":
-        rows.append(["command", "not shown: run.json does not match its digest (edited, or written by "
-                                "a foldbench before run.json had one)"])
+        rows.append(
+            [
+                "command",
+                "not shown: run.json does not match its digest (edited, or written by "
+                "a foldbench before run.json had one)",
+            ]
+        )
     else:
         rows.append(["command", "not recorded (run.json is missing: a run made before foldbench wrote it)"])
     doc: list[Block] = [Heading(2, "What was run"), Table(["", "value"], rows)]
     if nested:
-        doc.append(Note("The outer splits of a nested run: each split trained the settings its inner "
-                        "search chose (split.json `chosen`; the table in [nested.md](nested.md)). The "
-                        "settings below are the base the searches started from."))
-    table = [[s, ", ".join(f"{k}={_value(v)}" for k, v in grouped[s].items())]
-             for s in SECTIONS if grouped.get(s)]
+        doc.append(
+            Note(
+                "The outer splits of a nested run: each split trained the settings its inner "
+                "search chose (split.json `chosen`; the table in [nested.md](nested.md)). The "
+                "settings below are the base the searches started from."
+            )
+        )
+    table = [[s, ", ".join(f"{k}={_value(v)}" for k, v in grouped[s].items())] for s in SECTIONS if grouped.get(s)]
     if table:
-        doc += [Heading(3, "Settings that decide the results (config.yaml)"),
-                Table(["section", "settings"], table)]
+        doc += [Heading(3, "Settings that decide the results (config.yaml)"), Table(["section", "settings"], table)]
     return doc

@@ -9,6 +9,7 @@
 n_test / n_train of those splits. Both t-tests use the same corrected variance, so they agree on
 direction; they answer different questions (is the difference real / is it practically nil).
 """
+
 from __future__ import annotations
 
 import math
@@ -56,11 +57,11 @@ def corrected_variance(diffs, ratio: float) -> float:
 
 
 class TTest(NamedTuple):
-    mean: float   # mean difference
-    se: float     # corrected standard error, sqrt(corrected_variance)
-    t: float      # mean / se (±inf when every difference is the same non-zero value)
-    df: int       # J - 1
-    p: float      # p-value of `alternative`
+    mean: float  # mean difference
+    se: float  # corrected standard error, sqrt(corrected_variance)
+    t: float  # mean / se (±inf when every difference is the same non-zero value)
+    df: int  # J - 1
+    p: float  # p-value of `alternative`
 
 
 def corrected_ttest(diffs, ratio: float, alternative: str = "two-sided") -> TTest:
@@ -98,11 +99,11 @@ def corrected_ttest(diffs, ratio: float, alternative: str = "two-sided") -> TTes
 
 class Bayes(NamedTuple):
     p_better: float  # P(mu > rope): x better than y by more than the rope
-    p_equiv: float   # P(-rope <= mu <= rope): practically equivalent
-    p_worse: float   # P(mu < -rope): x worse than y by more than the rope
-    mean: float      # posterior location (the mean difference)
-    scale: float     # posterior scale
-    df: int          # J - 1
+    p_equiv: float  # P(-rope <= mu <= rope): practically equivalent
+    p_worse: float  # P(mu < -rope): x worse than y by more than the rope
+    mean: float  # posterior location (the mean difference)
+    scale: float  # posterior scale
+    df: int  # J - 1
 
 
 def bayes_correlated_ttest(diffs, ratio: float, rope: float = 0.01) -> Bayes:

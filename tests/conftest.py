@@ -1,4 +1,5 @@
 """Shared fixtures: small generated datasets in the real layouts, and a fast config for them."""
+
 from __future__ import annotations
 
 import errno
@@ -14,9 +15,14 @@ from bench.data.synth import US8K_CLASSES, write_us8k
 
 # Small and quick: 8 kHz, 1 s clips, 32 Mel bands, a few epochs.
 FAST = {
-    "audio.sample_rate": 8000, "audio.duration": 1.0,
-    "features.n_fft": 256, "features.hop_length": 128, "features.n_mels": 32,
-    "train.epochs": 3, "train.batch_size": 8, "train.device": "cpu",
+    "audio.sample_rate": 8000,
+    "audio.duration": 1.0,
+    "features.n_fft": 256,
+    "features.hop_length": 128,
+    "features.n_mels": 32,
+    "train.epochs": 3,
+    "train.batch_size": 8,
+    "train.device": "cpu",
     "tracking.mlflow": False,
 }
 
@@ -38,9 +44,17 @@ def one_thread():
 
 def fast_config(tmp_path: Path, root: Path | None = None, name: str = "test", **overrides) -> RunConfig:
     """A RunConfig for the tiny datasets, with its runs and cache inside `tmp_path`."""
-    cfg = merge(RunConfig(), {**FAST, "name": name, "runs_dir": str(tmp_path / "runs"),
-                              "cache_dir": str(tmp_path / "cache"), "dataset.name": "us8k",
-                              "dataset.root": str(root) if root else None})
+    cfg = merge(
+        RunConfig(),
+        {
+            **FAST,
+            "name": name,
+            "runs_dir": str(tmp_path / "runs"),
+            "cache_dir": str(tmp_path / "cache"),
+            "dataset.name": "us8k",
+            "dataset.root": str(root) if root else None,
+        },
+    )
     return merge(cfg, overrides)
 
 
@@ -48,8 +62,16 @@ def fast_config(tmp_path: Path, root: Path | None = None, name: str = "test", **
 def tiny_us8k_master(tmp_path_factory) -> Path:
     """UrbanSound8K layout, 3 classes x 10 folds x 3 clips, the real format mix, 0.5-1 s clips."""
     root = tmp_path_factory.mktemp("us8k") / "UrbanSound8K"
-    write_us8k(root, 3, seed=1, formats="mixed", min_duration=0.5, max_duration=1.0,
-               classes=US8K_CLASSES[:3], clips_per_source=2)
+    write_us8k(
+        root,
+        3,
+        seed=1,
+        formats="mixed",
+        min_duration=0.5,
+        max_duration=1.0,
+        classes=US8K_CLASSES[:3],
+        clips_per_source=2,
+    )
     return root
 
 

@@ -3,6 +3,7 @@ memory) raise CacheError, a fault in foldbench or a library DecodeFault, and cac
 an older build quarantined such a clip in is rebuilt); special and cut files are quarantined with the reason;
 a damaged entry is rebuilt with one line on stderr; a full disk is a message; a killed build's
 temporary folder is cleaned, a running build's is not."""
+
 import errno
 import os
 import shutil
@@ -58,6 +59,7 @@ def _same(a, b):
 
 # ---- not the audio's fault: an error, nothing cached, decoded once fixed ----
 
+
 def test_permission_denied_is_an_error_not_a_quarantine(tiny_us8k, tmp_path):
     dataset, cache = _dataset(tiny_us8k, tmp_path), tmp_path / "cache"
     clip = Path(dataset.table["path"][5])
@@ -69,8 +71,9 @@ def test_permission_denied_is_an_error_not_a_quarantine(tiny_us8k, tmp_path):
         command = ["setpriv", "--inh-caps=-all", "--bounding-set=-dac_override,-dac_read_search", *command]
     run = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert run.returncode == 3, run.stderr[-2000:]
-    assert run.stdout.strip().splitlines() == [f"cannot read {clip}: Permission denied (not cached: fix it "
-                                               "and run again)"]
+    assert run.stdout.strip().splitlines() == [
+        f"cannot read {clip}: Permission denied (not cached: fix it and run again)"
+    ]
     assert _left(cache) == []  # no entry, no temporary folder
     clip.chmod(0o644)
     waves = load_waveforms(dataset, AUDIO, cache, progress=False)
@@ -81,8 +84,11 @@ def test_io_error_and_out_of_memory_are_errors_and_cache_nothing(tiny_us8k_maste
     dataset = _dataset(tiny_us8k_master, tmp_path)
     sick = dataset.table["path"][7]
     real_open = audio_mod.open_regular
-    monkeypatch.setattr(audio_mod, "open_regular",
-                        lambda path: FailingDisk(real_open(path), good_reads=1) if path == sick else real_open(path))
+    monkeypatch.setattr(
+        audio_mod,
+        "open_regular",
+        lambda path: FailingDisk(real_open(path), good_reads=1) if path == sick else real_open(path),
+    )
     with pytest.raises(CacheError, match=rf"^cannot read {sick}: Input/output error \(not cached"):
         load_waveforms(dataset, AUDIO, tmp_path, progress=False)
     assert _left(tmp_path) == []
@@ -102,8 +108,7 @@ def test_io_error_and_out_of_memory_are_errors_and_cache_nothing(tiny_us8k_maste
     assert load_waveforms(dataset, AUDIO, tmp_path, progress=False).ok.all()  # the disk is back
 
 
-def test_a_fault_in_foldbench_or_a_library_is_an_error_not_a_quarantine(tiny_us8k_master, tmp_path,
-                                                                        monkeypatch):
+def test_a_fault_in_foldbench_or_a_library_is_an_error_not_a_quarantine(tiny_us8k_master, tmp_path, monkeypatch):
     """A bug, or a library that will not load, is not the file's fault: it used to become a
     quarantine entry ("cannot decode: AttributeError: ...") and the clip was left out for good."""
     dataset = _dataset(tiny_us8k_master, tmp_path)
@@ -129,17 +134,19 @@ def _set_aside(sick, reason, real_clip):
         if path == sick:
             raise audio_mod.BadAudio(reason)
         return real_clip(path, audio)
+
     return load_clip
 
 
-def test_an_entry_holding_the_old_catch_alls_quarantine_is_rebuilt(tiny_us8k_master, tmp_path,
-                                                                    monkeypatch, capsys):
+def test_an_entry_holding_the_old_catch_alls_quarantine_is_rebuilt(tiny_us8k_master, tmp_path, monkeypatch, capsys):
     """An entry that an older foldbench built, with a clip set aside for a fault of its own, has
     the same key: it is rebuilt, not trusted (reasons that are the file's stay trusted)."""
     dataset = _dataset(tiny_us8k_master, tmp_path)
     sick, real_clip = dataset.table["path"][7], cache_mod.load_clip
-    for reason, rebuilt in (("cannot decode: Error opening 'x.wav': Format not recognised.", False),
-                            ("cannot decode: AttributeError: 'Resample' object has no attribute 'width'", True)):
+    for reason, rebuilt in (
+        ("cannot decode: Error opening 'x.wav': Format not recognised.", False),
+        ("cannot decode: AttributeError: 'Resample' object has no attribute 'width'", True),
+    ):
         shutil.rmtree(tmp_path / "waves", ignore_errors=True)
         monkeypatch.setattr(cache_mod, "load_clip", _set_aside(sick, reason, real_clip))
         folder = tmp_path / "waves" / f"{dataset.name}-{cache_mod.cache_key(dataset, AUDIO)}"
@@ -160,7 +167,7 @@ def test_special_and_cut_files_are_quarantined_with_the_reason(tiny_us8k, tmp_pa
     folder.unlink()
     folder.mkdir()
     sf.write(cut, np.full(8000, 0.5, np.float32), 8000, subtype="PCM_16")
-    cut.write_bytes(cut.read_bytes()[:44 + 2 * 3000])  # the header and 3000 of its 8000 frames
+    cut.write_bytes(cut.read_bytes()[: 44 + 2 * 3000])  # the header and 3000 of its 8000 frames
     waves = load_waveforms(dataset, AUDIO, tmp_path, progress=False)  # returns: the FIFO is not opened
     reasons = dict(zip(waves.quarantine["index"], waves.quarantine["reason"]))
     assert reasons[3] == "not a regular file (a FIFO)" and reasons[30] == "not a regular file (a directory)"
@@ -169,6 +176,7 @@ def test_special_and_cut_files_are_quarantined_with_the_reason(tiny_us8k, tmp_pa
 
 
 # ---- a damaged entry is rebuilt ----
+
 
 def _overwrite(folder):
     with open(folder / "waves.npy", "r+b") as f:  # the issue's case: part of waves.npy overwritten
@@ -182,9 +190,9 @@ DAMAGE = {
     "meta garbage": lambda folder: (folder / "meta.json").write_text("{not json"),
     "scales changed": lambda folder: np.save(folder / "scales.npy", np.load(folder / "scales.npy") * 2),
     "hash line lost": lambda folder: (folder / "hashes.txt").write_text(
-        "\n".join((folder / "hashes.txt").read_text().split("\n")[1:])),
-    "quarantine edited": lambda folder: (folder / "quarantine.csv").write_text("index,clip,reason\n"
-                                                                               "4,x.wav,silent\n"),
+        "\n".join((folder / "hashes.txt").read_text().split("\n")[1:])
+    ),
+    "quarantine edited": lambda folder: (folder / "quarantine.csv").write_text("index,clip,reason\n4,x.wav,silent\n"),
 }
 
 
@@ -213,20 +221,27 @@ def test_a_damaged_cache_that_cannot_be_removed_is_refused(tiny_us8k_master, tmp
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
 
     monkeypatch.setattr(cache_mod.shutil, "rmtree", refuse)
-    with pytest.raises(CacheError, match=rf"^waveform cache {folder} is corrupt \(.*\) and cannot be removed "
-                                         rf"\(Permission denied\): delete {folder}$"):
+    with pytest.raises(
+        CacheError,
+        match=rf"^waveform cache {folder} is corrupt \(.*\) and cannot be removed "
+        rf"\(Permission denied\): delete {folder}$",
+    ):
         load_waveforms(dataset, AUDIO, tmp_path, progress=False)
 
 
 # ---- disk ----
 
+
 def test_too_little_free_space_is_refused_before_the_build(tiny_us8k_master, tmp_path, monkeypatch):
     dataset = _dataset(tiny_us8k_master, tmp_path)
     monkeypatch.setattr(cache_mod, "load_clip", lambda *a: pytest.fail("decoded without the space"))
-    usage = shutil.disk_usage(tmp_path)._replace(free=10 ** 5)
+    usage = shutil.disk_usage(tmp_path)._replace(free=10**5)
     monkeypatch.setattr(cache_mod.shutil, "disk_usage", lambda path: usage)
-    with pytest.raises(CacheError, match=rf"^the waveform cache needs 1\.5 MB at {tmp_path / 'waves'}, "
-                                         r"0\.1 MB free: free some space or choose another --cache-dir$"):
+    with pytest.raises(
+        CacheError,
+        match=rf"^the waveform cache needs 1\.5 MB at {tmp_path / 'waves'}, "
+        r"0\.1 MB free: free some space or choose another --cache-dir$",
+    ):
         load_waveforms(dataset, AUDIO, tmp_path, progress=False)
     assert _left(tmp_path) == []
 
@@ -238,16 +253,23 @@ def test_a_full_disk_is_a_message_not_sigbus(tiny_us8k_master, tmp_path, monkeyp
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(cache_mod.os, "posix_fallocate", full)
-    with pytest.raises(CacheError, match=r"^the waveform cache needs 1\.5 MB at .*, [\d.]+ [MG]B free "
-                                         r"\(No space left on device\)"):
+    with pytest.raises(
+        CacheError,
+        match=r"^the waveform cache needs 1\.5 MB at .*, [\d.]+ [MG]B free "
+        r"\(No space left on device\)",
+    ):
         load_waveforms(dataset, AUDIO, tmp_path, progress=False)
     assert _left(tmp_path) == []  # the temporary folder is gone
 
 
 def test_a_killed_build_is_cleaned_up_but_a_running_one_is_not(tiny_us8k_master, tmp_path):
     cache = tmp_path / "cache"
-    build = subprocess.Popen([sys.executable, "-c", BUILD, str(tiny_us8k_master), str(cache), "0.1"],
-                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    build = subprocess.Popen(
+        [sys.executable, "-c", BUILD, str(tiny_us8k_master), str(cache), "0.1"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 60
         while not list(cache.glob("waves/.us8k-*/waves.npy")):  # decoding has begun

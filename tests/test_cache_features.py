@@ -1,4 +1,5 @@
 """The waveform cache (decode once, keyed, atomic) and the log-mel feature bank."""
+
 import numpy as np
 import pytest
 import soundfile as sf
@@ -104,8 +105,11 @@ def test_empty_mel_filters_are_refused_before_any_work():
 def test_augment_masks_and_shifts_per_clip():
     torch.manual_seed(0)
     x = torch.randn(8, 1, 32, 50) + 5  # no zeros to begin with
-    aug = Augment(AugmentConfig(time_shift=0.0, freq_masks=2, freq_mask_width=0.25,
-                                time_masks=0, time_mask_width=0.0), n_mels=32, frames=50)
+    aug = Augment(
+        AugmentConfig(time_shift=0.0, freq_masks=2, freq_mask_width=0.25, time_masks=0, time_mask_width=0.0),
+        n_mels=32,
+        frames=50,
+    )
     y = aug(x)
     zero_rows = (y == 0).all(dim=-1).sum(dim=(1, 2))  # masked Mel bands per clip
     assert y.shape == x.shape and zero_rows.max() > 0 and zero_rows.max() <= 2 * 8

@@ -1,4 +1,5 @@
 """`datasets check` finds every planted fault; `datasets list`; the exit statuses."""
+
 import json
 import shutil
 
@@ -51,15 +52,32 @@ def run_cli(capsys, *argv):
 
 
 def test_check_finds_every_planted_fault(faulty, tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(faulty),
-                           "--cache-dir", str(tmp_path), "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "datasets",
+        "check",
+        "--dataset",
+        "folder",
+        "--root",
+        str(faulty),
+        "--cache-dir",
+        str(tmp_path),
+        "--json",
+    )
     assert code == 1
     report = json.loads(out)
     assert report["ok"] is False and report["n_clips"] == 45
     found = {f["check"]: f for f in report["findings"]}
-    expected = {"undecodable": "cat/broken.wav", "empty": "cat/empty.wav", "silent": "dog/quiet.wav",
-                "non-finite": "dog/nan.wav", "very-short": "owl/gus_00.wav", "very-long": "owl/hal_00.wav",
-                "duplicate-labels": "owl/bob_09.wav", "duplicate-across-folds": "cat/zed_00.wav"}
+    expected = {
+        "undecodable": "cat/broken.wav",
+        "empty": "cat/empty.wav",
+        "silent": "dog/quiet.wav",
+        "non-finite": "dog/nan.wav",
+        "very-short": "owl/gus_00.wav",
+        "very-long": "owl/hal_00.wav",
+        "duplicate-labels": "owl/bob_09.wav",
+        "duplicate-across-folds": "cat/zed_00.wav",
+    }
     for check, clip_ in expected.items():
         assert check in found and clip_ in found[check]["clips"], check
     assert found["duplicate-labels"]["level"] == found["duplicate-across-folds"]["level"] == "error"
@@ -74,8 +92,18 @@ def test_check_finds_every_planted_fault(faulty, tmp_path, capsys):
 
 
 def test_check_table_for_people(faulty, tmp_path, capsys):
-    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(faulty),
-                           "--cache-dir", str(tmp_path), "--quiet")
+    code, out, _ = run_cli(
+        capsys,
+        "datasets",
+        "check",
+        "--dataset",
+        "folder",
+        "--root",
+        str(faulty),
+        "--cache-dir",
+        str(tmp_path),
+        "--quiet",
+    )
     assert code == 1
     assert "clips per class and fold" in out and "fold 5" in out
     assert "ERROR    duplicate-labels" in out and "WARNING  undecodable" in out
@@ -89,8 +117,18 @@ def test_structural_problems_and_file_faults_in_one_pass(tmp_path, capsys):
     shutil.copy(root / "cat" / "ann_00.wav", outside)
     (root / "dog" / "zed_00.wav").symlink_to(outside)  # a link leaving the root
     (root / "owl" / "broken.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEfmt garbage, not audio")
-    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
-                           "--cache-dir", str(tmp_path / "cache"), "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "datasets",
+        "check",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+    )
     report = json.loads(out)
     found = [(f["level"], f["check"], f["message"]) for f in report["findings"]]
     assert code == 1 and report["ok"] is False and report["n_clips"] == 37  # 36 clean + broken.wav
@@ -99,8 +137,19 @@ def test_structural_problems_and_file_faults_in_one_pass(tmp_path, capsys):
     assert any("zed_00.wav: symbolic link points outside the dataset root" in f[2] for f in found)
     assert any(f[:2] == ("warning", "undecodable") and "owl/broken.wav" in f[2] for f in found)
     # kfold refuses with one error naming both structural problems, before any run folder.
-    code, _, err = run_cli(capsys, "kfold", "--dataset", "folder", "--root", str(root), "--no-mlflow",
-                           "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    code, _, err = run_cli(
+        capsys,
+        "kfold",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--no-mlflow",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert code == 2 and err.startswith("error: 2 problems in the dataset")
     assert "bat: class folder holds no audio files" in err and "symbolic link points outside" in err
     assert not (tmp_path / "runs").exists()
@@ -108,8 +157,20 @@ def test_structural_problems_and_file_faults_in_one_pass(tmp_path, capsys):
 
 def test_clean_dataset_passes(tmp_path, capsys):
     root = clean_folder(tmp_path / "sounds")
-    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
-                           "--group-regex", "^(?P<group>[a-z]+)_", "--folds", "3", "--quiet")
+    code, out, _ = run_cli(
+        capsys,
+        "datasets",
+        "check",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--group-regex",
+        "^(?P<group>[a-z]+)_",
+        "--folds",
+        "3",
+        "--quiet",
+    )
     assert code == 0 and "0 error(s), 0 warning(s): ready for kfold" in out
     assert "StratifiedFolds(n_folds=3, seed=0)" in out and "fold 3" in out and "fold 4" not in out
 
@@ -123,8 +184,9 @@ def test_groups_that_cross_folds(tiny_us8k, capsys):
     found = {f["check"]: f for f in json.loads(out)["findings"]}
     assert code == 1 and str(meta.loc[0, "fsID"]) in found["groups-cross-folds"]["message"]
     # The leaky protocol crosses groups by design, and the check says so.
-    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "us8k", "--root", str(tiny_us8k),
-                           "--protocol", "random", "--json")
+    code, out, _ = run_cli(
+        capsys, "datasets", "check", "--dataset", "us8k", "--root", str(tiny_us8k), "--protocol", "random", "--json"
+    )
     assert code == 1 and "groups-cross-folds" in {f["check"] for f in json.loads(out)["findings"]}
 
 
@@ -135,25 +197,44 @@ def test_class_with_one_clip(tmp_path, capsys):
     (root / "cat" / "ann_00.wav").unlink()
     code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root), "--quiet")
     assert code == 1 and "ERROR    plan" in out and "bat (1 clip)" in out
-    code, _, err = run_cli(capsys, "kfold", "--dataset", "folder", "--root", str(root), "--no-mlflow",
-                           "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache"))
+    code, _, err = run_cli(
+        capsys,
+        "kfold",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--no-mlflow",
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    )
     assert code == 2 and "error: class(es) with fewer clips than the 5 folds: bat (1 clip)" in err
     assert not (tmp_path / "runs").exists()  # refused before any run folder or decoding
 
 
 def test_loader_errors_exit_2(tmp_path, capsys):
     root = clean_folder(tmp_path / "sounds")
-    code, _, err = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
-                           "--group-regex", "^(?P<group>[A-Z]+)-")
+    code, _, err = run_cli(
+        capsys, "datasets", "check", "--dataset", "folder", "--root", str(root), "--group-regex", "^(?P<group>[A-Z]+)-"
+    )
     assert code == 2 and "error: --group-regex" in err and "matches none" in err
 
 
 def test_datasets_list(capsys):
     code, out, _ = run_cli(capsys, "datasets", "list")
     assert code == 0
-    for text in ("us8k", "demo", "gtzan    default protocol stratified (10 folds)",
-                 "folder   default protocol stratified (5 folds)", "genres/<genre>/<genre>.000NN.{wav,au}",
-                 "<root>/<class>/**/*", "gtzan-filtered", "random          LEAKY"):
+    for text in (
+        "us8k",
+        "demo",
+        "gtzan    default protocol stratified (10 folds)",
+        "folder   default protocol stratified (5 folds)",
+        "genres/<genre>/<genre>.000NN.{wav,au}",
+        "<root>/<class>/**/*",
+        "gtzan-filtered",
+        "random          LEAKY",
+    ):
         assert text in out, text
 
 
@@ -175,8 +256,18 @@ def test_a_500_khz_clip_is_usable_not_undecodable(tmp_path, capsys):
     listed undecodable ('Resample' object has no attribute 'width') and quarantined by kfold."""
     root = clean_folder(tmp_path / "sounds")
     sf.write(root / "owl" / "bat_00.wav", clip(2, 0.5, sr=500_000, seed=4), 500_000, subtype="PCM_16")
-    code, out, _ = run_cli(capsys, "datasets", "check", "--dataset", "folder", "--root", str(root),
-                           "--cache-dir", str(tmp_path / "cache"), "--json")
+    code, out, _ = run_cli(
+        capsys,
+        "datasets",
+        "check",
+        "--dataset",
+        "folder",
+        "--root",
+        str(root),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--json",
+    )
     report = json.loads(out)
     assert code == 0 and report["ok"] and report["n_clips"] == 37
     assert report["formats"]["sample_rate"] == {"500000": 1, "8000": 36}

@@ -1,4 +1,5 @@
 """The kfold command end to end on a tiny dataset: run folder, report, MLflow, resume, errors."""
+
 import json
 import subprocess
 import sys
@@ -16,8 +17,17 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def fast_flags(tmp_path, root):
-    flags = ["--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
-             "--cache-dir", str(tmp_path / "cache"), "--quiet"]
+    flags = [
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+    ]
     for key, value in FAST.items():
         if key != "tracking.mlflow":
             flags += ["--set", f"{key}={value}"]
@@ -26,14 +36,34 @@ def fast_flags(tmp_path, root):
 
 def test_kfold_end_to_end_with_mlflow(tiny_us8k_master, tmp_path, capsys):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = cli.main(["kfold", *fast_flags(tmp_path, tiny_us8k_master), "--name", "e2e",
-                     "--epochs", "2", "--tracking-uri", uri, "--experiment", "tiny"])
+    code = cli.main(
+        [
+            "kfold",
+            *fast_flags(tmp_path, tiny_us8k_master),
+            "--name",
+            "e2e",
+            "--epochs",
+            "2",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "tiny",
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     assert "over 10 folds" in out and "report:" in out
     run = tmp_path / "runs" / "e2e"
-    for name in ("config.yaml", "folds.csv", "report.md", "scores.json", "confusion_counts.png",
-                 "confusion_normalized.csv", "learning_curves.png", "per_class.csv"):
+    for name in (
+        "config.yaml",
+        "folds.csv",
+        "report.md",
+        "scores.json",
+        "confusion_counts.png",
+        "confusion_normalized.csv",
+        "learning_curves.png",
+        "per_class.csv",
+    ):
         assert (run / name).is_file(), name
     for k in range(1, 11):
         assert (run / "splits" / str(k) / "DONE").exists()
@@ -44,6 +74,7 @@ def test_kfold_end_to_end_with_mlflow(tiny_us8k_master, tmp_path, capsys):
     assert scores["n_splits"] == 10 and 0 <= scores["acc_mean"] <= 1
 
     import mlflow
+
     mlflow.set_tracking_uri(uri)
     runs = mlflow.search_runs(experiment_names=["tiny"])
     parent = runs[runs["tags.mlflow.parentRunId"].isna()]
@@ -88,23 +119,35 @@ def test_resume_refuses_changed_settings_and_a_second_run_refuses_the_folder(tin
     run_cv(cfg, progress=False)
     with pytest.raises(ValueError, match="already holds a run"):
         run_cv(cfg, progress=False)
-    changed = fast_config(tmp_path, tiny_us8k_master, name="r", splits=[1],
-                          **{"train.epochs": 1, "features.n_mels": 16})
+    changed = fast_config(
+        tmp_path, tiny_us8k_master, name="r", splits=[1], **{"train.epochs": 1, "features.n_mels": 16}
+    )
     with pytest.raises(ValueError, match=r"features\.n_mels: 32 -> 16"):
         run_cv(changed, resume=True, progress=False)
 
 
 def test_user_errors_exit_2_with_a_message(tmp_path, capsys):
-    code = cli.main(["kfold", "--dataset", "us8k", "--root", str(tmp_path / "missing"), "--no-mlflow",
-                     "--runs-dir", str(tmp_path / "runs")])
+    code = cli.main(
+        [
+            "kfold",
+            "--dataset",
+            "us8k",
+            "--root",
+            str(tmp_path / "missing"),
+            "--no-mlflow",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ]
+    )
     assert code == 2
     assert "error:" in capsys.readouterr().err
     assert cli.main(["kfold", "--set", "features.nmels=3", "--no-mlflow"]) == 2
 
 
 def test_help_explains_the_commands():
-    out = subprocess.run([sys.executable, "cli.py", "kfold", "--help"], cwd=REPO,
-                         capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "cli.py", "kfold", "--help"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout
     for text in ("--resume", "--preset", "--set KEY=VALUE", "mlflow ui", "--val", "--strict"):
         assert text in out
 
@@ -132,12 +175,14 @@ HEAVY = ("torch", "torchaudio", "sklearn", "pandas", "mlflow", "optuna", "matplo
 def test_help_imports_nothing_heavy():
     """Every command's --help is built without torch, scikit-learn, pandas or MLflow: that is what
     makes `cli.py --help` answer at once (the time itself is measured in the README, not here)."""
-    probe = ("import sys, contextlib, io, cli\n"
-             "for argv in ([], ['kfold'], ['tune'], ['nested'], ['speed'], ['suite'], ['datasets', 'check'],"
-             " ['compare'], ['--version']):\n"
-             "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
-             "        cli.make_parser().parse_args([*argv, '--help'] if argv != ['--version'] else argv)\n"
-             f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n")
+    probe = (
+        "import sys, contextlib, io, cli\n"
+        "for argv in ([], ['kfold'], ['tune'], ['nested'], ['speed'], ['suite'], ['datasets', 'check'],"
+        " ['compare'], ['--version']):\n"
+        "    with contextlib.redirect_stdout(io.StringIO()), contextlib.suppress(SystemExit):\n"
+        "        cli.make_parser().parse_args([*argv, '--help'] if argv != ['--version'] else argv)\n"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))\n"
+    )
     out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", out.stderr[-2000:]
 
@@ -147,6 +192,7 @@ def test_the_light_name_lists_equal_the_registries():
     from bench.models import list_models
     from bench.core.names import dataset_names, model_names, protocol_names
     from protocols import list_protocols
+
     assert dataset_names() == list_datasets()
     assert protocol_names() == list_protocols()
     assert model_names() == list_models()
@@ -154,6 +200,7 @@ def test_the_light_name_lists_equal_the_registries():
 
 def test_version_and_the_console_command(capsys):
     from importlib.metadata import PackageNotFoundError, version
+
     with pytest.raises(SystemExit) as stop:
         cli.main(["--version"])
     assert stop.value.code == 0
@@ -168,6 +215,7 @@ def test_version_and_the_console_command(capsys):
 
 
 def test_an_unknown_name_is_refused_at_parse_time_in_one_line():
-    run = subprocess.run([sys.executable, "cli.py", "kfold", "--model", "resnet"], cwd=REPO,
-                         capture_output=True, text=True)
+    run = subprocess.run(
+        [sys.executable, "cli.py", "kfold", "--model", "resnet"], cwd=REPO, capture_output=True, text=True
+    )
     assert run.returncode == 2 and "invalid choice: 'resnet'" in run.stderr and "tutorial_cnn" in run.stderr

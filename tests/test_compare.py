@@ -2,6 +2,7 @@
 
 Hand-written run folders where the numbers are worked out by hand; three real tiny kfold runs
 (two on the same folds, one on other folds) where the folder format itself matters."""
+
 import json
 
 import numpy as np
@@ -32,8 +33,7 @@ def write_run(run, right, dataset="toy", plan=None, info=None, labels=None, repe
     columns = repeats or max([1] + [i.get("repeat", 1) for i in (info or {}).values()])
     for r in range(2, columns + 1):  # a repeat's fold column (here the same assignment again)
         df[f"fold_{r}"] = df["fold"]
-    df[["clip", "fold", "label", *(f"fold_{r}" for r in range(2, columns + 1))]].to_csv(
-        run / "folds.csv", index=False)
+    df[["clip", "fold", "label", *(f"fold_{r}" for r in range(2, columns + 1))]].to_csv(run / "folds.csv", index=False)
     splits = [(3 * (r - 1) + f, r, f) for r in range(1, (repeats or 1) + 1) for f in (1, 2, 3)]
     plan = plan or {"protocol": "Toy(n_folds=3)", "leaky": False}
     if repeats:
@@ -43,11 +43,13 @@ def write_run(run, right, dataset="toy", plan=None, info=None, labels=None, repe
         part = df[df["fold"] == f][["clip", "fold", "label", "pred"]]
         d = run / "splits" / str(k)
         d.mkdir()
-        part.assign(prob_x=np.where(part["pred"] == 0, 0.9, 0.1),
-                    prob_y=np.where(part["pred"] == 1, 0.9, 0.1)).to_csv(d / "predictions.csv", index=False)
+        part.assign(prob_x=np.where(part["pred"] == 0, 0.9, 0.1), prob_y=np.where(part["pred"] == 1, 0.9, 0.1)).to_csv(
+            d / "predictions.csv", index=False
+        )
         extra = {"repeat": r} if repeats else (info or {}).get(k, {})
-        (d / "split.json").write_text(json.dumps({"split": k, "test_fold": f, "n_train": 4,
-                                                  "n_val": 4, "n_test": 4, **extra}))
+        (d / "split.json").write_text(
+            json.dumps({"split": k, "test_fold": f, "n_train": 4, "n_val": 4, "n_test": 4, **extra})
+        )
         RunFolder(run).seal(k)
     return run
 
@@ -76,8 +78,12 @@ def test_three_runs_one_table_best_first(tmp_path):
     bayes = bayes_correlated_ttest(d, 1.0, 0.01)
     assert (vb["bayes"]["p_better"], vb["bayes"]["p_equiv"], vb["bayes"]["p_worse"]) == pytest.approx(bayes[:3])
     # per clip: only a right on c10 c20 c21 c30, only b right on c33 -> 4 vs 1
-    assert vb["mcnemar"] == {"n_clips": 12, "only_run_right": 1, "only_best_right": 4,
-                             "p": pytest.approx(mcnemar_exact(1, 4))}
+    assert vb["mcnemar"] == {
+        "n_clips": 12,
+        "only_run_right": 1,
+        "only_best_right": 4,
+        "p": pytest.approx(mcnemar_exact(1, 4)),
+    }
     text = render_comparison(r)
     rows = [line for line in text.splitlines() if line.startswith("| ") and line[2].isdigit()]
     assert [line.split(" | ")[1] for line in rows] == ["a", "b", "c"]
@@ -154,7 +160,9 @@ def test_two_repeated_runs_on_the_same_plans_are_paired_per_split_and_per_clip(t
     assert v["mcnemar"]["n_clips"] == 24
     # per repeat: only b right on the clips b has and a lacks, only a right on the reverse
     assert (v["mcnemar"]["only_run_right"], v["mcnemar"]["only_best_right"]) == (
-        2 * len(B_RIGHT - A_RIGHT), 2 * len(A_RIGHT - B_RIGHT))
+        2 * len(B_RIGHT - A_RIGHT),
+        2 * len(A_RIGHT - B_RIGHT),
+    )
 
 
 def test_refusals(tmp_path, capsys):
@@ -164,8 +172,13 @@ def test_refusals(tmp_path, capsys):
     with pytest.raises(CompareError, match="two or more"):
         compare_runs(a)
     capsys.readouterr()
-    for argv in ([str(a)], [str(a), str(tmp_path / "nowhere")], [str(a), str(a)],
-                 [str(a), str(b), "--out", str(tmp_path / "outside")], [str(a), str(b), "--rope", "-0.1"]):
+    for argv in (
+        [str(a)],
+        [str(a), str(tmp_path / "nowhere")],
+        [str(a), str(a)],
+        [str(a), str(b), "--out", str(tmp_path / "outside")],
+        [str(a), str(b), "--rope", "-0.1"],
+    ):
         assert main(["compare", *argv, *out]) == 2
         err = capsys.readouterr().err
         assert err.startswith("error: ") and err.count("\n") == 1, err
@@ -176,8 +189,22 @@ def test_refusals(tmp_path, capsys):
     r = compare_runs(a, b, tmp_path / "empty")
     assert len(r["runs"]) == 2 and "no finished splits" in render_comparison(r)
     bad_store = f"sqlite:///{tmp_path / 'no-such-folder' / 'mlflow.db'}"
-    assert main(["compare", str(a), str(b), "--out", "cmp", "--runs-dir", str(tmp_path / "runs"),
-                 "--tracking-uri", bad_store]) == 2
+    assert (
+        main(
+            [
+                "compare",
+                str(a),
+                str(b),
+                "--out",
+                "cmp",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--tracking-uri",
+                bad_store,
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err
     assert err.startswith("error: MLflow store") and err.count("\n") == 1
     assert not (tmp_path / "runs" / "cmp").exists()  # the store is checked before anything is written
@@ -211,6 +238,7 @@ def test_outputs_agree(tmp_path, capsys):
 
 def test_comparison_is_logged_to_mlflow(tmp_path, capsys):
     from mlflow.tracking import MlflowClient
+
     runs = tmp_path / "runs"
     a, b = write_run(runs / "a", A_RIGHT), write_run(runs / "b", B_RIGHT)
     (a / "mlflow.json").write_text('{"parent": "abc123"}\n')  # as kfold leaves it
@@ -226,25 +254,61 @@ def test_comparison_is_logged_to_mlflow(tmp_path, capsys):
     assert run.data.metrics["acc_mean.a"] == pytest.approx(2.75 / 3)
     assert run.data.metrics["acc_mean.b"] == pytest.approx(2 / 3)
     assert sorted(f.path for f in client.list_artifacts(run.info.run_id)) == [
-        "compare.csv", "compare.json", "compare.md", "compare.png"]
+        "compare.csv",
+        "compare.json",
+        "compare.md",
+        "compare.png",
+    ]
     assert run.info.status == "FINISHED"
 
 
 # ---- real tiny runs: two on the same folds, one on other folds ----
 
+
 @pytest.fixture(scope="module")
 def real_runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("compare")
     root = tmp / "sounds"
-    write_folder_dataset(root, {"a": [f"a{s}_{j}" for s in range(4) for j in range(3)],
-                                "b": [f"b{s}_{j}" for s in range(4) for j in range(3)]},
-                         seed=1, sr=8000, duration=0.5)
+    write_folder_dataset(
+        root,
+        {
+            "a": [f"a{s}_{j}" for s in range(4) for j in range(3)],
+            "b": [f"b{s}_{j}" for s in range(4) for j in range(3)],
+        },
+        seed=1,
+        sr=8000,
+        duration=0.5,
+    )
     sets = [f"--set={k}={v}" for k, v in FAST.items() if k != "tracking.mlflow"]
     for name, extra in (("three", []), ("three-seed1", ["--seed", "1"]), ("four", ["--folds", "4"])):
         folds = [] if extra[:1] == ["--folds"] else ["--folds", "3"]
-        assert main(["kfold", "--dataset", "folder", "--root", str(root), "--epochs", "2", "--no-mlflow",
-                     "--quiet", "--threads", "1", "--name", name, "--runs-dir", str(tmp / "runs"),
-                     "--cache-dir", str(tmp / "cache"), *folds, *extra, *sets]) == 0
+        assert (
+            main(
+                [
+                    "kfold",
+                    "--dataset",
+                    "folder",
+                    "--root",
+                    str(root),
+                    "--epochs",
+                    "2",
+                    "--no-mlflow",
+                    "--quiet",
+                    "--threads",
+                    "1",
+                    "--name",
+                    name,
+                    "--runs-dir",
+                    str(tmp / "runs"),
+                    "--cache-dir",
+                    str(tmp / "cache"),
+                    *folds,
+                    *extra,
+                    *sets,
+                ]
+            )
+            == 0
+        )
     return tmp / "runs"
 
 

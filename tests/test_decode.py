@@ -2,6 +2,7 @@
 the samples must be exactly libsndfile's float32 samples, in every format and subtype. Only regular
 files are opened, a cut file is truncated (not a short clip), a long file is read only as far as
 the clip needs, and an I/O error stays an OSError (not the audio's fault)."""
+
 import errno
 import os
 import threading
@@ -11,14 +12,34 @@ import pytest
 import soundfile as sf
 
 from bench.data import audio as audio_mod
-from bench.data.audio import (INTEGER_READS, BadAudio, decode, fit_length, frames_needed, load_clip, resample,
-                         to_channels)
+from bench.data.audio import (
+    INTEGER_READS,
+    BadAudio,
+    decode,
+    fit_length,
+    frames_needed,
+    load_clip,
+    resample,
+    to_channels,
+)
 from bench.core.config import AudioConfig
 from tests.conftest import FailingDisk
 
-CASES = [("WAV", "PCM_16"), ("WAV", "PCM_24"), ("WAV", "PCM_U8"), ("WAV", "IMA_ADPCM"), ("WAV", "FLOAT"),
-         ("WAV", "PCM_32"), ("WAV", "ULAW"), ("AIFF", "PCM_S8"), ("AIFF", "PCM_24"), ("AU", "PCM_16"),
-         ("FLAC", "PCM_16"), ("FLAC", "PCM_24"), ("OGG", "VORBIS")]
+CASES = [
+    ("WAV", "PCM_16"),
+    ("WAV", "PCM_24"),
+    ("WAV", "PCM_U8"),
+    ("WAV", "IMA_ADPCM"),
+    ("WAV", "FLOAT"),
+    ("WAV", "PCM_32"),
+    ("WAV", "ULAW"),
+    ("AIFF", "PCM_S8"),
+    ("AIFF", "PCM_24"),
+    ("AU", "PCM_16"),
+    ("FLAC", "PCM_16"),
+    ("FLAC", "PCM_24"),
+    ("OGG", "VORBIS"),
+]
 
 
 @pytest.mark.parametrize("fmt,subtype", CASES)
@@ -40,6 +61,7 @@ def test_integer_reads_cover_the_common_subtypes():
 
 
 # ---- what is opened, what is read ----
+
 
 def _decode_in_thread(path):
     """decode(path) in a thread: a FIFO opened for reading would block it forever, not the test."""
@@ -71,7 +93,7 @@ def test_only_regular_files_are_opened(tmp_path):
 def test_a_cut_wav_is_truncated_not_a_short_clip(tmp_path):
     path = tmp_path / "cut.wav"
     sf.write(path, np.full(44100, 0.25, np.float32), 44100, subtype="PCM_16")  # 1 s, 2 bytes a frame
-    path.write_bytes(path.read_bytes()[:44 + 2 * 12000])  # the 44-byte header and 12000 frames
+    path.write_bytes(path.read_bytes()[: 44 + 2 * 12000])  # the 44-byte header and 12000 frames
     with pytest.raises(BadAudio, match=r"^truncated: header says 44100 frames, file holds 12000$"):
         decode(path)
     sf.write(path, np.full(44100, 0.25, np.float32), 44100, subtype="PCM_16")
@@ -87,8 +109,9 @@ def test_long_files_are_read_only_as_far_as_the_clip_needs(tmp_path, monkeypatch
     whole, file_rate = decode(path)
     expected = fit_length(resample(to_channels(whole, 1), file_rate, 22050), 4 * 22050)
     requested, real_read = [], sf.SoundFile.read
-    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, **kw:
-                        requested.append(frames) or real_read(self, frames, **kw))
+    monkeypatch.setattr(
+        sf.SoundFile, "read", lambda self, frames=-1, **kw: requested.append(frames) or real_read(self, frames, **kw)
+    )
     clip = load_clip(path, audio)
     assert np.array_equal(clip, expected)  # the same clip as decoding all 60 s and trimming
     assert sum(requested) == frames_needed(4 * 22050, rate, 22050) < 5 * rate  # not 60 s
@@ -110,6 +133,7 @@ def test_an_odd_sample_rate_keeps_the_resampling_kernel_small(tmp_path):
     (1.4 GB). The rate is read as 44,100 Hz instead, and the clip decodes like its neighbour's."""
     from bench.data.audio import MAX_KERNEL, _resampler, kernel_rate, load_clip
     from bench.core.config import AudioConfig
+
     assert kernel_rate(44101, 8000) == 44100 and kernel_rate(48000, 22050) == 48000
     tone = np.sin(2 * np.pi * 440 * np.arange(44101) / 44101).astype(np.float32)
     sf.write(tmp_path / "odd.wav", tone, 44101, subtype="FLOAT")
@@ -122,11 +146,13 @@ def test_an_odd_sample_rate_keeps_the_resampling_kernel_small(tmp_path):
 
 # ---- rates without a small torchaudio kernel: soxr, read a block at a time ----
 
+
 def test_a_rate_without_a_small_kernel_is_resampled_at_its_own_rate(tmp_path, monkeypatch):
     """500 kHz -> 22,050 Hz has no small torchaudio kernel (441 x 10,000 taps) and no round
     neighbour with one: it used to fail ('Resample' object has no attribute 'width'). It is
     resampled by soxr at its own rate, reading only what the 4 s clip needs of a 10 s file."""
     from bench.data.audio import kernel_rate
+
     assert kernel_rate(500_000, 22050) is None and kernel_rate(44101, 22050) == 44100
     rate, t = 500_000, np.arange(10 * 500_000) / 500_000
     tone = 0.5 * np.sin(2 * np.pi * 1000 * t)
@@ -136,8 +162,9 @@ def test_a_rate_without_a_small_kernel_is_resampled_at_its_own_rate(tmp_path, mo
     whole, _ = decode(path)
     expected = fit_length(resample(whole, rate, 22050), 4 * 22050)
     requested, real_read = [], sf.SoundFile.read
-    monkeypatch.setattr(sf.SoundFile, "read", lambda self, frames=-1, **kw:
-                        requested.append(frames) or real_read(self, frames, **kw))
+    monkeypatch.setattr(
+        sf.SoundFile, "read", lambda self, frames=-1, **kw: requested.append(frames) or real_read(self, frames, **kw)
+    )
     clip = load_clip(path, audio)
     assert clip.shape == (2, 4 * 22050) and np.array_equal(clip, expected)  # the whole file's start
     reference = 0.5 * np.sin(2 * np.pi * 1000 * np.arange(4 * 22050) / 22050)
@@ -156,7 +183,7 @@ def test_any_rate_a_header_holds_gives_a_clip_or_a_reason(tmp_path, rate):
     if rate < 10**9:
         clip = load_clip(path, audio)
         kept = int(30000 * 22050 / rate) - 100  # soxr's edge effects are over after 100 samples
-        assert np.abs(clip[0, 100:kept] - 0.25).max() < 1e-3 and not clip[0, kept + 200:].any()
+        assert np.abs(clip[0, 100:kept] - 0.25).max() < 1e-3 and not clip[0, kept + 200 :].any()
     else:
         with pytest.raises(BadAudio, match=r"^no audio frames at 22050 Hz: 30000 frame\(s\) at 2147483647 Hz"):
             load_clip(path, audio)

@@ -1,12 +1,12 @@
 """Faults end in one line and a documented exit status (docs/faults.md), issue 19 items 5 and 8:
 a full disk (exit 3, the folder named, finished splits kept), Ctrl-C in every command (exit 130,
 no traceback), and a storage or tracking URL's password in no message, file or MLflow record."""
+
 from __future__ import annotations
 
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -27,8 +27,19 @@ PG = os.environ.get("FOLDBENCH_TEST_PG")  # .ci/run starts PostgreSQL and sets i
 
 
 def fast_flags(tmp_path: Path, root: Path) -> list[str]:
-    flags = ["--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
-             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--threads", "1"]
+    flags = [
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--quiet",
+        "--threads",
+        "1",
+    ]
     for key, value in FAST.items():
         if key != "tracking.mlflow":
             flags += ["--set", f"{key}={value}"]
@@ -39,8 +50,18 @@ def tune_args(tmp_path: Path, root: Path, *, mlflow: bool = False) -> list[str]:
     """One tiny trial on splits 1,2 of a two-value space."""
     space = tmp_path / "space.yaml"
     space.write_text("features.n_mels: [16, 32]\naugment.freq_masks: {low: 0, high: 1}\n")
-    args = ["tune", *fast_flags(tmp_path, root), "--space", str(space), "--splits", "1,2", "--trials", "1",
-            "--epochs", "1"]
+    args = [
+        "tune",
+        *fast_flags(tmp_path, root),
+        "--space",
+        str(space),
+        "--splits",
+        "1,2",
+        "--trials",
+        "1",
+        "--epochs",
+        "1",
+    ]
     if mlflow:
         return args + ["--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--experiment", "tiny"]
     return args + ["--no-mlflow"]
@@ -52,6 +73,7 @@ def pg_database():
     import uuid
 
     import sqlalchemy as sa
+
     if not PG:
         pytest.skip("FOLDBENCH_TEST_PG is unset (.ci/run starts PostgreSQL and sets it)")
     name = f"foldbench_test_{uuid.uuid4().hex[:12]}"
@@ -77,13 +99,24 @@ def one_line(err: str) -> str:
 
 # ---- 5. disk full while writing a split ----
 
-def test_a_full_disk_is_one_line_exit_3_naming_the_folder_and_resume_finishes(tiny_us8k_master, tmp_path,
-                                                                              monkeypatch, capfd):
+
+def test_a_full_disk_is_one_line_exit_3_naming_the_folder_and_resume_finishes(
+    tiny_us8k_master, tmp_path, monkeypatch, capfd
+):
     """The write of split 2's predictions fails with ENOSPC (the real atomic-write path, only the
     bytes' landing patched): exit 3, one line naming split 2's folder, split 1 kept; --resume
     trains splits 2 and 3 only."""
-    flags = ["kfold", *fast_flags(tmp_path, tiny_us8k_master), "--name", "full", "--no-mlflow", "--splits", "1,2,3",
-             "--epochs", "1"]
+    flags = [
+        "kfold",
+        *fast_flags(tmp_path, tiny_us8k_master),
+        "--name",
+        "full",
+        "--no-mlflow",
+        "--splits",
+        "1,2,3",
+        "--epochs",
+        "1",
+    ]
     real_to_csv = pd.DataFrame.to_csv
 
     def to_csv(self, path=None, *a, **kw):
@@ -111,6 +144,7 @@ def test_a_full_disk_is_one_line_exit_3_naming_the_folder_and_resume_finishes(ti
 
 # ---- Ctrl-C in every command ----
 
+
 def _stop(*a, **kw):
     raise KeyboardInterrupt
 
@@ -123,10 +157,12 @@ ELSEWHERE = {  # command line -> the function it runs, interrupted
     "datasets check": (["datasets", "check", "--dataset", "demo"], "bench.drivers.check.check_dataset"),
     "speed": (["speed", "--dataset", "demo"], "bench.drivers.speed.run_speed"),
 }
-SAID = {"kfold": "finished splits are kept; continue with --resume",
-        "nested": "finished outer splits and trials are kept; continue with --resume",
-        "suite": "finished entries and splits are kept; continue with --resume",
-        "tune": "finished trials are kept; run the same command to continue the study"}
+SAID = {
+    "kfold": "finished splits are kept; continue with --resume",
+    "nested": "finished outer splits and trials are kept; continue with --resume",
+    "suite": "finished entries and splits are kept; continue with --resume",
+    "tune": "finished trials are kept; run the same command to continue the study",
+}
 
 
 def training_args(command: str, tmp_path: Path, root: Path) -> list[str]:
@@ -172,15 +208,30 @@ sys.exit(cli.main(sys.argv[1:]))
 
 def test_ctrl_c_while_a_command_starts_is_one_line(tmp_path):
     """A real SIGINT in the first seconds (the heavy imports): exit 130, no traceback."""
-    p = subprocess.run([sys.executable, "-c", IMPORT_HOOK, "kfold", "--dataset", "demo", "--runs-dir",
-                        str(tmp_path / "runs"), "--no-mlflow"], cwd=REPO, capture_output=True, text=True,
-                       timeout=300)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            IMPORT_HOOK,
+            "kfold",
+            "--dataset",
+            "demo",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--no-mlflow",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 130, p.stderr[-3000:]
     assert one_line(p.stderr) == "interrupted: finished splits are kept; continue with --resume"
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
 # ---- 8. credentials in URLs ----
+
 
 def test_redact_hides_url_passwords_and_password_values():
     assert redact(f"postgresql://ann:{SECRET}@db:5432/optuna") == "postgresql://ann:***@db:5432/optuna"
@@ -189,11 +240,14 @@ def test_redact_hides_url_passwords_and_password_values():
     assert redact("sqlite:///runs/mlflow.db a@b") == "sqlite:///runs/mlflow.db a@b"
 
 
-@pytest.mark.parametrize("flag,url", [
-    ("--storage", f"postgresql://foldbench:{SECRET}@127.0.0.1:9/foldbench"),  # nothing listens on port 9
-    ("--tracking-uri", f"http://foldbench:{SECRET}@127.0.0.1:9/"),
-    ("--tracking-uri", f"postgresql://foldbench:{SECRET}@127.0.0.1:9/mlflow"),
-])
+@pytest.mark.parametrize(
+    "flag,url",
+    [
+        ("--storage", f"postgresql://foldbench:{SECRET}@127.0.0.1:9/foldbench"),  # nothing listens on port 9
+        ("--tracking-uri", f"http://foldbench:{SECRET}@127.0.0.1:9/"),
+        ("--tracking-uri", f"postgresql://foldbench:{SECRET}@127.0.0.1:9/mlflow"),
+    ],
+)
 def test_a_refused_url_is_shown_without_its_password(flag, url, tiny_us8k_master, tmp_path, capfd):
     args = [a for a in tune_args(tmp_path, tiny_us8k_master) if a != "--no-mlflow"] + [flag, url]
     assert cli.main(args) == 2
@@ -202,13 +256,15 @@ def test_a_refused_url_is_shown_without_its_password(flag, url, tiny_us8k_master
     assert SECRET not in captured.err + captured.out and ":***@127.0.0.1:9" in line
 
 
-def test_postgres_refused_login_and_a_finished_run_keep_the_password_out(pg_database, tiny_us8k_master,
-                                                                         tmp_path, capfd):
+def test_postgres_refused_login_and_a_finished_run_keep_the_password_out(
+    pg_database, tiny_us8k_master, tmp_path, capfd
+):
     """A real refused login (a wrong password in --storage), then a kfold run whose MLflow store is
     PostgreSQL with the password in --tracking-uri: the password is in no output, run.json,
     config.yaml, MLflow tag or param; --resume asks for the URI again (config.yaml keeps no password)."""
     import sqlalchemy as sa
     from mlflow.tracking import MlflowClient
+
     url = sa.engine.make_url(pg_database)
     args = tune_args(tmp_path, tiny_us8k_master)
     assert cli.main([*args, "--storage", url.set(password=SECRET).render_as_string(hide_password=False)]) == 2
@@ -217,8 +273,18 @@ def test_postgres_refused_login_and_a_finished_run_keep_the_password_out(pg_data
     assert SECRET not in captured.err + captured.out
 
     uri = url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
-    kfold = ["kfold", *fast_flags(tmp_path, tiny_us8k_master), "--name", "pg", "--splits", "1", "--epochs", "1",
-             "--experiment", "tiny"]
+    kfold = [
+        "kfold",
+        *fast_flags(tmp_path, tiny_us8k_master),
+        "--name",
+        "pg",
+        "--splits",
+        "1",
+        "--epochs",
+        "1",
+        "--experiment",
+        "tiny",
+    ]
     assert cli.main([*kfold, "--tracking-uri", uri]) == 0
     captured = capfd.readouterr()
     leak = f"{url.username}:{url.password}@"  # the role's real password, as the URL holds it

@@ -1,5 +1,6 @@
 """The dataset fingerprint comes from content (relative clip ids, labels, folds, file bytes), never
 from where the files lie or when they were touched; a second fingerprint reads no file."""
+
 from __future__ import annotations
 
 import os
@@ -61,6 +62,7 @@ def test_one_changed_byte_changes_it_and_a_touch_does_not(tiny_us8k, tmp_path):
 
 def test_a_changed_label_changes_it_and_an_unused_column_does_not(tiny_us8k, tmp_path):
     import pandas as pd
+
     before = fingerprint(tiny_us8k, tmp_path / "cache")
     csv = tiny_us8k / "metadata" / "UrbanSound8K.csv"
     meta = pd.read_csv(csv)
@@ -95,9 +97,8 @@ def test_a_file_rewritten_in_place_is_read_again(tiny_us8k, tmp_path, digests, n
     assert digests == [str(path.resolve())]
 
 
-def test_files_changed_within_the_clock_window_are_not_remembered(tiny_us8k, tmp_path, digests,
-                                                                  monkeypatch):
-    monkeypatch.setattr(filehash, "RACY_NS", 10 ** 18)  # every file counts as just written
+def test_files_changed_within_the_clock_window_are_not_remembered(tiny_us8k, tmp_path, digests, monkeypatch):
+    monkeypatch.setattr(filehash, "RACY_NS", 10**18)  # every file counts as just written
     fingerprint(tiny_us8k, tmp_path / "cache")
     digests.clear()
     fingerprint(tiny_us8k, tmp_path / "cache")
@@ -126,8 +127,7 @@ def test_unreadable_and_odd_files_get_placeholders_without_blocking(tmp_path):
     fifo, folder = tmp_path / "fifo.wav", tmp_path / "dir.wav"
     os.mkfifo(fifo)
     folder.mkdir()
-    hashes = filehash.content_hashes([str(fifo), str(folder), str(tmp_path / "missing.wav")],
-                                     tmp_path / "memo.tsv")
+    hashes = filehash.content_hashes([str(fifo), str(folder), str(tmp_path / "missing.wav")], tmp_path / "memo.tsv")
     assert hashes[0] == hashes[1] == "not-a-file" and hashes[2].startswith("missing:")
     assert not (tmp_path / "memo.tsv").exists()  # nothing remembered for them
 
@@ -136,15 +136,18 @@ def test_a_content_equal_copy_shares_the_waveform_cache(tiny_us8k_master, tmp_pa
     cache = tmp_path / "cache"
     copy = tmp_path / "copy"
     shutil.copytree(tiny_us8k_master, copy)
-    first = cache_mod.load_waveforms(create_dataset(DatasetConfig("us8k", str(tiny_us8k_master)), cache),
-                                     AUDIO, cache, progress=False)
+    first = cache_mod.load_waveforms(
+        create_dataset(DatasetConfig("us8k", str(tiny_us8k_master)), cache), AUDIO, cache, progress=False
+    )
     decoded = []
     real = cache_mod.load_clip
     monkeypatch.setattr(cache_mod, "load_clip", lambda *a: decoded.append(a) or real(*a))
-    again = cache_mod.load_waveforms(create_dataset(DatasetConfig("us8k", str(copy)), cache), AUDIO, cache,
-                                     progress=False)
+    again = cache_mod.load_waveforms(
+        create_dataset(DatasetConfig("us8k", str(copy)), cache), AUDIO, cache, progress=False
+    )
     assert again.path == first.path and decoded == []
     flip_one_byte(next((copy / "audio" / "fold2").iterdir()))
-    changed = cache_mod.load_waveforms(create_dataset(DatasetConfig("us8k", str(copy)), cache), AUDIO, cache,
-                                       progress=False)
+    changed = cache_mod.load_waveforms(
+        create_dataset(DatasetConfig("us8k", str(copy)), cache), AUDIO, cache, progress=False
+    )
     assert changed.path != first.path and len(decoded) == len(changed)  # a changed file: a new entry

@@ -1,4 +1,5 @@
 """The `folder` and `gtzan` loaders, groups from a regex or a CSV, and every bad input of issue 3."""
+
 import os
 import shutil
 
@@ -82,8 +83,11 @@ def test_no_class_folders_or_one_class(tmp_path):
 
 def test_same_file_under_two_classes_is_an_error(sounds, tmp_path):
     os.link(sounds / "cat" / "ann_00.wav", sounds / "dog" / "zed_00.wav")  # one file, two names
-    with pytest.raises(DatasetError, match=r"cat/ann_00.wav and dog/zed_00.wav are the same file "
-                                           r"under two classes \(cat and dog\)"):
+    with pytest.raises(
+        DatasetError,
+        match=r"cat/ann_00.wav and dog/zed_00.wav are the same file "
+        r"under two classes \(cat and dog\)",
+    ):
         load(sounds, tmp_path)
 
 
@@ -221,8 +225,12 @@ def test_every_structural_problem_in_one_pass(sounds, tmp_path):
         load(sounds, tmp_path)
     lines = str(e.value).splitlines()
     assert lines[0] == "4 problems in the dataset; fix them (`datasets check` lists every finding):"
-    for text in ("bat: class folder holds no audio files", "zed_00.wav: symbolic link points outside",
-                 "dog/again: symbolic link loop", "cat/bob_00.wav and owl/bob_09.wav are the same file"):
+    for text in (
+        "bat: class folder holds no audio files",
+        "zed_00.wav: symbolic link points outside",
+        "dog/again: symbolic link loop",
+        "cat/bob_00.wav and owl/bob_09.wav are the same file",
+    ):
         assert sum(text in line for line in lines[1:]) == 1, text
     problems = []
     ds = load(sounds, tmp_path, problems=problems)  # with a list: the manifest of the rest

@@ -1,5 +1,6 @@
 """Front ends against references computed independently in numpy (librosa's formulas, written out
 here; matplotlib's mlab.specgram), their shapes, the resize step, the bank's key, and validation."""
+
 import ast
 from dataclasses import fields, replace
 from pathlib import Path
@@ -12,8 +13,7 @@ import torch
 from bench.features.bank import bank as features_mod
 from bench.core.config import AudioConfig, ConfigError, FeatureConfig, RunConfig, merge, validate
 from bench.features.bank import FeatureError, check_features, feature_bank, max_mels
-from bench.features.frontends import (FRONTENDS, ResizeToImage, create_frontend, frontend_shape, list_frontends,
-                             uses_mel)
+from bench.features.frontends import FRONTENDS, ResizeToImage, create_frontend, frontend_shape, list_frontends, uses_mel
 from bench.drivers.prepare import check_config
 from bench.drivers.tune import check_space
 
@@ -38,6 +38,7 @@ def run(name: str, x: np.ndarray, feat: FeatureConfig, audio=AUDIO, dtype=torch.
 
 
 # ---- numpy references: librosa's formulas (filters.mel, stft, power_to_db) written out --------
+
 
 def hz_to_mel(f, scale):
     f = np.asarray(f, dtype=np.float64)
@@ -73,11 +74,10 @@ def mel_power_ref(x: np.ndarray, sr, feat: FeatureConfig) -> np.ndarray:
     """Centred STFT (reflect padding), periodic Hann window, |X|^2, Mel filters: [..., n_mels, frames]."""
     pad = feat.n_fft // 2
     xp = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
-    frames = np.lib.stride_tricks.sliding_window_view(xp, feat.n_fft, axis=-1)[..., ::feat.hop_length, :]
+    frames = np.lib.stride_tricks.sliding_window_view(xp, feat.n_fft, axis=-1)[..., :: feat.hop_length, :]
     window = 0.5 - 0.5 * np.cos(2 * np.pi * np.arange(feat.n_fft) / feat.n_fft)
     power = np.abs(np.fft.rfft(frames * window, axis=-1)) ** 2  # [..., frames, bins]
-    fb = mel_filters(sr, feat.n_fft, feat.n_mels, feat.f_min, feat.f_max or sr / 2, feat.mel_scale,
-                     feat.mel_norm)
+    fb = mel_filters(sr, feat.n_fft, feat.n_mels, feat.f_min, feat.f_max or sr / 2, feat.mel_scale, feat.mel_norm)
     return np.einsum("mb,...tb->...mt", fb, power)
 
 
@@ -92,9 +92,11 @@ def power_to_db_ref_max(S: np.ndarray, top_db: float, amin=1e-10) -> np.ndarray:
 # differ from the float64 formula by ~1e-5 relative, i.e. ~5e-5 dB
 DB_TOL = 1e-3
 
-MEL_CASES = [FeatureConfig(n_mels=32, n_fft=256, hop_length=128),
-             FeatureConfig(n_mels=40, n_fft=512, hop_length=100, f_min=50.0, f_max=3500.0, top_db=60.0),
-             FeatureConfig(n_mels=64, n_fft=256, hop_length=64, mel_scale="slaney", mel_norm="slaney")]
+MEL_CASES = [
+    FeatureConfig(n_mels=32, n_fft=256, hop_length=128),
+    FeatureConfig(n_mels=40, n_fft=512, hop_length=100, f_min=50.0, f_max=3500.0, top_db=60.0),
+    FeatureConfig(n_mels=64, n_fft=256, hop_length=64, mel_scale="slaney", mel_norm="slaney"),
+]
 
 
 @pytest.mark.parametrize("feat", MEL_CASES)
@@ -126,11 +128,13 @@ def test_logmel_is_absolute_db_floored_below_each_clips_peak(feat):
 def test_logmel_is_todays_transform_unchanged():
     """The default front end is exactly the torchaudio pipeline foldbench always used."""
     import torchaudio.transforms as T
+
     feat = FeatureConfig(n_mels=32, n_fft=256, hop_length=128)
     assert feat.frontend == "logmel" and feat.mel_scale == "htk" and feat.mel_norm is None and feat.image_size is None
-    old = torch.nn.Sequential(T.MelSpectrogram(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32,
-                                               f_min=0.0, f_max=None, power=2.0),
-                              T.AmplitudeToDB(stype="power", top_db=80.0))
+    old = torch.nn.Sequential(
+        T.MelSpectrogram(sample_rate=8000, n_fft=256, hop_length=128, n_mels=32, f_min=0.0, f_max=None, power=2.0),
+        T.AmplitudeToDB(stype="power", top_db=80.0),
+    )
     x = torch.from_numpy(signal()).float()
     assert torch.equal(create_frontend("logmel", AUDIO, feat)(x), old(x))
 
@@ -147,9 +151,11 @@ def test_linear_db_matches_matplotlib_specgram(n_fft, hop, samples):
     out64, out32 = (run("linear_db", x, feat, audio, dtype) for dtype in (torch.float64, torch.float32))
     floored = run("linear_db", x, replace(feat, top_db=80.0), audio)
     for b in range(x.shape[0]):
-        specs = [mlab.specgram(x[b, c], NFFT=n_fft, Fs=AUDIO.sample_rate, noverlap=n_fft - hop, mode="psd")
-                 for c in range(x.shape[1])]
-        for c, (spec, freqs, t) in enumerate(specs):
+        specs = [
+            mlab.specgram(x[b, c], NFFT=n_fft, Fs=AUDIO.sample_rate, noverlap=n_fft - hop, mode="psd")
+            for c in range(x.shape[1])
+        ]
+        for c, (spec, _freqs, t) in enumerate(specs):
             assert out64[b, c].shape == spec.shape == (n_fft // 2 + 1, len(t))
             np.testing.assert_allclose(10 ** (out64[b, c] / 10), spec, rtol=1e-4)
             np.testing.assert_allclose(out64[b, c], 10 * np.log10(spec), rtol=1e-4)
@@ -169,6 +175,7 @@ def test_silence_is_finite_in_every_front_end():
 
 # ---- the resize-to-image step ----------------------------------------------------------------
 
+
 def test_resize_follows_half_pixel_bilinear_and_keeps_constants():
     # align_corners=False: output pixel centres at (i + 0.5) / 2 - 0.5 of the input, edges clamped
     two = torch.tensor([[1.0, 2.0], [3.0, 4.0]])[None, None]
@@ -181,10 +188,15 @@ def test_resize_follows_half_pixel_bilinear_and_keeps_constants():
 
 
 @pytest.mark.parametrize("name", sorted(FRONTENDS))
-@pytest.mark.parametrize("feat", [FeatureConfig(n_mels=32, n_fft=256, hop_length=128),
-                                  FeatureConfig(n_mels=16, n_fft=512, hop_length=100),
-                                  FeatureConfig(n_mels=64, n_fft=256, hop_length=64, image_size=64),
-                                  FeatureConfig(n_mels=24, n_fft=1024, hop_length=1000, image_size=8)])
+@pytest.mark.parametrize(
+    "feat",
+    [
+        FeatureConfig(n_mels=32, n_fft=256, hop_length=128),
+        FeatureConfig(n_mels=16, n_fft=512, hop_length=100),
+        FeatureConfig(n_mels=64, n_fft=256, hop_length=64, image_size=64),
+        FeatureConfig(n_mels=24, n_fft=1024, hop_length=1000, image_size=8),
+    ],
+)
 @pytest.mark.parametrize("channels", [1, 2])
 def test_output_shapes(name, feat, channels):
     audio, feat = replace(AUDIO, channels=channels), replace(feat, frontend=name)
@@ -209,6 +221,7 @@ def test_resized_logmel_max_is_the_resized_map():
 
 # ---- registry, bank key, checks ----------------------------------------------------------------
 
+
 def test_registry_lists_the_front_ends_and_is_a_leaf_module():
     assert list_frontends() == ["linear_db", "logmel", "logmel_max"]
     assert uses_mel("logmel") and uses_mel("logmel_max") and not uses_mel("linear_db")
@@ -232,8 +245,18 @@ class FakeWaves:
         return self.data[start:stop]
 
 
-OTHER_VALUE = {"n_mels": 16, "n_fft": 512, "hop_length": 64, "f_min": 100.0, "f_max": 3000.0, "top_db": 20.0,
-               "frontend": "logmel_max", "mel_scale": "slaney", "mel_norm": "slaney", "image_size": 24}
+OTHER_VALUE = {
+    "n_mels": 16,
+    "n_fft": 512,
+    "hop_length": 64,
+    "f_min": 100.0,
+    "f_max": 3000.0,
+    "top_db": 20.0,
+    "frontend": "logmel_max",
+    "mel_scale": "slaney",
+    "mel_norm": "slaney",
+    "image_size": 24,
+}
 
 
 def test_bank_is_rebuilt_when_any_feature_field_differs(monkeypatch):
@@ -253,8 +276,10 @@ def test_bank_is_rebuilt_when_any_feature_field_differs(monkeypatch):
         assert bank.shape != first.shape or not torch.equal(bank, first), name
         built.pop()
     linear = replace(base, frontend="linear_db")
-    assert torch.equal(feature_bank(waves, AUDIO, linear, torch.device("cpu"), progress=False),
-                       torch.from_numpy(run("linear_db", waves.data, linear, dtype=torch.float32)))
+    assert torch.equal(
+        feature_bank(waves, AUDIO, linear, torch.device("cpu"), progress=False),
+        torch.from_numpy(run("linear_db", waves.data, linear, dtype=torch.float32)),
+    )
 
 
 def test_check_features_per_front_end():
@@ -284,8 +309,15 @@ def test_check_features_per_front_end():
         check_features(AUDIO, FeatureConfig(frontend="mfcc"))
 
 
-@pytest.mark.parametrize("key,value", [("features.mel_scale", "mel"), ("features.mel_norm", "area"),
-                                       ("features.image_size", 4), ("features.image_size", 2000)])
+@pytest.mark.parametrize(
+    "key,value",
+    [
+        ("features.mel_scale", "mel"),
+        ("features.mel_norm", "area"),
+        ("features.image_size", 4),
+        ("features.image_size", 2000),
+    ],
+)
 def test_validation_refuses_bad_values_in_one_line(key, value):
     with pytest.raises(ConfigError) as e:
         validate(merge(RunConfig(), {key: value}))
@@ -293,15 +325,26 @@ def test_validation_refuses_bad_values_in_one_line(key, value):
 
 
 def test_new_fields_from_the_command_line_and_an_unknown_front_end():
-    cfg = validate(merge(RunConfig(), {"features.mel_norm": "slaney", "features.mel_scale": "slaney",
-                                       "features.image_size": "64", "features.frontend": "logmel_max"}))
+    cfg = validate(
+        merge(
+            RunConfig(),
+            {
+                "features.mel_norm": "slaney",
+                "features.mel_scale": "slaney",
+                "features.image_size": "64",
+                "features.frontend": "logmel_max",
+            },
+        )
+    )
     assert (cfg.features.mel_norm, cfg.features.image_size) == ("slaney", 64)
     cfg = validate(merge(cfg, {"features.mel_norm": "none", "features.image_size": "none"}))
     assert cfg.features.mel_norm is None and cfg.features.image_size is None
     with pytest.raises(ConfigError) as e:
         check_config(merge(RunConfig(), {"features.frontend": "mfcc", "train.device": "cpu"}))
-    assert str(e.value) == ("features.frontend='mfcc': unknown front end; known: linear_db, logmel, "
-                            "logmel_max; fix it with --set features.frontend=<name>")
+    assert str(e.value) == (
+        "features.frontend='mfcc': unknown front end; known: linear_db, logmel, "
+        "logmel_max; fix it with --set features.frontend=<name>"
+    )
 
 
 def test_tune_space_searches_front_ends_and_checks_mel_bands_only_for_mel_ones():

@@ -1,6 +1,7 @@
 """No import cycles: the module-level imports between the project's modules form no loop, and the
 modules that once did (`bench.data.datasets` <-> `bench.data.folder_datasets`, `protocols` <-> its protocol
 modules) import first in a fresh interpreter."""
+
 import ast
 import subprocess
 import sys
@@ -47,8 +48,10 @@ def import_graph() -> dict[str, set[str]]:
                 continue
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1]
-                                + ([node.module] if node.module else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1]
+                    + ([node.module] if node.module else [])
+                )
             deps.add(base)
             deps |= {f"{base}.{a.name}" for a in node.names}
         graph[name] = {d for d in deps if d in mods and d != name}
@@ -63,7 +66,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for dep in sorted(graph[node]):
             if state.get(dep) == "open":
-                return path[path.index(dep):] + [dep]
+                return path[path.index(dep) :] + [dep]
             if dep not in state and (cycle := visit(dep)):
                 return cycle
         state[node] = "done"
@@ -78,7 +81,10 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
 
 def test_the_graph_sees_imports():
     graph = import_graph()
-    assert "bench.data.manifest" in graph["bench.data.folder_datasets"] and "bench.data.groups" in graph["bench.data.datasets"]
+    assert (
+        "bench.data.manifest" in graph["bench.data.folder_datasets"]
+        and "bench.data.groups" in graph["bench.data.datasets"]
+    )
     assert "protocols.base" in graph["protocols.holdout"]
     assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
 
@@ -111,14 +117,23 @@ def test_one_error_base_class_and_a_leaf_errors_module():
     from pathlib import Path
 
     from bench.core.errors import FoldbenchError
+
     src = Path(__file__).resolve().parents[1] / "bench" / "core" / "errors.py"
     imports = [n for n in ast.walk(ast.parse(src.read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))]
     assert imports == []
-    for module, name in [("bench.data.audio", "BadAudio"), ("bench.data.cache", "CacheError"),
-                         ("bench.core.config", "ConfigError"), ("bench.data.manifest", "DatasetError"),
-                         ("bench.features.frontends", "FeatureError"), ("protocols.base", "ProtocolError"),
-                         ("bench.core.runfolder", "RunFolderError"), ("bench.train.fit", "TrainingError"),
-                         ("bench.tracking.tracker", "TrackingError"), ("reports.compare", "CompareError"),
-                         ("bench.scale.ray_engine", "EngineError"), ("bench.models.registry", "ModelError")]:
+    for module, name in [
+        ("bench.data.audio", "BadAudio"),
+        ("bench.data.cache", "CacheError"),
+        ("bench.core.config", "ConfigError"),
+        ("bench.data.manifest", "DatasetError"),
+        ("bench.features.frontends", "FeatureError"),
+        ("protocols.base", "ProtocolError"),
+        ("bench.core.runfolder", "RunFolderError"),
+        ("bench.train.fit", "TrainingError"),
+        ("bench.tracking.tracker", "TrackingError"),
+        ("reports.compare", "CompareError"),
+        ("bench.scale.ray_engine", "EngineError"),
+        ("bench.models.registry", "ModelError"),
+    ]:
         cls = getattr(importlib.import_module(module), name)
         assert issubclass(cls, FoldbenchError) and cls.exit_status == 2, name

@@ -7,6 +7,7 @@ is open) or right after split K's DONE is written (`done:K`). The test kills the
 SIGKILL. Every call to `fit_split` is appended to a per-process log, so the tests count which splits
 each process trained. The wrapper changes nothing else.
 """
+
 from __future__ import annotations
 
 import json
@@ -88,6 +89,7 @@ sys.exit(cli.main(sys.argv[1:]))
 
 # ---- helpers ----
 
+
 @pytest.fixture(scope="module")
 def shared_cache(tmp_path_factory) -> Path:
     """One waveform cache for every process of this module (built once, by the reference run)."""
@@ -98,10 +100,15 @@ def shared_cache(tmp_path_factory) -> Path:
 def reference(tiny_us8k_master, shared_cache, tmp_path_factory) -> dict:
     """scores.json of an uninterrupted run of the config every process here uses."""
     import torch
+
     threads = torch.get_num_threads()
     tmp = tmp_path_factory.mktemp("reference")
-    cfg = fast_config(tmp, tiny_us8k_master, name="reference",
-                      **{"train.epochs": EPOCHS, "train.threads": 1, "cache_dir": str(shared_cache)})
+    cfg = fast_config(
+        tmp,
+        tiny_us8k_master,
+        name="reference",
+        **{"train.epochs": EPOCHS, "train.threads": 1, "cache_dir": str(shared_cache)},
+    )
     try:
         result = run_cv(cfg, progress=False)
     finally:
@@ -124,8 +131,24 @@ def procs():
 
 
 def kfold_args(tmp_path, root, cache, name, *extra, tracking: str | None = None) -> list[str]:
-    args = ["kfold", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
-            "--cache-dir", str(cache), "--name", name, "--epochs", str(EPOCHS), "--threads", "1", "--quiet"]
+    args = [
+        "kfold",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(cache),
+        "--name",
+        name,
+        "--epochs",
+        str(EPOCHS),
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     for key, value in FAST.items():
         if key not in ("tracking.mlflow", "train.epochs"):
             args += ["--set", f"{key}={value}"]
@@ -135,10 +158,15 @@ def kfold_args(tmp_path, root, cache, name, *extra, tracking: str | None = None)
 
 def start(procs, tmp_path, args, tag, **env) -> subprocess.Popen:
     """Start WRAPPER with `args`; FB_LOG is tmp_path/<tag>.log, hold marks are tmp_path/held-<pid>."""
-    full_env = {**os.environ, "FB_LOG": str(tmp_path / f"{tag}.log"),
-                "FB_HOLD_MARK": str(tmp_path / "held-"), **env}
-    p = subprocess.Popen([sys.executable, "-c", WRAPPER, *args], cwd=REPO, env=full_env,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    full_env = {**os.environ, "FB_LOG": str(tmp_path / f"{tag}.log"), "FB_HOLD_MARK": str(tmp_path / "held-"), **env}
+    p = subprocess.Popen(
+        [sys.executable, "-c", WRAPPER, *args],
+        cwd=REPO,
+        env=full_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     procs.append(p)
     return p
 
@@ -211,8 +239,10 @@ def assert_complete_and_equal(run: Path, reference: dict) -> None:
 
 # ---- kill -9 ----
 
-def test_kill_during_a_split_resumes_to_the_uninterrupted_scores(tiny_us8k_master, shared_cache, reference,
-                                                                tmp_path, procs):
+
+def test_kill_during_a_split_resumes_to_the_uninterrupted_scores(
+    tiny_us8k_master, shared_cache, reference, tmp_path, procs
+):
     args = kfold_args(tmp_path, tiny_us8k_master, shared_cache, "k")
     run = tmp_path / "runs" / "k"
     first = start(procs, tmp_path, args, "first", FB_HOLD="epoch:2")
@@ -231,8 +261,7 @@ def test_kill_during_a_split_resumes_to_the_uninterrupted_scores(tiny_us8k_maste
     assert_complete_and_equal(run, reference)
 
 
-def test_kill_right_after_a_done_skips_that_split_on_resume(tiny_us8k_master, shared_cache, reference,
-                                                            tmp_path, procs):
+def test_kill_right_after_a_done_skips_that_split_on_resume(tiny_us8k_master, shared_cache, reference, tmp_path, procs):
     args = kfold_args(tmp_path, tiny_us8k_master, shared_cache, "d")
     run = tmp_path / "runs" / "d"
     first = start(procs, tmp_path, args, "first", FB_HOLD="done:3")
@@ -251,6 +280,7 @@ def test_kill_right_after_a_done_skips_that_split_on_resume(tiny_us8k_master, sh
 
 
 # ---- races ----
+
 
 def release_barrier(tmp_path, barrier: Path, ps: list[subprocess.Popen]) -> None:
     """Open the start barrier once every process waits at it."""
@@ -293,19 +323,29 @@ def test_two_resumes_of_one_killed_run_at_once(tiny_us8k_master, shared_cache, r
     # Both resumes are held in split 5's training (if they get that far) until one of them exits, so
     # the loser meets a live winner, however the two are scheduled.
     barrier, release = tmp_path / "go", tmp_path / "release"
-    pair = [start(procs, tmp_path, [*args, "--resume"], "resume", FB_BARRIER=str(barrier), FB_HOLD="epoch:5",
-                  FB_RELEASE=str(release)) for _ in range(2)]
+    pair = [
+        start(
+            procs,
+            tmp_path,
+            [*args, "--resume"],
+            "resume",
+            FB_BARRIER=str(barrier),
+            FB_HOLD="epoch:5",
+            FB_RELEASE=str(release),
+        )
+        for _ in range(2)
+    ]
     release_barrier(tmp_path, barrier, pair)
-    wait_until(lambda: any(p.poll() is not None for p in pair) or len(held(tmp_path)) == 2,
-               what="one resume to exit")
+    wait_until(lambda: any(p.poll() is not None for p in pair) or len(held(tmp_path)) == 2, what="one resume to exit")
     assert len(held(tmp_path)) < 2, "both resumes are training the remaining splits"
     (loser,) = [p for p in pair if p.poll() is not None]
     (winner,) = [p for p in pair if p is not loser]
     code, _, err = finish(loser)
     assert code == 2
     line = only_error_line(err)
-    assert line == (f"error: {run} is in use by another foldbench process; wait for it to finish or pick "
-                    f"another --name")
+    assert line == (
+        f"error: {run} is in use by another foldbench process; wait for it to finish or pick another --name"
+    )
     release.touch()
     code, out, err = finish(winner)
     assert code == 0, err[-3000:]
@@ -315,11 +355,14 @@ def test_two_resumes_of_one_killed_run_at_once(tiny_us8k_master, shared_cache, r
 
 # ---- MLflow ----
 
-def test_mlflow_after_kills_has_no_running_run_and_one_child_per_split(tiny_us8k_master, shared_cache,
-                                                                       reference, tmp_path, procs):
-    """Killed during split 2 (its run is replaced when the split is retrained), then a resume killed right after split 4's
-    DONE (skipped later, so only the cleanup on resume can close its run); a last resume finishes."""
+
+def test_mlflow_after_kills_has_no_running_run_and_one_child_per_split(
+    tiny_us8k_master, shared_cache, reference, tmp_path, procs
+):
+    """Killed during split 2 (its run is replaced when the split is retrained), then a resume killed right
+    after split 4's DONE (skipped later, so only the cleanup on resume can close its run); a last resume finishes."""
     from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = kfold_args(tmp_path, tiny_us8k_master, shared_cache, "ml", tracking=uri)
     run = tmp_path / "runs" / "ml"
@@ -368,6 +411,7 @@ def test_sigterm_ends_a_run_like_ctrl_c(tiny_us8k_master, shared_cache, tmp_path
     """`kill` (SIGTERM, what schedulers send) is an interruption: exit 130, finished splits kept,
     no MLflow run left RUNNING; --resume then finishes to the uninterrupted scores."""
     from mlflow.tracking import MlflowClient
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     args = kfold_args(tmp_path, tiny_us8k_master, shared_cache, "term", tracking=uri)
     p = start(procs, tmp_path, args, "first", FB_HOLD="epoch:3")

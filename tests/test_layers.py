@@ -1,5 +1,6 @@
 """The layers contract (pyproject.toml's [tool.importlinter], docs/architecture.md): a lower layer never
 imports a higher one. It holds on the tree, and it is not vacuous: one upward import breaks it."""
+
 import shutil
 import subprocess
 import sys
@@ -10,8 +11,14 @@ LINT = Path(sys.executable).parent / "lint-imports"
 
 
 def lint(tree: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(LINT), "--no-cache"], cwd=tree, capture_output=True, text=True, timeout=300,
-                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tree)})
+    return subprocess.run(
+        [str(LINT), "--no-cache"],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(tree)},
+    )
 
 
 def copy_tree(dest: Path) -> Path:

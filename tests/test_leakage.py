@@ -1,5 +1,6 @@
 """Leakage, measured by the harness itself: `--protocol random` against the honest group-aware folds,
 set side by side by `compare` (tests/test_compare.py covers compare itself)."""
+
 import json
 
 import pandas as pd
@@ -21,13 +22,20 @@ def signed(tmp_path_factory):
     each speaker (a1_..., b4_...) leaves a strong recording signature on all of its clips."""
     root = tmp_path_factory.mktemp("leak") / "sounds"
     for cls in ("a", "b"):  # one call per class: both use synthesizer 0
-        write_folder_dataset(root, {cls: [f"{cls}{s}_{j:02d}" for s in range(SPEAKERS) for j in range(CLIPS)]},
-                             seed=1, sr=8000, duration=0.5, signature=1.0)
+        write_folder_dataset(
+            root,
+            {cls: [f"{cls}{s}_{j:02d}" for s in range(SPEAKERS) for j in range(CLIPS)]},
+            seed=1,
+            sr=8000,
+            duration=0.5,
+            signature=1.0,
+        )
     return root
 
 
 class TagSpy(Tracker):
     """MLflow off, but the tags of the job's parent run (the one tagged with the dataset) are kept."""
+
     tags: list = []
 
     def start(self, name, params=None, tags=None, parent=None, run_id=None):
@@ -38,9 +46,29 @@ class TagSpy(Tracker):
 
 def kfold(tmp_path, root, name, *extra):
     sets = [f"--set={k}={v}" for k, v in FAST.items() if k != "tracking.mlflow"]
-    return main(["kfold", "--dataset", "folder", "--root", str(root), "--folds", "5", "--epochs", "12",
-                 "--no-mlflow", "--quiet", "--name", name, "--runs-dir", str(tmp_path / "runs"),
-                 "--cache-dir", str(tmp_path / "cache"), *sets, *extra])
+    return main(
+        [
+            "kfold",
+            "--dataset",
+            "folder",
+            "--root",
+            str(root),
+            "--folds",
+            "5",
+            "--epochs",
+            "12",
+            "--no-mlflow",
+            "--quiet",
+            "--name",
+            name,
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+            *sets,
+            *extra,
+        ]
+    )
 
 
 def test_random_protocol_scores_higher_than_honest_folds(signed, tmp_path, capsys, monkeypatch):

@@ -1,5 +1,6 @@
 """UrbanSound8K metadata checked up front, every problem naming its CSV row (header = row 1):
 classID <-> class one to one, one row per file, folds 1..10; all problems found in one pass."""
+
 import json
 
 import pandas as pd
@@ -33,14 +34,28 @@ def refused(root, tmp_path) -> str:
 
 
 def kfold(root, tmp_path, capsys):
-    code = main(["kfold", "--dataset", "us8k", "--root", str(root), "--no-mlflow", "--quiet",
-                 "--runs-dir", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "kfold",
+            "--dataset",
+            "us8k",
+            "--root",
+            str(root),
+            "--no-mlflow",
+            "--quiet",
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     return code, capsys.readouterr().err
 
 
 def test_class_id_with_two_class_names_is_refused_before_anything(tiny_us8k, tmp_path, capsys):
     def change(meta):
         meta.loc[7, "class"] = meta.loc[meta["classID"] == 2, "class"].iloc[0]  # row 9: class of id 2
+
     meta = edit(tiny_us8k, change)
     cid, name = meta.loc[7, "classID"], meta.loc[7, "class"]
     assert cid != 2
@@ -57,6 +72,7 @@ def test_class_with_two_class_ids_is_refused(tiny_us8k, tmp_path):
         meta["classID"] = meta["classID"].astype(object)
         meta.loc[meta["class"] == "car_horn", "classID"] = 1
         meta.loc[20, "class"], meta.loc[20, "classID"] = "car_horn", 3  # a new id for car_horn
+
     edit(tiny_us8k, change)
     msg = refused(tiny_us8k, tmp_path)
     assert "row 22: classID 3 with class 'car_horn', but 'car_horn' is classID 1 in row" in msg
@@ -65,12 +81,14 @@ def test_class_with_two_class_ids_is_refused(tiny_us8k, tmp_path):
 def test_two_rows_for_one_file_name_both_rows(tiny_us8k, tmp_path, capsys):
     def change(meta):
         meta.loc[len(meta)] = meta.loc[4]  # row 6 again, as the last row
+
     meta = edit(tiny_us8k, change)
     last = len(meta) + 1
     clip = f"fold{meta.loc[4, 'fold']}/{meta.loc[4, 'slice_file_name']}"
     msg = refused(tiny_us8k, tmp_path)
-    assert msg.endswith(f"row {last}: {clip} is also row 6: one file reached from two metadata rows; "
-                        f"remove one of them")
+    assert msg.endswith(
+        f"row {last}: {clip} is also row 6: one file reached from two metadata rows; remove one of them"
+    )
     code, err = kfold(tiny_us8k, tmp_path, capsys)
     assert code == 2 and f"row {last}: {clip} is also row 6" in err and not (tmp_path / "runs").exists()
 
@@ -79,19 +97,26 @@ def test_path_that_reaches_the_same_file_another_way_is_one_file(tiny_us8k, tmp_
     def change(meta):
         meta.loc[9, "slice_file_name"] = f"../fold{meta.loc[3, 'fold']}/{meta.loc[3, 'slice_file_name']}"
         meta.loc[9, "fold"] = meta.loc[3, "fold"]
+
     edit(tiny_us8k, change)
     assert "row 11: " in refused(tiny_us8k, tmp_path) and "is also row 5" in refused(tiny_us8k, tmp_path)
 
 
-@pytest.mark.parametrize("value, reason", [(0, "fold 0 is not one of the folds 1..10"),
-                                           (11, "fold 11 is not one of the folds 1..10"),
-                                           (1.5, "fold 1.5 is not one of the folds 1..10"),
-                                           ("x", "fold x is not one of the folds 1..10"),
-                                           (None, "no fold; fill it in or remove the row")])
+@pytest.mark.parametrize(
+    "value, reason",
+    [
+        (0, "fold 0 is not one of the folds 1..10"),
+        (11, "fold 11 is not one of the folds 1..10"),
+        (1.5, "fold 1.5 is not one of the folds 1..10"),
+        ("x", "fold x is not one of the folds 1..10"),
+        (None, "no fold; fill it in or remove the row"),
+    ],
+)
 def test_fold_values_kfold_refuses_name_their_row(tiny_us8k, tmp_path, value, reason):
     def change(meta):
         meta["fold"] = meta["fold"].astype(object)
         meta.loc[12, "fold"] = value
+
     edit(tiny_us8k, change)
     assert refused(tiny_us8k, tmp_path).startswith(f"{meta_csv(tiny_us8k)} row 14: {reason}")
 
@@ -116,12 +141,16 @@ def test_every_problem_in_one_pass(tiny_us8k, tmp_path):
         for i in range(0, 24, 2):  # 12 rows with a bad fold
             meta.loc[i, "fold"] = 0
         meta.loc[len(meta)] = meta.loc[5]  # and one duplicate row
+
     meta = edit(tiny_us8k, change)
     msg = refused(tiny_us8k, tmp_path)
     lines = msg.splitlines()
     assert lines[0].startswith("13 problems in the dataset; fix them")
-    assert lines[1].strip().endswith("row 2: fold 0 is not one of the folds 1..10 that the predefined "
-                                     "protocol requires; fix it")
+    assert (
+        lines[1]
+        .strip()
+        .endswith("row 2: fold 0 is not one of the folds 1..10 that the predefined protocol requires; fix it")
+    )
     assert lines[-1].strip() == "... and 3 more" and len(lines) == 12
     # With a list: every problem, and the manifest of the rest.
     problems = []
@@ -132,18 +161,42 @@ def test_every_problem_in_one_pass(tiny_us8k, tmp_path):
 
 def test_check_is_not_ready_on_fold_values_kfold_refuses(tiny_us8k, tmp_path, capsys):
     """Before: the row's file (audio/fold0/...) was quarantined as missing and check said ready."""
+
     def change(meta):
         meta.loc[30, "fold"] = 0
         meta.loc[31, "class"] = "siren"  # classID 1 or 2 with another name
+
     meta = edit(tiny_us8k, change)
-    code = main(["datasets", "check", "--dataset", "us8k", "--root", str(tiny_us8k), "--quiet",
-                 "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "datasets",
+            "check",
+            "--dataset",
+            "us8k",
+            "--root",
+            str(tiny_us8k),
+            "--quiet",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "ready for kfold" not in out and "would be refused or wrong" in out
     assert "ERROR    structure" in out and "row 32: fold 0 is not one of the folds" in out
     assert f"row 33: classID {meta.loc[31, 'classID']} with class 'siren'" in out
-    code = main(["datasets", "check", "--dataset", "us8k", "--root", str(tiny_us8k), "--json",
-                 "--cache-dir", str(tmp_path / "cache")])
+    code = main(
+        [
+            "datasets",
+            "check",
+            "--dataset",
+            "us8k",
+            "--root",
+            str(tiny_us8k),
+            "--json",
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
     report = json.loads(capsys.readouterr().out)
     assert code == 1 and report["ok"] is False and report["n_clips"] == len(meta) - 2
     assert [f["check"] for f in report["findings"] if f["level"] == "error"] == ["structure", "structure"]

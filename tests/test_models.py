@@ -1,6 +1,7 @@
 """Models: every registered model trains (forward + backward) on each front end's feature shape;
 parameters travel from the config (YAML, --set) to the model and to MLflow's names; unknown ones
 are refused up front; tutorial_cnn is the model it always was."""
+
 import pytest
 import torch
 from torch import nn
@@ -12,8 +13,13 @@ from bench.train.fit import setup_training
 
 # One clip's feature shape per front end: log-mel 64 bands x 4 s at 22.05 kHz / hop 512, 128 bands
 # x 4 s at 44.1 kHz, a linear spectrogram (n_fft 2048) of 1 s, a 64 x 64 image, stereo log-mel.
-SHAPES = {"log-mel": (1, 64, 87), "log-mel-128": (1, 128, 173), "linear": (1, 1025, 40),
-          "image": (1, 64, 64), "stereo": (2, 64, 87)}
+SHAPES = {
+    "log-mel": (1, 64, 87),
+    "log-mel-128": (1, 128, 173),
+    "linear": (1, 1025, 40),
+    "image": (1, 64, 64),
+    "stereo": (2, 64, 87),
+}
 
 
 def cases() -> list:
@@ -59,8 +65,7 @@ def test_tutorial_cnn_is_unchanged():
     x = torch.randn(3, 2, 64, 87, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         out = model(x)[0, :4]
-    expected = torch.tensor([0.3427269458770752, -0.0355672612786293, -0.2135206013917923,
-                             -0.5006930232048035])
+    expected = torch.tensor([0.3427269458770752, -0.0355672612786293, -0.2135206013917923, -0.5006930232048035])
     torch.testing.assert_close(out, expected, rtol=1e-4, atol=1e-5)
     assert model_params("tutorial_cnn") == {}
 
@@ -100,12 +105,15 @@ def test_vit_has_the_tutorial_size_by_parameters():
     assert not torch.equal(small.blocks[0].linear1.weight, small.blocks[1].linear1.weight)
 
 
-@pytest.mark.parametrize("shape,params,match", [
-    ((1, 64, 87), {}, "needs 64x64 features, got 64x87"),
-    ((1, 64, 64), {"image_size": 32}, "needs 32x32 features, got 64x64"),
-    ((1, 60, 60), {"image_size": 60}, "patch_size must divide image_size"),
-    ((1, 64, 64), {"width": 100, "heads": 3}, "heads must divide width"),
-])
+@pytest.mark.parametrize(
+    "shape,params,match",
+    [
+        ((1, 64, 87), {}, "needs 64x64 features, got 64x87"),
+        ((1, 64, 64), {"image_size": 32}, "needs 32x32 features, got 64x64"),
+        ((1, 60, 60), {"image_size": 60}, "patch_size must divide image_size"),
+        ((1, 64, 64), {"width": 100, "heads": 3}, "heads must divide width"),
+    ],
+)
 def test_vit_refuses_inputs_and_sizes_it_cannot_take(shape, params, match):
     with pytest.raises(ModelError, match=match):
         create_model("vit", shape, 10, **params)
@@ -117,8 +125,7 @@ def test_inputs_too_small_for_a_flattening_model_are_a_clear_error():
 
 
 def test_a_set_parameter_reaches_the_model_and_mlflow_names():
-    cfg = merge(RunConfig(), parse_overrides(["model.name=strong", "model.params.width=8",
-                                              "model.params.depth=2"]))
+    cfg = merge(RunConfig(), parse_overrides(["model.name=strong", "model.params.width=8", "model.params.depth=2"]))
     assert cfg.model.params == {"width": 8, "depth": 2}  # read as YAML: ints
     flat = flatten(cfg)
     assert flat["model.params.width"] == 8 and flat["model.params.depth"] == 2
@@ -136,6 +143,7 @@ def test_params_from_yaml_and_back(tmp_path):
     cfg = load_yaml(path)
     assert cfg.model.name == "vit" and cfg.model.params == {"depth": 6, "image_size": 32}
     from bench.core.config import dump_yaml
+
     path.write_text(dump_yaml(cfg))
     assert load_yaml(path).model.params == {"depth": 6, "image_size": 32}
     assert merge(cfg, {"model.params": {}}).model.params == {}  # an empty mapping clears

@@ -1,5 +1,6 @@
 """nested: fold k is never read while selecting for outer split k (spy + NaN poison), the run
 folder and MLflow layout, the non-nested estimate beside it, resume per outer split, refusals."""
+
 from __future__ import annotations
 
 import json
@@ -18,8 +19,13 @@ from bench.drivers.prepare import Prepared, prepare
 from bench.core.runfolder import RunFolderError
 from bench.drivers.tune import TuneConfig, load_space
 from tests.conftest import fast_config
-from tests.test_kill_and_races import (finish, kill_held, procs, start, trained,  # noqa: F401 (procs: fixture)
-                                       wait_until)
+from tests.test_kill_and_races import (
+    finish,
+    kill_held,
+    start,
+    trained,  # noqa: F401 (procs: fixture)
+    wait_until,
+)
 from tests.test_tune import SPACE, TINY, tune_args, write_space
 
 TUNE = TuneConfig(trials=3, prune_startup=5)  # no pruning: every trial trains every inner split
@@ -178,11 +184,14 @@ def test_nested_resume_trains_only_the_unfinished_outer_split(nested_run, tiny_u
     assert cli.main(nested_args(nested_run, tiny_us8k_master, "--resume", "--trials", "3")) == 2
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--protocol", "stratified", "--folds", "3"], "folds leave"),
-    (["--inner-splits", "10"], "--inner-splits 10"),
-    (["--val", "none"], "--val next"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--protocol", "stratified", "--folds", "3"], "folds leave"),
+        (["--inner-splits", "10"], "--inner-splits 10"),
+        (["--val", "none"], "--val next"),
+    ],
+)
 def test_nested_refuses_before_writing(tmp_path, tiny_us8k, capsys, extra, message):
     assert cli.main(nested_args(tmp_path, tiny_us8k, *extra)) == 2
     err = capsys.readouterr().err
@@ -190,8 +199,7 @@ def test_nested_refuses_before_writing(tmp_path, tiny_us8k, capsys, extra, messa
     assert not (tmp_path / "runs" / "n1").exists()
 
 
-def test_nested_killed_in_an_outer_split_resumes_without_losing_finished_work(tmp_path, tiny_us8k_master,
-                                                                               procs):
+def test_nested_killed_in_an_outer_split_resumes_without_losing_finished_work(tmp_path, tiny_us8k_master, procs):
     """SIGKILL while outer split 2 trains (its inner study finished): the resume trains outer split 2
     again and nothing else of the nested part: not outer split 1, not a trial of either study."""
     args = nested_args(tmp_path, tiny_us8k_master)
@@ -215,13 +223,13 @@ def test_nested_killed_in_an_outer_split_resumes_without_losing_finished_work(tm
 
 def test_kfold_and_nested_do_not_resume_each_other(nested_run, tiny_us8k_master, tmp_path, capsys):
     kfold = [a for a in nested_args(nested_run, tiny_us8k_master) if a not in ("--inner-splits", "1")]
-    kfold = kfold[:kfold.index("--space")] + kfold[kfold.index("--space") + 2:]
+    kfold = kfold[: kfold.index("--space")] + kfold[kfold.index("--space") + 2 :]
     kfold[0] = "kfold"
     kfold = [a for i, a in enumerate(kfold) if not (a == "--trials" or (i and kfold[i - 1] == "--trials"))]
     assert cli.main([*kfold, "--resume"]) == 2
     assert "a nested run" in capsys.readouterr().err
     # a finished kfold run is not continued as a nested one
-    plain = [*kfold[:kfold.index("--name")], "--name", "k1", "--splits", "1", "--no-mlflow"]
+    plain = [*kfold[: kfold.index("--name")], "--name", "k1", "--splits", "1", "--no-mlflow"]
     assert cli.main(plain) == 0
     args = nested_args(nested_run, tiny_us8k_master)
     args[args.index("n1")] = "k1"
@@ -235,12 +243,15 @@ def test_nested_refuses_repeats(tmp_path, tiny_us8k, capsys):
     assert not (tmp_path / "runs" / "n1").exists()
 
 
-@pytest.mark.parametrize("extra, message", [
-    (["--trials", "0"], "--trials 0"),
-    (["--prune-startup", "-1"], "--prune-startup -1"),
-    (["--prune-warmup", "-1"], "--prune-warmup -1"),
-    (["--sampler-seed", "-1"], "--sampler-seed -1"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--trials", "0"], "--trials 0"),
+        (["--prune-startup", "-1"], "--prune-startup -1"),
+        (["--prune-warmup", "-1"], "--prune-warmup -1"),
+        (["--sampler-seed", "-1"], "--sampler-seed -1"),
+    ],
+)
 def test_bad_search_options_are_refused_before_writing(tmp_path, tiny_us8k, capsys, extra, message):
     """Before: --trials 0 failed after the folder and three MLflow runs existed, pointing at a
     report.md it then deleted; a negative --prune-startup / --sampler-seed was a traceback (exit 1);
@@ -251,8 +262,7 @@ def test_bad_search_options_are_refused_before_writing(tmp_path, tiny_us8k, caps
     assert not (tmp_path / "runs" / "n1").exists()
 
 
-def test_interrupt_in_the_first_outer_split_keeps_its_study(tmp_path, tiny_us8k_master, monkeypatch,
-                                                            capsys):
+def test_interrupt_in_the_first_outer_split_keeps_its_study(tmp_path, tiny_us8k_master, monkeypatch, capsys):
     """Ctrl-C / SIGTERM while outer split 1's study runs (no outer split DONE yet): the run folder
     and the study's finished trial stay, and --resume selects from --trials counted trials (the
     interrupted one does not count). Before, the whole folder was removed ("no run at ...")."""
@@ -272,13 +282,15 @@ def test_interrupt_in_the_first_outer_split_keeps_its_study(tmp_path, tiny_us8k_
     monkeypatch.setattr(cv_mod, "fit_split", real_fit)
     assert cli.main([*args, "--resume"]) == 0, capsys.readouterr().err
     trials = optuna.load_study(study_name="n1-outer-1", storage=f"sqlite:///{db}").get_trials()
-    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL,
-                                         optuna.trial.TrialState.COMPLETE]
+    assert [t.state for t in trials] == [
+        optuna.trial.TrialState.COMPLETE,
+        optuna.trial.TrialState.FAIL,
+        optuna.trial.TrialState.COMPLETE,
+    ]
     assert trials[1].user_attrs["reason"] == "interrupted"
 
 
-def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(nested_run,
-                                                                              tiny_us8k_master, capsys):
+def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(nested_run, tiny_us8k_master, capsys):
     """search.json is the last invocation's record, not vouched for by any DONE: edited to match
     other settings, it must not let a resume mix outer splits selected with other budgets."""
     run = nested_run / "runs" / "n1"
@@ -303,6 +315,7 @@ def test_resume_checks_the_search_settings_each_outer_split_was_selected_with(ne
 def test_kfold_resume_without_a_name_skips_nested_runs(nested_run, tmp_path):
     """(Before: `!= "n1"`, which None passed too.) A copy of the nested run's record, then a kfold run's."""
     from bench.core.runfolder import latest_run
+
     runs = tmp_path / "runs"
     (runs / "n1").mkdir(parents=True)
     for name in ("config.yaml", "search.json"):
@@ -318,6 +331,7 @@ def test_kfold_resume_without_a_name_skips_nested_runs(nested_run, tmp_path):
 def inner_sequence(run: Path, study: str, k) -> list[tuple[dict, float]]:
     """The counted trials of outer split k's study (or the non-nested one), in order: (params, value)."""
     from bench.drivers.study import counts
+
     folder = run / "inner" / str(k) if k else run / "non-nested"
     trials = optuna.load_study(study_name=study, storage=f"sqlite:///{folder / 'study.db'}").get_trials()
     return [(t.params, t.value) for t in trials if counts(t)]
@@ -327,11 +341,13 @@ def assert_same_nested(run: Path, reference: Path) -> None:
     """Split for split: the settings chosen, the inner value, the predictions; every study's counted
     trials (settings and values, in order); the estimates."""
     import pandas as pd
+
     for k in (1, 2):
         got, ref = (json.loads((r / "splits" / str(k) / "split.json").read_text()) for r in (run, reference))
         assert (got["chosen"], got["inner_val_acc_mean"]) == (ref["chosen"], ref["inner_val_acc_mean"])
-        pd.testing.assert_frame_equal(*(pd.read_csv(r / "splits" / str(k) / "predictions.csv")
-                                        for r in (run, reference)))
+        pd.testing.assert_frame_equal(
+            *(pd.read_csv(r / "splits" / str(k) / "predictions.csv") for r in (run, reference))
+        )
         assert inner_sequence(run, f"n1-outer-{k}", k) == inner_sequence(reference, f"n1-outer-{k}", k)
     assert inner_sequence(run, "n1-non-nested", None) == inner_sequence(reference, "n1-non-nested", None)
     got, ref = (json.loads((r / "nested.json").read_text()) for r in (run, reference))
@@ -347,8 +363,7 @@ def threads_one_run(tmp_path_factory, tiny_us8k_master):
 
 
 @pytest.mark.parametrize("hold", ["done:1", "epoch:1"])
-def test_ctrl_c_then_resume_equals_the_uninterrupted_run(threads_one_run, tiny_us8k_master, tmp_path, procs,
-                                                         hold):
+def test_ctrl_c_then_resume_equals_the_uninterrupted_run(threads_one_run, tiny_us8k_master, tmp_path, procs, hold):
     """SIGINT (Ctrl-C) in outer split 1's first inner trial: after its inner split was DONE (its work
     finished, not yet told to Optuna: it counts with its value) or mid-training (it is retried with
     the same settings). Before, the finished trial was failed and not retried: the sampler drew

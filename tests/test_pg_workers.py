@@ -11,6 +11,7 @@ PostgreSQL: FOLDBENCH_TEST_PG names a database of a role that may create databas
 one on loopback: postgresql://foldbench:foldbench@127.0.0.1:5432/foldbench); each test creates its
 own databases beside it and drops them after. Skipped without it.
 """
+
 from __future__ import annotations
 
 import os
@@ -59,17 +60,21 @@ def _pg_reason() -> str | None:
         return "FOLDBENCH_TEST_PG is unset (.ci/run starts PostgreSQL and sets it)"
     try:
         import sqlalchemy as sa
+
         with sa.create_engine(storage_url(PG)).connect() as con:
             con.execute(sa.text("SELECT 1"))
     except Exception as e:
-        return f"PostgreSQL at FOLDBENCH_TEST_PG cannot be reached: {type(e).__name__}: " \
-               f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        return (
+            f"PostgreSQL at FOLDBENCH_TEST_PG cannot be reached: {type(e).__name__}: "
+            f"{str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+        )
     return None
 
 
 def _create_database() -> tuple[str, str]:
     """(name, URL) of a fresh, uniquely named PostgreSQL database beside FOLDBENCH_TEST_PG's."""
     import sqlalchemy as sa
+
     name = f"foldbench_test_{uuid.uuid4().hex[:12]}"
     admin = sa.create_engine(storage_url(PG), isolation_level="AUTOCOMMIT")
     with admin.connect() as con:
@@ -80,6 +85,7 @@ def _create_database() -> tuple[str, str]:
 
 def _drop_database(name: str) -> None:
     import sqlalchemy as sa
+
     admin = sa.create_engine(storage_url(PG), isolation_level="AUTOCOMMIT")
     with admin.connect() as con:
         con.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
@@ -120,11 +126,28 @@ def mlflow_server(tmp_path_factory):
     log = open(folder / "server.log", "w")
     started = time.monotonic()
     server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", storage_url(url),
-         "--artifacts-destination", str(folder / "artifacts"), "--host", "127.0.0.1",
-         "--port", str(port), "--workers", "1"],
-        cwd=folder, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"})
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--backend-store-uri",
+            storage_url(url),
+            "--artifacts-destination",
+            str(folder / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        cwd=folder,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         end = time.monotonic() + DEADLINE
@@ -136,8 +159,9 @@ def mlflow_server(tmp_path_factory):
             except OSError:
                 pass
             if server.poll() is not None:
-                pytest.fail(f"mlflow server exited ({server.returncode}):\n"
-                            f"{(folder / 'server.log').read_text()[-3000:]}")
+                pytest.fail(
+                    f"mlflow server exited ({server.returncode}):\n{(folder / 'server.log').read_text()[-3000:]}"
+                )
             assert time.monotonic() < end, "timed out waiting for the mlflow server's /health"
             time.sleep(0.2)
         print(f"\nmlflow server answered /health after {time.monotonic() - started:.1f} s", file=sys.stderr)
@@ -155,12 +179,32 @@ def mlflow_server(tmp_path_factory):
         _drop_database(name)
 
 
-def worker_args(tmp: Path, root: Path, storage: str, tracking: str | None = None,
-                *extra: str) -> list[str]:
-    args = ["tune", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp / "runs"),
-            "--cache-dir", str(tmp / "cache"), "--space", write_space(tmp / "space.yaml", SPACE),
-            "--splits", "1", "--trials", str(TRIALS), "--study", "shared", "--storage", storage,
-            "--threads", "1", "--quiet", *extra]
+def worker_args(tmp: Path, root: Path, storage: str, tracking: str | None = None, *extra: str) -> list[str]:
+    args = [
+        "tune",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--space",
+        write_space(tmp / "space.yaml", SPACE),
+        "--splits",
+        "1",
+        "--trials",
+        str(TRIALS),
+        "--study",
+        "shared",
+        "--storage",
+        storage,
+        "--threads",
+        "1",
+        "--quiet",
+        *extra,
+    ]
     args += ["--tracking-uri", tracking, "--experiment", tmp.name] if tracking else ["--no-mlflow"]
     for key, value in {**TINY, "train.epochs": 1}.items():
         if key != "tracking.mlflow":
@@ -172,9 +216,17 @@ def start_workers(tmp: Path, args: list[str], n: int = 2, envs: list[dict] | Non
     """`n` tune workers released together (a barrier file made once all wait at it)."""
     barrier = tmp / "go"
     envs = envs or [{}] * n
-    procs = [subprocess.Popen([sys.executable, "-c", WRAPPER, *args], cwd=REPO,
-                              env={**os.environ, "FB_BARRIER": str(barrier), **env}, text=True,
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for env in envs]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", WRAPPER, *args],
+            cwd=REPO,
+            env={**os.environ, "FB_BARRIER": str(barrier), **env},
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+        for env in envs
+    ]
     try:
         end = time.monotonic() + DEADLINE
         while not all(Path(f"{barrier}.ready.{p.pid}").exists() for p in procs):
@@ -222,8 +274,7 @@ def check_shared_study(results, storage: str) -> list[optuna.trial.FrozenTrial]:
     counted = [t for t in trials if counts(t)]
     assert len(counted) == TRIALS, [(t.number, t.state.name, t.user_attrs.get("reason")) for t in trials]
     # each worker's own count and the study's total; the own counts add up to the total
-    lines = [next(line for line in out.splitlines() if "trial(s) added by this run" in line)
-             for _, out, _ in results]
+    lines = [next(line for line in out.splitlines() if "trial(s) added by this run" in line) for _, out, _ in results]
     assert all(f"{TRIALS} of {TRIALS} in the study" in line for line in lines), lines
     assert sum(int(line.split(": ")[1].split()[0]) for line in lines) == TRIALS, lines
     return trials
@@ -235,6 +286,7 @@ def check_mlflow(tracking: str, experiment: str, trials: list[optuna.trial.Froze
     trial number -> its run."""
     from mlflow.entities import ViewType
     from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=tracking)
     exp = client.get_experiment_by_name(experiment)
     every = client.search_runs([exp.experiment_id], run_view_type=ViewType.ALL, max_results=10000)
@@ -251,7 +303,8 @@ def check_mlflow(tracking: str, experiment: str, trials: list[optuna.trial.Froze
 
 @pytest.mark.parametrize("n", [2, 4])
 def test_workers_on_a_fresh_postgresql_database_stop_at_exactly_trials_one_mlflow_run_each(
-        n, tiny_us8k_master, tmp_path, pg_database, mlflow_server):
+    n, tiny_us8k_master, tmp_path, pg_database, mlflow_server
+):
     results = run_workers(tmp_path, tiny_us8k_master, pg_database, n, tracking=mlflow_server)
     trials = check_shared_study(results, pg_database)
     trial_runs = check_mlflow(mlflow_server, tmp_path.name, trials)
@@ -265,7 +318,8 @@ def test_workers_on_one_sqlite_file_and_a_fresh_mlflow_db_stop_at_exactly_trials
 
 
 def test_a_worker_killed_mid_trial_does_not_stop_the_other_and_its_trial_is_retried(
-        tiny_us8k_master, tmp_path, pg_database, mlflow_server):
+    tiny_us8k_master, tmp_path, pg_database, mlflow_server
+):
     held = tmp_path / "held"
     args = worker_args(tmp_path, tiny_us8k_master, pg_database, mlflow_server, "--heartbeat", "2")
     killed, other = procs = start_workers(tmp_path, args, 2, envs=[{"FB_HOLD": str(held)}, {}])
@@ -278,7 +332,7 @@ def test_a_worker_killed_mid_trial_does_not_stop_the_other_and_its_trial_is_retr
         killed.send_signal(signal.SIGKILL)
         killed.wait(timeout=60)
         assert killed.returncode == -signal.SIGKILL
-        (rc, out, err), = finish([other])
+        ((rc, out, err),) = finish([other])
     finally:
         stop(procs)
     assert rc == 0, f"the other worker failed ({rc}):\n{out}\n{err[-3000:]}"

@@ -1,5 +1,6 @@
 """Kept split models and `predict`: model.pt reproduces the split's saved predictions, the ensemble is
 the mean of the split models, tampered or missing models are refused, bad files are named."""
+
 import hashlib
 import json
 import shutil
@@ -23,9 +24,18 @@ def run(tiny_us8k_master, tmp_path_factory):
     """A kfold run of three splits of the tiny UrbanSound8K, MLflow on (a SQLite store)."""
     tmp = tmp_path_factory.mktemp("predict")
     threads = torch.get_num_threads()
-    cfg = fast_config(tmp, tiny_us8k_master, name="kept", splits=SPLITS,
-                      **{"tracking.mlflow": True, "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-                         "tracking.experiment": "predict", "train.threads": 1})
+    cfg = fast_config(
+        tmp,
+        tiny_us8k_master,
+        name="kept",
+        splits=SPLITS,
+        **{
+            "tracking.mlflow": True,
+            "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+            "tracking.experiment": "predict",
+            "train.threads": 1,
+        },
+    )
     try:
         result = run_cv(cfg, progress=False)
     finally:
@@ -71,7 +81,7 @@ def test_split_model_reproduces_the_saved_predictions(run, k, tmp_path, capsys):
     assert predict("--run", run_dir, *files, "--split", k, "--out", out, "--threads", 1) == 0
     assert f"split {k}'s model" in capsys.readouterr().out
     got = pd.read_csv(out)
-    classes = [c[len("prob_"):] for c in saved.columns if c.startswith("prob_")]
+    classes = [c[len("prob_") :] for c in saved.columns if c.startswith("prob_")]
     assert got["path"].tolist() == files
     assert got["predicted"].tolist() == [classes[i] for i in saved["pred"]]
     assert list(got.columns[2:]) == [f"prob_{c}" for c in classes]
@@ -87,6 +97,7 @@ def test_default_is_the_ensemble_mean_of_the_split_models(run, tmp_path, capsys,
         per_split.append(probs(pd.read_csv(tmp_path / f"{k}.csv")))
     capsys.readouterr()
     import bench.train.predict as predict_mod
+
     featurised = []  # the splits share one feature config: the files are featurised once, not per model
     real_maps = predict_mod.frontend_maps
     monkeypatch.setattr(predict_mod, "frontend_maps", lambda *a, **kw: featurised.append(a[1]) or real_maps(*a, **kw))
@@ -98,7 +109,7 @@ def test_default_is_the_ensemble_mean_of_the_split_models(run, tmp_path, capsys,
     np.testing.assert_allclose(probs(got), mean, rtol=0, atol=1.01e-6)
     assert not np.allclose(per_split[0], per_split[1], atol=1e-3)  # the models differ: a real mean
     clear = np.sort(mean, axis=1)[:, -1] - np.sort(mean, axis=1)[:, -2] > 1e-5
-    classes = [c[len("prob_"):] for c in got.columns if c.startswith("prob_")]
+    classes = [c[len("prob_") :] for c in got.columns if c.startswith("prob_")]
     assert (got["predicted"][clear] == [classes[i] for i in mean.argmax(axis=1)[clear]]).all()
 
 
@@ -129,6 +140,7 @@ def test_the_ensemble_of_an_unfinished_run_says_which_splits_it_lacks(run, tmp_p
 
 def test_a_file_longer_than_the_runs_clips_is_noted(run, tmp_path, capsys):
     import soundfile as sf
+
     run_dir, _ = run
     files, _ = clips_of(run_dir, 1)
     long = tmp_path / "long.wav"  # 3 s; the run's clips are 1 s: its start alone is classified
@@ -243,19 +255,22 @@ def test_tune_trials_keep_no_model(tiny_us8k_master, tmp_path):
 def test_each_split_run_lists_its_model_in_mlflow(run, tmp_path):
     import mlflow
     from mlflow.entities import LoggedModelStatus
+
     run_dir, uri = run
     client = mlflow.tracking.MlflowClient(uri)
     exp = client.get_experiment_by_name("predict")
-    children = [r for r in client.search_runs([exp.experiment_id])
-                if r.data.tags.get("mlflow.parentRunId")]
+    children = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("mlflow.parentRunId")]
     assert sorted(int(r.data.tags["split"]) for r in children) == SPLITS
     for r in children:
         outputs = r.outputs.model_outputs
         assert len(outputs) == 1
         model = client.get_logged_model(outputs[0].model_id)
         assert model.source_run_id == r.info.run_id and model.status == LoggedModelStatus.READY
-        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=f"{model.artifact_location}/model.pt",
-                                                         dst_path=str(tmp_path / r.info.run_id)))
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"{model.artifact_location}/model.pt", dst_path=str(tmp_path / r.info.run_id)
+            )
+        )
         assert local.read_bytes() == (run_dir / "splits" / r.data.tags["split"] / "model.pt").read_bytes()
 
 
@@ -272,14 +287,20 @@ def test_a_500_khz_clip_trains_and_is_predicted(tiny_us8k, tmp_path, capsys):
     """500 kHz -> 22,050 Hz has no small torchaudio kernel: kfold used to quarantine the clip
     ('cannot decode: AttributeError') and predict to end in a traceback."""
     import soundfile as sf
+
     meta = pd.read_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv")
     row = meta[(meta["fold"] == 1) & meta["slice_file_name"].str.endswith(".wav")].iloc[0]
     bat = tiny_us8k / "audio" / "fold1" / row["slice_file_name"]
     t = np.arange(250_000) / 500_000
     tone = (0.3 * np.sin(2 * np.pi * 3000 * t) * np.sin(2 * np.pi * 7 * t)).astype(np.float32)
     sf.write(bat, tone, 500_000, subtype="PCM_16")
-    cfg = fast_config(tmp_path, tiny_us8k, name="bat", splits=[1],
-                      **{"audio.sample_rate": 22050, "audio.duration": 0.5, "train.epochs": 1})
+    cfg = fast_config(
+        tmp_path,
+        tiny_us8k,
+        name="bat",
+        splits=[1],
+        **{"audio.sample_rate": 22050, "audio.duration": 0.5, "train.epochs": 1},
+    )
     result = run_cv(cfg, progress=False)
     assert result.quarantine.empty
     clips, saved = clips_of(result.run_dir, 1)

@@ -1,12 +1,22 @@
 """Fold plans: the predefined protocol on UrbanSound8K-layout data, the split scheme, the invariants."""
+
 import numpy as np
 import pandas as pd
 import pytest
 
 from bench.core.config import DatasetConfig
 from bench.data.datasets import create_dataset
-from protocols import (PROTOCOLS, Protocol, ProtocolError, Split, create_protocol, list_protocols,
-                       make_splits, plan_splits, register_protocol)
+from protocols import (
+    PROTOCOLS,
+    Protocol,
+    ProtocolError,
+    Split,
+    create_protocol,
+    list_protocols,
+    make_splits,
+    plan_splits,
+    register_protocol,
+)
 from protocols.checks import check_plan
 
 
@@ -111,6 +121,7 @@ def test_splits_come_from_the_protocol():
 
         def splits(self, folds, val="next"):
             return [Split(1, 1, None, np.array([], int), np.array([], int), np.arange(len(folds)))]
+
     try:
         assert len(plan_splits(create_protocol("test-everything-tested-in-one"), folds)) == 1
         with pytest.raises(TypeError, match="must subclass protocols.Protocol"):

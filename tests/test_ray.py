@@ -2,6 +2,7 @@
 per-fold scores and predictions of the in-process run of the same config and seed; a Ray worker
 killed with SIGKILL mid-split is retried and the run still matches; a resumed run trains only the
 splits without verified outputs; without Ray, one line and exit 2."""
+
 from __future__ import annotations
 
 import contextlib
@@ -29,9 +30,24 @@ DEADLINE = 240  # seconds; a bound for waits on a shared 2-core machine, not a t
 
 
 def kfold_args(tmp_path: Path, root: Path, name: str, epochs: int, *extra: str) -> list[str]:
-    args = ["kfold", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
-            "--cache-dir", str(tmp_path / "cache"), "--name", name, "--epochs", str(epochs),
-            "--threads", "1", "--quiet"]
+    args = [
+        "kfold",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--name",
+        name,
+        "--epochs",
+        str(epochs),
+        "--threads",
+        "1",
+        "--quiet",
+    ]
     for key, value in FAST.items():
         if key not in ("tracking.mlflow", "train.epochs"):
             args += ["--set", f"{key}={value}"]
@@ -49,13 +65,15 @@ def assert_same_run(run: Path, ref: Path) -> None:
     assert RunFolder(run).done() == list(range(1, 11))
     assert [k for k in range(1, 11) if RunFolder(run).problem(k) is not None] == []
     for k in range(1, 11):
-        pd.testing.assert_frame_equal(pd.read_csv(run / f"splits/{k}/predictions.csv"),
-                                      pd.read_csv(ref / f"splits/{k}/predictions.csv"))
+        pd.testing.assert_frame_equal(
+            pd.read_csv(run / f"splits/{k}/predictions.csv"), pd.read_csv(ref / f"splits/{k}/predictions.csv")
+        )
         a, b = (json.loads((r / f"splits/{k}/split.json").read_text()) for r in (run, ref))
         a.pop("fit_seconds"), b.pop("fit_seconds")
         assert a == b
-        pd.testing.assert_frame_equal(pd.read_csv(run / f"splits/{k}/history.csv"),
-                                      pd.read_csv(ref / f"splits/{k}/history.csv"))
+        pd.testing.assert_frame_equal(
+            pd.read_csv(run / f"splits/{k}/history.csv"), pd.read_csv(ref / f"splits/{k}/history.csv")
+        )
     scores, ref_scores = (json.loads((r / "scores.json").read_text()) for r in (run, ref))
     assert scores["per_fold"] == ref_scores["per_fold"]
     assert scores["acc_mean"] == ref_scores["acc_mean"]
@@ -65,8 +83,22 @@ def assert_same_run(run: Path, ref: Path) -> None:
 def test_ray_kfold_equals_the_in_process_run_and_mirrors_to_mlflow(tiny_us8k_master, tmp_path, capsys):
     ref = reference(tmp_path, tiny_us8k_master, epochs=3)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    code = cli.main(kfold_args(tmp_path, tiny_us8k_master, "ray", 3, "--executor", "ray", "--split-cpus", "1",
-                               "--tracking-uri", uri, "--experiment", "ray"))
+    code = cli.main(
+        kfold_args(
+            tmp_path,
+            tiny_us8k_master,
+            "ray",
+            3,
+            "--executor",
+            "ray",
+            "--split-cpus",
+            "1",
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "ray",
+        )
+    )
     assert code == 0, capsys.readouterr().err
     assert not ray.is_initialized()  # the Ray it started is shut down
     assert "ray: 10 split job(s), 1 CPU(s) each" in capsys.readouterr().err
@@ -75,6 +107,7 @@ def test_ray_kfold_equals_the_in_process_run_and_mirrors_to_mlflow(tiny_us8k_mas
     assert attempt["threads"] == "torch threads: 1 in each Ray task (1 CPU(s) each)"  # what trained
 
     from mlflow import MlflowClient
+
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("ray")
     runs = client.search_runs([exp.experiment_id])
@@ -109,8 +142,10 @@ def test_ray_keeps_the_signal_handlers_foldbench_set(monkeypatch):
 def local_ray():
     """One local Ray (loopback, 2 CPUs) for the rest of this module; foldbench uses it as it is."""
     import logging
-    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             logging_level=logging.ERROR)
+
+    ray.init(
+        address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", logging_level=logging.ERROR
+    )
     yield
     ray.shutdown()
 
@@ -128,8 +163,9 @@ def task_workers() -> dict[int, float]:
     return found
 
 
-def test_a_ray_worker_killed_mid_split_is_retried_and_the_run_still_matches(tiny_us8k_master, tmp_path,
-                                                                           local_ray, capsys):
+def test_a_ray_worker_killed_mid_split_is_retried_and_the_run_still_matches(
+    tiny_us8k_master, tmp_path, local_ray, capsys
+):
     epochs = 60  # long enough that a split is still training when its worker is killed
     ref = reference(tmp_path, tiny_us8k_master, epochs)
     killed: list[int] = []
@@ -160,8 +196,7 @@ def test_a_ray_worker_killed_mid_split_is_retried_and_the_run_still_matches(tiny
     assert_same_run(tmp_path / "runs/killed", ref)
 
 
-def test_resume_on_ray_trains_only_the_splits_without_verified_outputs(tiny_us8k_master, tmp_path, local_ray,
-                                                                       capsys):
+def test_resume_on_ray_trains_only_the_splits_without_verified_outputs(tiny_us8k_master, tmp_path, local_ray, capsys):
     ref = reference(tmp_path, tiny_us8k_master, epochs=3)
     args = kfold_args(tmp_path, tiny_us8k_master, "resumed", 3, "--no-mlflow")
     assert cli.main(args) == 0  # in process
@@ -170,8 +205,22 @@ def test_resume_on_ray_trains_only_the_splits_without_verified_outputs(tiny_us8k
         (run / f"splits/{k}/DONE").unlink()
     before = {k: (run / f"splits/{k}/DONE").stat().st_ino for k in (1, 2, 4, 6, 8, 9, 10)}
     capsys.readouterr()
-    assert cli.main(["kfold", "--resume", "--name", "resumed", "--runs-dir", str(tmp_path / "runs"),
-                     "--executor", "ray", "--quiet"]) == 0, capsys.readouterr().err
+    assert (
+        cli.main(
+            [
+                "kfold",
+                "--resume",
+                "--name",
+                "resumed",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--executor",
+                "ray",
+                "--quiet",
+            ]
+        )
+        == 0
+    ), capsys.readouterr().err
     assert "ray: 3 split job(s)" in capsys.readouterr().err
     assert {k: (run / f"splits/{k}/DONE").stat().st_ino for k in before} == before  # never trained again
     assert_same_run(run, ref)
@@ -184,6 +233,7 @@ def test_an_error_raised_in_a_task_reaches_the_driver_as_itself(local_ray):
 
     def fails():  # a local function: shipped to the worker by value
         from bench.train.fit import TrainingError
+
         raise TrainingError("split 4: training loss became nan at epoch 2")
 
     ref = ray.remote(fails).options(max_retries=0).remote()
@@ -217,8 +267,7 @@ def test_executor_ray_without_ray_is_one_line_and_writes_nothing(tiny_us8k_maste
     assert not (tmp_path / "runs").exists()
 
 
-@pytest.mark.parametrize("flag", [["--split-cpus", "2"], ["--ray-address", "127.0.0.1:6379"],
-                                  ["--split-gpus", "0.5"]])
+@pytest.mark.parametrize("flag", [["--split-cpus", "2"], ["--ray-address", "127.0.0.1:6379"], ["--split-gpus", "0.5"]])
 def test_ray_options_without_executor_ray_are_refused(tiny_us8k_master, tmp_path, flag, capsys):
     assert cli.main(kfold_args(tmp_path, tiny_us8k_master, "x", 1, "--no-mlflow", *flag)) == 2
     assert "--executor ray" in capsys.readouterr().err
@@ -227,12 +276,35 @@ def test_ray_options_without_executor_ray_are_refused(tiny_us8k_master, tmp_path
 
 # ---- tune --workers N -----------------------------------------------------------------------------
 
+
 def tune_args(tmp_path: Path, root: Path, storage: str | None, trials: int, *extra: str) -> list[str]:
     from tests.test_tune import SPACE, TINY, write_space
-    args = ["tune", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
-            "--cache-dir", str(tmp_path / "cache"), "--space", write_space(tmp_path / "space.yaml", SPACE),
-            "--splits", "1", "--trials", str(trials), "--study", "shared", "--threads", "1", "--quiet",
-            "--no-mlflow", *(["--storage", storage] if storage else []), *extra]
+
+    args = [
+        "tune",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--space",
+        write_space(tmp_path / "space.yaml", SPACE),
+        "--splits",
+        "1",
+        "--trials",
+        str(trials),
+        "--study",
+        "shared",
+        "--threads",
+        "1",
+        "--quiet",
+        "--no-mlflow",
+        *(["--storage", storage] if storage else []),
+        *extra,
+    ]
     for key, value in {**TINY, "train.epochs": 1}.items():
         if key != "tracking.mlflow":
             args += ["--set", f"{key}={value}"]
@@ -243,6 +315,7 @@ def assert_exact_study(tmp_path: Path, storage: str | None, trials: int) -> None
     import optuna
 
     from bench.drivers.study import counts, storage_url
+
     url = storage_url(storage) if storage else f"sqlite:///{tmp_path / 'runs/tune-shared/study.db'}"
     study = optuna.load_study(study_name="shared", storage=url)
     all_trials = study.get_trials(deepcopy=False)
@@ -250,14 +323,13 @@ def assert_exact_study(tmp_path: Path, storage: str | None, trials: int) -> None
     assert len(numbers) == len(set(numbers))
     assert sum(counts(t) for t in all_trials) == trials
     tried = [t.params for t in all_trials if t.params]
-    assert all(a != b for i, a in enumerate(tried) for b in tried[i + 1:]), tried  # own sampler seeds
+    assert all(a != b for i, a in enumerate(tried) for b in tried[i + 1 :]), tried  # own sampler seeds
     assert not [t for t in all_trials if t.state == optuna.trial.TrialState.RUNNING]
     assert (tmp_path / "runs/tune-shared/trials.csv").exists() and (tmp_path / "runs/tune-shared/best.yaml").exists()
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])
-def test_tune_workers_on_ray_reach_exactly_the_target(tiny_us8k_master, tmp_path, local_ray, capsys, where,
-                                                      request):
+def test_tune_workers_on_ray_reach_exactly_the_target(tiny_us8k_master, tmp_path, local_ray, capsys, where, request):
     storage = request.getfixturevalue("pg_database") if where == "postgresql" else None
     code = cli.main(tune_args(tmp_path, tiny_us8k_master, storage, 5, "--workers", "2"))
     out, err = capsys.readouterr()
@@ -275,14 +347,14 @@ def test_tune_workers_refused_before_anything_is_written(tiny_us8k_master, tmp_p
     assert not (tmp_path / "runs").exists()
 
 
-def test_nested_with_ray_workers_runs_every_study_to_exactly_its_trials(tiny_us8k_master, tmp_path, local_ray,
-                                                                        capsys):
+def test_nested_with_ray_workers_runs_every_study_to_exactly_its_trials(tiny_us8k_master, tmp_path, local_ray, capsys):
     """nested --workers 2: each outer split's inner study (and the non-nested one) by two Optuna
     workers on Ray, exactly --trials each; no inner trial validated or tested on its outer fold."""
     import optuna
 
     from bench.drivers.study import counts
     from tests.test_nested import nested_args
+
     code = cli.main(nested_args(tmp_path, tiny_us8k_master, "--trials", "3", "--workers", "2"))
     assert code == 0, capsys.readouterr().err
     run = tmp_path / "runs/n1"
@@ -300,13 +372,17 @@ def test_nested_with_ray_workers_runs_every_study_to_exactly_its_trials(tiny_us8
     assert "ray: 2 Optuna worker(s)" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("flags, says", [
-    (["--executor", "ray", "--split-cpus", "3"], "the tasks would wait forever"),
-    (["--executor", "ray", "--split-gpus", "1"], "the tasks would wait forever"),
-    (["--executor", "ray", "--split-gpus", "1.5"], "a share of one GPU"),
-])
-def test_ray_tasks_no_node_can_hold_are_refused_before_anything_is_written(tiny_us8k_master, tmp_path, local_ray,
-                                                                         capsys, flags, says):
+@pytest.mark.parametrize(
+    "flags, says",
+    [
+        (["--executor", "ray", "--split-cpus", "3"], "the tasks would wait forever"),
+        (["--executor", "ray", "--split-gpus", "1"], "the tasks would wait forever"),
+        (["--executor", "ray", "--split-gpus", "1.5"], "a share of one GPU"),
+    ],
+)
+def test_ray_tasks_no_node_can_hold_are_refused_before_anything_is_written(
+    tiny_us8k_master, tmp_path, local_ray, capsys, flags, says
+):
     assert cli.main(kfold_args(tmp_path, tiny_us8k_master, "big", 1, "--no-mlflow", *flags)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert says in err[-1] and err[-1].startswith("error: "), err
@@ -315,19 +391,28 @@ def test_ray_tasks_no_node_can_hold_are_refused_before_anything_is_written(tiny_
 
 def test_a_ray_address_where_nothing_listens_is_one_line(tiny_us8k_master, tmp_path, capsys):
     import socket
+
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    args = kfold_args(tmp_path, tiny_us8k_master, "nowhere", 1, "--no-mlflow", "--executor", "ray",
-                      "--ray-address", f"127.0.0.1:{port}")
+    args = kfold_args(
+        tmp_path,
+        tiny_us8k_master,
+        "nowhere",
+        1,
+        "--no-mlflow",
+        "--executor",
+        "ray",
+        "--ray-address",
+        f"127.0.0.1:{port}",
+    )
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "nothing answers there" in err[0], err
     assert not (tmp_path / "runs").exists()
 
 
-def test_tune_workers_with_a_storage_that_refuses_leave_no_study_folder(tiny_us8k_master, tmp_path, local_ray,
-                                                                       capsys):
+def test_tune_workers_with_a_storage_that_refuses_leave_no_study_folder(tiny_us8k_master, tmp_path, local_ray, capsys):
     args = tune_args(tmp_path, tiny_us8k_master, "postgresql://nobody:x@127.0.0.1:1/db", 2, "--workers", "2")
     assert cli.main(args) == 2
     assert "--storage" in capsys.readouterr().err
@@ -345,12 +430,21 @@ def test_tune_workers_stopped_with_sigterm_record_their_trials_interrupted(tiny_
     from mlflow.entities import ViewType
 
     from bench.drivers.study import counts
+
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    args = [a for a in tune_args(tmp_path, tiny_us8k_master, None, 4, "--workers", "2", "--set",
-                                 "train.epochs=200") if a != "--no-mlflow"] + ["--tracking-uri", uri]
+    args = [
+        a
+        for a in tune_args(tmp_path, tiny_us8k_master, None, 4, "--workers", "2", "--set", "train.epochs=200")
+        if a != "--no-mlflow"
+    ] + ["--tracking-uri", uri]
     db = tmp_path / "runs/tune-shared/study.db"
-    p = subprocess.Popen([sys.executable, "cli.py", *args], cwd=Path(__file__).resolve().parents[1],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    p = subprocess.Popen(
+        [sys.executable, "cli.py", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         end = time.monotonic() + DEADLINE
         while True:  # until both workers are inside a trial (one may finish it before the signal lands)
@@ -359,8 +453,13 @@ def test_tune_workers_stopped_with_sigterm_record_their_trials_interrupted(tiny_
             if db.exists():
                 with contextlib.suppress(Exception):
                     study = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}")
-                    if sum(t.state == optuna.trial.TrialState.RUNNING and "mlflow_run" in t.user_attrs
-                           for t in study.get_trials(deepcopy=False)) == 2:
+                    if (
+                        sum(
+                            t.state == optuna.trial.TrialState.RUNNING and "mlflow_run" in t.user_attrs
+                            for t in study.get_trials(deepcopy=False)
+                        )
+                        == 2
+                    ):
                         break
             time.sleep(0.2)
         p.send_signal(signal.SIGTERM)
@@ -372,15 +471,21 @@ def test_tune_workers_stopped_with_sigterm_record_their_trials_interrupted(tiny_
     assert "interrupted with their workers (not counted)" in err
     trials = optuna.load_study(study_name="shared", storage=f"sqlite:///{db}").get_trials(deepcopy=False)
     stopped = [t for t in trials if t.user_attrs.get("reason") == "interrupted"]
-    assert stopped and all(t.state == optuna.trial.TrialState.FAIL and not counts(t) for t in stopped), \
-        [(t.number, t.state.name, t.user_attrs.get("reason"), t.user_attrs.get("owner")) for t in trials]
+    assert stopped and all(t.state == optuna.trial.TrialState.FAIL and not counts(t) for t in stopped), [
+        (t.number, t.state.name, t.user_attrs.get("reason"), t.user_attrs.get("owner")) for t in trials
+    ]
     assert not [t for t in trials if t.state == optuna.trial.TrialState.RUNNING]
     client = MlflowClient(uri)
     runs = client.search_runs([client.get_experiment_by_name("us8k").experiment_id], run_view_type=ViewType.ALL)
     assert not [r.info.run_name for r in runs if r.info.status == "RUNNING"]
     assert {r.info.status for r in runs if r.info.run_name == "tune-shared"} == {"KILLED"}
 
-    continued = subprocess.run([sys.executable, "cli.py", *args], cwd=Path(__file__).resolve().parents[1],
-                               capture_output=True, text=True, timeout=DEADLINE)
+    continued = subprocess.run(
+        [sys.executable, "cli.py", *args],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=DEADLINE,
+    )
     assert continued.returncode == 0, continued.stderr[-2000:]
     assert "4 of 4 in the study" in continued.stdout

@@ -2,6 +2,7 @@
 
 Plans are checked on manifests without audio; the run tests train a tiny model for one epoch.
 """
+
 import json
 import os
 from itertools import combinations
@@ -65,6 +66,7 @@ def assert_valid_repeat(plan, r, n_folds):
 
 # ---- plans ----
 
+
 def test_protocols_say_whether_they_can_be_reshuffled():
     assert PROTOCOLS["stratified"].reshufflable and PROTOCOLS["random"].reshufflable
     assert not PROTOCOLS["predefined"].reshufflable and not PROTOCOLS["gtzan-filtered"].reshufflable
@@ -120,6 +122,7 @@ def test_fixed_folds_are_kept_and_only_the_split_numbers_run_on():
 
 def test_fixed_lists_repeat_their_one_split():
     from torchaudio.datasets import gtzan as ta_gtzan
+
     genres = list(ta_gtzan.gtzan_genres)
     rows = [(f"{g}/{g}.{i:05d}.wav", k, g) for k, g in enumerate(genres) for i in range(100)]
     t = pd.DataFrame(rows, columns=["clip", "label", "class"]).assign(path=lambda d: d["clip"], group=None)
@@ -127,8 +130,10 @@ def test_fixed_lists_repeat_their_one_split():
     plan = plan_for(ds, **{"protocol.name": "gtzan-filtered", "protocol.repeats": 3})
     assert plan.repeats_vary == "seed" and len(plan.left_out) == 70
     assert [(s.index, s.repeat, s.test_fold) for s in plan.splits] == [(1, 1, 1), (2, 2, 1), (3, 3, 1)]
-    assert all(np.array_equal(s.test, plan.splits[0].test) and np.array_equal(s.train, plan.splits[0].train)
-               for s in plan.splits)
+    assert all(
+        np.array_equal(s.test, plan.splits[0].test) and np.array_equal(s.train, plan.splits[0].train)
+        for s in plan.splits
+    )
     assert plan.warnings == plan_for(ds, **{"protocol.name": "gtzan-filtered"}).warnings  # said once
 
 
@@ -149,6 +154,7 @@ def test_repeats_setting_is_checked_and_decides_results(tmp_path):
     assert "protocol.repeats" not in result_view(fast_config(tmp_path))  # as runs before repeats
     assert result_view(fast_config(tmp_path, **{"protocol.repeats": 3}))["protocol.repeats"] == 3
     from cli import build_config, main, make_parser
+
     args = make_parser().parse_args(["kfold", "--repeats", "3"])
     assert build_config(args).protocol.repeats == 3
     speed = make_parser().parse_args(["speed", "--repeats", "5"])  # speed's own rounds, not CV repeats
@@ -159,20 +165,28 @@ def test_repeats_setting_is_checked_and_decides_results(tmp_path):
 
 # ---- runs ----
 
+
 @pytest.fixture(scope="module")
 def sounds_master(tmp_path_factory):
     """<root>/<class>/<speaker>_NN.wav: 3 classes x 6 speakers x 2 clips, 0.25 s at 8 kHz."""
     root = tmp_path_factory.mktemp("folder") / "sounds"
-    spec = {c: [f"{s}_{j:02d}" for s in ("ann", "bob", "cy", "dee", "eve", "fay") for j in range(2)]
-            for c in ("cat", "dog", "owl")}
+    spec = {
+        c: [f"{s}_{j:02d}" for s in ("ann", "bob", "cy", "dee", "eve", "fay") for j in range(2)]
+        for c in ("cat", "dog", "owl")
+    }
     write_folder_dataset(root, spec, sr=8000, duration=0.25)
     return root
 
 
 def test_repeated_run_verifies_reports_and_resumes(sounds_master, tmp_path):
     from bench.drivers.kfold import run_cv
-    cfg = fast_config(tmp_path, sounds_master, name="rep", **{
-        "dataset.name": "folder", "protocol.folds": 3, "protocol.repeats": 2, "train.epochs": 1})
+
+    cfg = fast_config(
+        tmp_path,
+        sounds_master,
+        name="rep",
+        **{"dataset.name": "folder", "protocol.folds": 3, "protocol.repeats": 2, "train.epochs": 1},
+    )
     result = run_cv(cfg, progress=False)
     run, folder = result.run_dir, RunFolder(result.run_dir)
     assert folder.done() == folder.verified() == [1, 2, 3, 4, 5, 6]
@@ -187,8 +201,10 @@ def test_repeated_run_verifies_reports_and_resumes(sounds_master, tmp_path):
         info = folder.read_split_info(k)
         assert info["repeat"] == (1 if k <= 3 else 2) and info["train_seed"] == cfg.train.seed + k
     for r, column in ((1, "fold"), (2, "fold_2")):  # every clip tested once per repeat
-        tested = pd.concat(pd.read_csv(folder.split_dir(k) / "predictions.csv", dtype={"clip": str})
-                           for k in range(3 * r - 2, 3 * r + 1))
+        tested = pd.concat(
+            pd.read_csv(folder.split_dir(k) / "predictions.csv", dtype={"clip": str})
+            for k in range(3 * r - 2, 3 * r + 1)
+        )
         assert sorted(tested["clip"]) == sorted(folds["clip"])
         expected = folds.set_index("clip")[column].reindex(tested["clip"]).to_numpy()
         assert (tested["fold"].to_numpy() == expected).all()
@@ -217,8 +233,10 @@ def test_repeated_run_verifies_reports_and_resumes(sounds_master, tmp_path):
     pred.loc[0, "clip"] = other["clip"]
     pred.to_csv(pred_path, index=False)
     folder.seal(4)
-    with pytest.raises(RunFolderError, match="split 4 cannot be scored: predictions.csv holds 12 clips, "
-                                             "not the 12 of test fold 1 of repeat 2"):
+    with pytest.raises(
+        RunFolderError,
+        match="split 4 cannot be scored: predictions.csv holds 12 clips, not the 12 of test fold 1 of repeat 2",
+    ):
         folder.verified()
 
     # Resume: the tampered split is trained again, a split without DONE is trained, the rest are kept.
@@ -235,8 +253,10 @@ def test_repeated_run_verifies_reports_and_resumes(sounds_master, tmp_path):
 
 def test_predefined_folds_repeat_with_other_training_seeds(tiny_us8k_master, tmp_path):
     from bench.drivers.kfold import run_cv
-    cfg = fast_config(tmp_path, tiny_us8k_master, name="us8k-rep", **{
-        "protocol.repeats": 2, "train.epochs": 1, "splits": [1, 11]})  # fold 1 of each repeat
+
+    cfg = fast_config(
+        tmp_path, tiny_us8k_master, name="us8k-rep", **{"protocol.repeats": 2, "train.epochs": 1, "splits": [1, 11]}
+    )  # fold 1 of each repeat
     result = run_cv(cfg, progress=False)
     folder = RunFolder(result.run_dir)
     folds = pd.read_csv(result.run_dir / "folds.csv")
@@ -244,8 +264,7 @@ def test_predefined_folds_repeat_with_other_training_seeds(tiny_us8k_master, tmp
     one, eleven = folder.read_split_info(1), folder.read_split_info(11)
     assert (one["repeat"], eleven["repeat"]) == (1, 2) and one["test_fold"] == eleven["test_fold"] == 1
     assert one["train_seed"] != eleven["train_seed"]
-    p1, p11 = (pd.read_csv(folder.split_dir(k) / "predictions.csv").set_index("clip").sort_index()
-               for k in (1, 11))
+    p1, p11 = (pd.read_csv(folder.split_dir(k) / "predictions.csv").set_index("clip").sort_index() for k in (1, 11))
     assert p1.index.equals(p11.index)  # the same test clips
     probs = [c for c in p1.columns if c.startswith("prob_")]
     assert not np.allclose(p1[probs].to_numpy(), p11[probs].to_numpy())  # another training seed

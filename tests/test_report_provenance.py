@@ -1,5 +1,6 @@
 """Reports that say what was run: run.json, report.md/.html's first section, `cli.py report`,
 a one-split run without an interval, and the fold-scores plot's chance line and interval band."""
+
 from __future__ import annotations
 
 import base64
@@ -22,9 +23,27 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def flags(runs, cache, root, name="p"):
     sets = [f"--set={k}={v}" for k, v in FAST.items() if k != "tracking.mlflow"]
-    return ["--dataset", "us8k", "--root", str(root), "--runs-dir", str(runs), "--cache-dir", str(cache),
-            "--name", name, "--splits", "1", "--epochs", "2", "--threads", "1", "--no-mlflow", "--quiet",
-            *sets]
+    return [
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(runs),
+        "--cache-dir",
+        str(cache),
+        "--name",
+        name,
+        "--splits",
+        "1",
+        "--epochs",
+        "2",
+        "--threads",
+        "1",
+        "--no-mlflow",
+        "--quiet",
+        *sets,
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -65,11 +84,21 @@ def test_report_md_begins_with_what_was_run(one_split_run):
     plan = json.loads((run / "plan.json").read_text())
     head, _, rest = md.partition("## Result")
     assert head.startswith("# p\n\n## What was run") and rest
-    for text in (f"`{record['command']}`", f"`{record['code_version']}`", "took ",
-                 f"fingerprint `{plan['dataset_fingerprint']}`", "PredefinedFolds",
-                 "1 of 10 planned: 1 (`--splits`)", "| audio | sample_rate=8000",
-                 "n_mels=32", "n_fft=256", "| train | epochs=2", "batch_size=8", "| model | name=tutorial_cnn",
-                 "; torch threads: 1 (--threads"):
+    for text in (
+        f"`{record['command']}`",
+        f"`{record['code_version']}`",
+        "took ",
+        f"fingerprint `{plan['dataset_fingerprint']}`",
+        "PredefinedFolds",
+        "1 of 10 planned: 1 (`--splits`)",
+        "| audio | sample_rate=8000",
+        "n_mels=32",
+        "n_fft=256",
+        "| train | epochs=2",
+        "batch_size=8",
+        "| model | name=tutorial_cnn",
+        "; torch threads: 1 (--threads",
+    ):
         assert text in head, text
     table = head.partition("### Settings")[2]
     assert "mlflow" not in table and "threads" not in table and "device" not in table  # not result settings
@@ -176,6 +205,7 @@ def test_an_edited_run_json_is_not_shown_and_a_resume_replaces_it(run_copy, caps
     md = (run_copy / "report.md").read_text()
     assert "forged-host" not in md and "does not match its digest" in md
     from bench.core.provenance import Attempt, read_run_json
+
     Attempt.begin(run_copy, resume=True, code_version="x").end("finished")
     fresh = read_run_json(run_copy)
     assert fresh["host"] != "forged-host" and len(fresh["attempts"]) == 1 and "replaced" in fresh
@@ -218,6 +248,7 @@ def test_resumed_run_keeps_the_first_start_and_adds_an_attempt(one_split_run, ti
 
 def test_fold_scores_plot_has_chance_and_interval(tmp_path, monkeypatch):
     import reports.plots as plots
+
     figures = []
     monkeypatch.setattr(plots, "save_png", lambda fig, path: figures.append(fig))
     folds = pd.DataFrame({"split": [1, 2, 3], "test_fold": [1, 2, 3], "accuracy": [0.5, 0.6, 0.7]})
@@ -235,6 +266,7 @@ def test_fold_scores_plot_has_chance_and_interval(tmp_path, monkeypatch):
 def test_cli_report_waits_for_no_job_a_job_holds_the_folder(run_copy, capsys):
     import fcntl
     import os
+
     fd = os.open(run_copy, os.O_RDONLY | os.O_DIRECTORY)  # as a kfold job still writing it does
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -247,6 +279,7 @@ def test_cli_report_waits_for_no_job_a_job_holds_the_folder(run_copy, capsys):
 
 def test_nested_run_report_points_to_the_chosen_settings(run_copy):
     from reports import build_report
+
     md = (run_copy / "report.md").read_text()
     assert "nested.md" not in md
     (run_copy / "search.json").write_text("{}\n")  # what marks a nested run's folder

@@ -1,4 +1,5 @@
 """Reports from a hand-written run folder; every expected number below is worked out by hand."""
+
 import json
 import math
 
@@ -17,9 +18,9 @@ CLASSES = ["dog", "cat", "bird"]
 
 # (clip, label, pred) per split; split k tests fold k.
 SPLIT_ROWS = {
-    1: [("c1", 0, 0), ("c2", 0, 1), ("c3", 1, 1), ("c4", 2, 0)],                # 2/4 correct
+    1: [("c1", 0, 0), ("c2", 0, 1), ("c3", 1, 1), ("c4", 2, 0)],  # 2/4 correct
     2: [("c5", 0, 0), ("c6", 1, 1), ("c7", 1, 0), ("c8", 2, 1), ("c9", 1, 1)],  # 3/5 correct
-    3: [("c10", 2, 2), ("c11", 2, 2), ("c12", 0, 2)],                           # no DONE: must not count
+    3: [("c10", 2, 2), ("c11", 2, 2), ("c12", 0, 2)],  # no DONE: must not count
 }
 
 # Splits 1 and 2 pooled, rows true (dog, cat, bird), columns predicted (dog, cat, bird):
@@ -36,10 +37,14 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 def write_run(run, done=(1, 2)):
     run.mkdir()
     (run / "config.yaml").write_text("name: fake-run\ndataset:\n  name: toy\n")
-    folds = [(clip, f"audio/{clip}.wav", y, CLASSES[y], k, f"g{clip}")
-             for k, rows in SPLIT_ROWS.items() for clip, y, _ in rows]
+    folds = [
+        (clip, f"audio/{clip}.wav", y, CLASSES[y], k, f"g{clip}")
+        for k, rows in SPLIT_ROWS.items()
+        for clip, y, _ in rows
+    ]
     pd.DataFrame(folds, columns=["clip", "path", "label", "class", "fold", "group"]).to_csv(
-        run / "folds.csv", index=False)
+        run / "folds.csv", index=False
+    )
     pd.DataFrame(QUARANTINE, columns=["clip", "reason"]).to_csv(run / "quarantine.csv", index=False)
     for k, rows in SPLIT_ROWS.items():
         d = run / "splits" / str(k)
@@ -50,12 +55,29 @@ def write_run(run, done=(1, 2)):
             pred[f"prob_{name}"] = np.where(pred["pred"] == c, 0.8, 0.1)
         pred.to_csv(d / "predictions.csv", index=False)
         no_val = k == 2  # split 2 has no validation fold: empty val_acc
-        pd.DataFrame({"epoch": [1, 2, 3], "train_loss": [1.0, 0.7, 0.5],
-                      "val_acc": [np.nan] * 3 if no_val else [0.4, 0.6, 0.55],
-                      "lr": [1e-3, 5e-4, 1e-4]}).to_csv(d / "history.csv", index=False)
-        (d / "split.json").write_text(json.dumps({
-            "split": k, "test_fold": k, "val_fold": None if no_val else k % 3 + 1, "best_epoch": 3 if no_val else 2,
-            "val_acc": None if no_val else 0.6, "test_acc": 0.5, "n_train": 6, "n_val": 3, "n_test": len(rows)}))
+        pd.DataFrame(
+            {
+                "epoch": [1, 2, 3],
+                "train_loss": [1.0, 0.7, 0.5],
+                "val_acc": [np.nan] * 3 if no_val else [0.4, 0.6, 0.55],
+                "lr": [1e-3, 5e-4, 1e-4],
+            }
+        ).to_csv(d / "history.csv", index=False)
+        (d / "split.json").write_text(
+            json.dumps(
+                {
+                    "split": k,
+                    "test_fold": k,
+                    "val_fold": None if no_val else k % 3 + 1,
+                    "best_epoch": 3 if no_val else 2,
+                    "val_acc": None if no_val else 0.6,
+                    "test_acc": 0.5,
+                    "n_train": 6,
+                    "n_val": 3,
+                    "n_test": len(rows),
+                }
+            )
+        )
         if k in done:
             RunFolder(run).seal(k)
     return run
@@ -186,8 +208,7 @@ def test_confusion_png_many_classes(tmp_path):
     names = [f"class_{i:02d}" for i in range(50)]
     counts = np.diag(np.full(50, 40))  # sparse, as real matrices are: zeros are left blank
     counts[np.arange(50), (np.arange(50) * 7 + 3) % 50] += 5
-    plot_confusion(normalize_rows(pd.DataFrame(counts, index=names, columns=names)),
-                   tmp_path / "big.png", "50 classes")
+    plot_confusion(normalize_rows(pd.DataFrame(counts, index=names, columns=names)), tmp_path / "big.png", "50 classes")
     data = (tmp_path / "big.png").read_bytes()
     assert data[:8] == PNG_MAGIC and len(data) > 50_000
     width, height = int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
@@ -203,8 +224,9 @@ def test_clip_tested_twice_is_an_error(tmp_path):
     with pytest.raises(ValueError, match="split 2 cannot be scored: predictions.csv changed"):
         load_predictions(run)  # the DONE digest catches the edit
     RunFolder(run).seal(2)  # sealed anyway (a buggy writer): the check against folds.csv catches it
-    with pytest.raises(ValueError, match="split 2 cannot be scored: predictions.csv holds 5 clips, not "
-                                         "the 5 of test fold 2"):
+    with pytest.raises(
+        ValueError, match="split 2 cannot be scored: predictions.csv holds 5 clips, not the 5 of test fold 2"
+    ):
         load_predictions(run)
 
 
@@ -212,12 +234,15 @@ def test_an_edited_plan_or_an_extra_split_never_counts(tmp_path):
     """plan.json's protocol, leakage and splits are vouched for by every DONE; a split folder that
     is not in the plan is refused, not scored."""
     run = write_run(tmp_path / "p")
-    atomic_write_text(run / "plan.json", json.dumps({"protocol": "X", "leaky": True, "splits": [
-        {"split": 1}, {"split": 2}, {"split": 3}]}))
+    atomic_write_text(
+        run / "plan.json",
+        json.dumps({"protocol": "X", "leaky": True, "splits": [{"split": 1}, {"split": 2}, {"split": 3}]}),
+    )
     with pytest.raises(ValueError, match="split 1 cannot be scored: it was made with other settings"):
         build_report(run)
     run = write_run(tmp_path / "q")
     import shutil
+
     shutil.copytree(run / "splits" / "1", run / "splits" / "11")
     with pytest.raises(ValueError, match=r"11 is not a split of the fold plan"):
         build_report(run)

@@ -1,4 +1,5 @@
 """`--resume` takes the run's own config.yaml; a saved config.yaml starts a new run with --config."""
+
 from __future__ import annotations
 
 import json
@@ -20,9 +21,27 @@ ODD = {"train.epochs": 2, "features.n_mels": 16}  # not the defaults: a resume m
 
 
 def odd_args(tmp_path, root, cache, name: str) -> list[str]:
-    args = ["kfold", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp_path / "runs"),
-            "--cache-dir", str(cache), "--name", name, "--epochs", "2", "--splits", "1,2,3",
-            "--threads", "1", "--no-mlflow", "--quiet"]
+    args = [
+        "kfold",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(cache),
+        "--name",
+        name,
+        "--epochs",
+        "2",
+        "--splits",
+        "1,2,3",
+        "--threads",
+        "1",
+        "--no-mlflow",
+        "--quiet",
+    ]
     for key, value in {**FAST, **ODD}.items():
         if key not in ("tracking.mlflow", "train.epochs"):
             args += ["--set", f"{key}={value}"]
@@ -31,11 +50,21 @@ def odd_args(tmp_path, root, cache, name: str) -> list[str]:
 
 def test_a_killed_run_finishes_with_resume_and_its_name_only(tiny_us8k_master, tmp_path, procs):
     import torch
+
     cache = tmp_path / "cache"
     threads = torch.get_num_threads()
     try:  # the uninterrupted run of the same settings
-        reference = run_cv(fast_config(tmp_path / "ref", tiny_us8k_master, name="ref", splits=SPLITS,
-                                       **ODD, **{"train.threads": 1, "cache_dir": str(cache)}), progress=False)
+        reference = run_cv(
+            fast_config(
+                tmp_path / "ref",
+                tiny_us8k_master,
+                name="ref",
+                splits=SPLITS,
+                **ODD,
+                **{"train.threads": 1, "cache_dir": str(cache)},
+            ),
+            progress=False,
+        )
     finally:
         torch.set_num_threads(threads)
     run = tmp_path / "runs" / "odd"
@@ -51,8 +80,10 @@ def test_a_killed_run_finishes_with_resume_and_its_name_only(tiny_us8k_master, t
     scores = json.loads((run / "scores.json").read_text())
     assert scores["per_fold"] == reference.scores["per_fold"]
     for k in SPLITS:
-        pd.testing.assert_frame_equal(pd.read_csv(run / "splits" / str(k) / "predictions.csv"),
-                                      pd.read_csv(reference.run_dir / "splits" / str(k) / "predictions.csv"))
+        pd.testing.assert_frame_equal(
+            pd.read_csv(run / "splits" / str(k) / "predictions.csv"),
+            pd.read_csv(reference.run_dir / "splits" / str(k) / "predictions.csv"),
+        )
     saved = yaml.safe_load((run / "config.yaml").read_text())
     assert saved["features"]["n_mels"] == 16 and saved["splits"] == SPLITS
 
@@ -60,9 +91,25 @@ def test_a_killed_run_finishes_with_resume_and_its_name_only(tiny_us8k_master, t
 @pytest.fixture
 def finished(tiny_us8k_master, tmp_path):
     """A finished one-split run `first` (1 epoch, 16 Mel bands), made through the command line."""
-    args = ["kfold", "--dataset", "us8k", "--root", str(tiny_us8k_master), "--runs-dir", str(tmp_path / "runs"),
-            "--name", "first", "--splits", "1", "--epochs", "1", "--no-mlflow", "--quiet",
-            "--set", "features.n_mels=16"]
+    args = [
+        "kfold",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(tiny_us8k_master),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--name",
+        "first",
+        "--splits",
+        "1",
+        "--epochs",
+        "1",
+        "--no-mlflow",
+        "--quiet",
+        "--set",
+        "features.n_mels=16",
+    ]
     for key, value in FAST.items():
         if key not in ("tracking.mlflow", "train.epochs", "features.n_mels"):
             args += ["--set", f"{key}={value}"]
@@ -72,7 +119,10 @@ def finished(tiny_us8k_master, tmp_path):
 
 def test_resume_without_a_name_continues_the_newest_run(finished, monkeypatch, capsys):
     import bench.drivers.kfold
-    monkeypatch.setattr(bench.drivers.kfold, "fit_split", lambda *a, **kw: pytest.fail("a finished split trained again"))
+
+    monkeypatch.setattr(
+        bench.drivers.kfold, "fit_split", lambda *a, **kw: pytest.fail("a finished split trained again")
+    )
     before = sorted(p.name for p in finished.iterdir())
     assert cli.main(["kfold", "--resume", "--runs-dir", str(finished), "--quiet"]) == 0
     assert "over 1 fold" in capsys.readouterr().out
@@ -106,9 +156,13 @@ def test_nested_resume_takes_the_saved_search_settings_unless_given(tmp_path):
     run = tmp_path / "runs" / "n"
     run.mkdir(parents=True)
     from bench.drivers.tune import load_space
+
     space = json.loads(json.dumps(load_space(None)))
-    (run / "search.json").write_text(json.dumps({"trials": 3, "inner_splits": 4, "space": space, "sampler_seed": 7,
-                                                 "prune_startup": 1, "prune_warmup": 2}))
+    (run / "search.json").write_text(
+        json.dumps(
+            {"trials": 3, "inner_splits": 4, "space": space, "sampler_seed": 7, "prune_startup": 1, "prune_warmup": 2}
+        )
+    )
     parse = cli.make_parser().parse_args
     args = parse(["nested", "--resume", "--name", "n", "--runs-dir", str(tmp_path / "runs")])
     cli.resume_search(args, run)

@@ -1,5 +1,6 @@
 """The speed benchmark's pieces: the per-item baseline does the same work as the bank, the fast
 masks are torchaudio's masks, and `speed` reports every figure. No timing is asserted."""
+
 import json
 
 import pytest
@@ -15,8 +16,15 @@ from bench.drivers.speed import ROWS, PerItemDataset, render
 from tests.conftest import fast_config
 
 
-@pytest.mark.parametrize("aug", [AugmentConfig(0.4, 2, 0.1, 2, 0.1), AugmentConfig(0.0, 3, 0.25, 1, 0.05),
-                                 AugmentConfig(0.1, 0, 0.1, 2, 0.2), AugmentConfig(0.0, 0, 0.0, 0, 0.0)])
+@pytest.mark.parametrize(
+    "aug",
+    [
+        AugmentConfig(0.4, 2, 0.1, 2, 0.1),
+        AugmentConfig(0.0, 3, 0.25, 1, 0.05),
+        AugmentConfig(0.1, 0, 0.1, 2, 0.2),
+        AugmentConfig(0.0, 0, 0.0, 0, 0.0),
+    ],
+)
 def test_augment_masks_are_torchaudios_iid_masks(aug):
     x = torch.randn(8, 2, 32, 50) + 5
     torch.manual_seed(3)
@@ -34,8 +42,9 @@ def test_augment_masks_are_torchaudios_iid_masks(aug):
 
 
 def test_per_item_dataset_gives_the_banks_features(tiny_us8k_master, tmp_path):
-    cfg = fast_config(tmp_path, tiny_us8k_master, **{"augment.time_shift": 0.0, "augment.freq_masks": 0,
-                                                      "augment.time_masks": 0})
+    cfg = fast_config(
+        tmp_path, tiny_us8k_master, **{"augment.time_shift": 0.0, "augment.freq_masks": 0, "augment.time_masks": 0}
+    )
     dataset = create_dataset(DatasetConfig("us8k", str(tiny_us8k_master)), tmp_path)
     waves = load_waveforms(dataset, cfg.audio, tmp_path, progress=False)
     bank = feature_bank(waves, cfg.audio, cfg.features, torch.device("cpu"), progress=False)
@@ -44,17 +53,42 @@ def test_per_item_dataset_gives_the_banks_features(tiny_us8k_master, tmp_path):
         spec, label = items[i]
         assert spec.shape == bank.shape[1:] and label == dataset.table["label"][i]
         assert (spec - bank[i]).norm() / bank[i].norm() < 1e-3  # same decode, mix, resample, pad, mel
-    aug = PerItemDataset(dataset.table["path"], dataset.table["label"], cfg.audio, cfg.features,
-                         AugmentConfig(0.4, 2, 0.1, 2, 0.1))
+    aug = PerItemDataset(
+        dataset.table["path"], dataset.table["label"], cfg.audio, cfg.features, AugmentConfig(0.4, 2, 0.1, 2, 0.1)
+    )
     assert aug[0][0].shape == bank.shape[1:]
 
 
 def test_speed_command_reports_every_figure(tiny_us8k_master, tmp_path, capsys):
     out = tmp_path / "speed.json"
-    args = ["speed", "--dataset", "us8k", "--root", str(tiny_us8k_master), "--cache-dir", str(tmp_path / "cache"),
-            "--device", "cpu", "--batch-size", "8", "--time-box", "0.05", "--repeats", "1", "--quiet",
-            "--set", "audio.sample_rate=8000", "--set", "audio.duration=1.0",
-            "--set", "features.n_fft=256", "--set", "features.hop_length=128", "--json", str(out)]
+    args = [
+        "speed",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(tiny_us8k_master),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--time-box",
+        "0.05",
+        "--repeats",
+        "1",
+        "--quiet",
+        "--set",
+        "audio.sample_rate=8000",
+        "--set",
+        "audio.duration=1.0",
+        "--set",
+        "features.n_fft=256",
+        "--set",
+        "features.hop_length=128",
+        "--json",
+        str(out),
+    ]
     assert cli.main(args) == 0
     result = json.loads(out.read_text())
     figures = result["figures"]

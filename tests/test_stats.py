@@ -11,6 +11,7 @@ Sources:
   x = [4, 2, 6], y = [5, 7, 3] (3 folds, 1 run) to have mean 1 and variance
   (4² + 4²) / 2 * (1/3 + 1/2); its two_on_single on the example's scores gave the probabilities checked below.
 """
+
 import math
 
 import numpy as np
@@ -27,6 +28,7 @@ def grid_search_example():
     from sklearn.datasets import make_moons
     from sklearn.model_selection import RepeatedStratifiedKFold, cross_val_score
     from sklearn.svm import SVC
+
     X, y = make_moons(noise=0.352, random_state=1, n_samples=100)
     cv = RepeatedStratifiedKFold(n_splits=10, n_repeats=10, random_state=0)
     rbf = cross_val_score(SVC(kernel="rbf", random_state=0), X, y, scoring="roc_auc", cv=cv)
@@ -67,8 +69,10 @@ def test_bayesian_test_is_the_student_t_posterior_of_baycomp(grid_search_example
     sqrt(var(d) * (1/n + rho/(1 - rho))); its probabilities are that t's mass left of -rope, inside
     the rope and right of it. Computed here independently with scipy."""
     rbf, linear, n_train, n_test = grid_search_example
-    for d, ratio, rope in ((rbf - linear, n_test / n_train, 0.01),
-                           (np.array([5.0, 7.0, 3.0]) - np.array([4.0, 2.0, 6.0]), 1 / 2, 0.5)):
+    for d, ratio, rope in (
+        (rbf - linear, n_test / n_train, 0.01),
+        (np.array([5.0, 7.0, 3.0]) - np.array([4.0, 2.0, 6.0]), 1 / 2, 0.5),
+    ):
         n = len(d)
         scale = math.sqrt(np.var(d, ddof=1) * (1 / n + ratio))
         post = stats.t(df=n - 1, loc=d.mean(), scale=scale)
@@ -82,7 +86,7 @@ def test_baycomp_published_variance():
     # baycomp's tests/test_single.py: x = [4, 2, 6], y = [5, 7, 3], 3 folds -> n_test/n_train = 1/2
     b = bayes_correlated_ttest([1.0, 5.0, -3.0], 1 / 2)
     assert b.mean == 1 and b.df == 2
-    assert b.scale ** 2 == pytest.approx((4 ** 2 + 4 ** 2) / 2 * (1 / 3 + 1 / 2))
+    assert b.scale**2 == pytest.approx((4**2 + 4**2) / 2 * (1 / 3 + 1 / 2))
 
 
 def test_fixed_inputs_against_a_direct_computation():
@@ -137,6 +141,6 @@ def test_t_interval():
 
 def test_mcnemar_exact():
     assert mcnemar_exact(3, 1) == pytest.approx(0.625)  # 4 discordant clips, 3 vs 1: 2 * 5/16
-    assert mcnemar_exact(10, 0) == pytest.approx(2 * 0.5 ** 10)
+    assert mcnemar_exact(10, 0) == pytest.approx(2 * 0.5**10)
     assert mcnemar_exact(0, 0) == 1.0
     assert mcnemar_exact(5, 5) == 1.0

@@ -1,4 +1,5 @@
 """Protocols `stratified` (plain and group-aware), `random` and `gtzan-filtered`; config -> options."""
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -145,7 +146,10 @@ def test_protocol_options_from_config():
 def test_make_plan_finds_identical_audio(tiny_us8k_master, tmp_path):
     from bench.data.datasets import create_dataset
     from protocols.plan import copies_across_folds, label_conflicts
-    ds = create_dataset(merge(RunConfig(), {"dataset.name": "us8k", "dataset.root": str(tiny_us8k_master)}).dataset, tmp_path)
+
+    ds = create_dataset(
+        merge(RunConfig(), {"dataset.name": "us8k", "dataset.root": str(tiny_us8k_master)}).dataset, tmp_path
+    )
     hashes = [f"h{i}" for i in range(len(ds.table))]
     first, last = 0, len(ds.table) - 1  # fold 1 and fold 10, class 0 and class 2
     hashes[last] = hashes[first]

@@ -1,4 +1,6 @@
-"""Tests for bench.data.synth: layouts, determinism, the real UrbanSound8K margins, the format mix, make_demo's safety."""
+"""Tests for bench.data.synth: layouts, determinism, the real UrbanSound8K margins, the format mix,
+make_demo's safety."""
+
 import os
 import re
 import time
@@ -47,8 +49,9 @@ def test_us8k_csv_and_layout(tmp_path):
 
 def test_counts_match_request_and_each_source_stays_in_one_fold_and_class(tmp_path):
     counts = {(0, 1): 9, (0, 2): 3, (3, 5): 12, (9, 10): 1, (4, 4): 0}
-    meta = synth.write_us8k(tmp_path, counts, seed=1, formats="simple", min_duration=0.1, max_duration=0.2,
-                            clips_per_source=3)
+    meta = synth.write_us8k(
+        tmp_path, counts, seed=1, formats="simple", min_duration=0.1, max_duration=0.2, clips_per_source=3
+    )
     got = meta.groupby(["classID", "fold"]).size().to_dict()
     assert got == {k: v for k, v in counts.items() if v}
     per_source = meta.groupby("fsID").agg(folds=("fold", "nunique"), classes=("classID", "nunique"), n=("fold", "size"))
@@ -136,11 +139,14 @@ def test_classes_are_told_apart_across_sources():
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
+
     sr, n = 16000, 32000
     bands = np.searchsorted(np.fft.rfftfreq(512, 1 / sr), np.geomspace(40, 7500, 33))
 
     def features(kind, i):
-        x = synth.synth_clip(kind, n, sr, np.random.default_rng(i), synth.source_params(np.random.default_rng([kind, i])))
+        x = synth.synth_clip(
+            kind, n, sr, np.random.default_rng(i), synth.source_params(np.random.default_rng([kind, i]))
+        )
         hops = x.reshape(-1, 256)
         frames = np.concatenate([hops[:-1], hops[1:]], axis=1) * np.hanning(512)  # 32 ms frames, 16 ms hop
         logmel = np.log(np.add.reduceat(np.abs(np.fft.rfft(frames)) ** 2, bands, axis=1)[:, :-1] + 1e-8)
@@ -163,6 +169,7 @@ def test_make_demo_is_built_once(tmp_path, monkeypatch):
 
     def fail(*args, **kwargs):
         raise AssertionError("regenerated a finished dataset")
+
     monkeypatch.setattr(synth, "write_us8k", fail)
     pd.testing.assert_frame_equal(synth.make_demo(root, workers=1), meta, check_dtype=False)
 
@@ -176,12 +183,13 @@ def test_make_demo_does_not_trust_unfinished_folders(tmp_path, monkeypatch):
         (Path(tmp) / "audio" / "fold1").mkdir(parents=True)
         (Path(tmp) / "audio" / "fold1" / "half.wav").write_bytes(b"RIFF")
         raise KeyboardInterrupt
+
     monkeypatch.setattr(synth, "write_us8k", killed)
     with pytest.raises(KeyboardInterrupt):
         synth.make_demo(root, workers=1)
     assert not root.exists() and list(tmp_path.glob(".demo.partial-*"))  # only the temporary folder is left
 
-    live, dead = tmp_path / f".demo.partial-{os.getppid()}", tmp_path / f".demo.partial-{2 ** 22 + 1}"
+    live, dead = tmp_path / f".demo.partial-{os.getppid()}", tmp_path / f".demo.partial-{2**22 + 1}"
     live.mkdir()  # another build in progress: its process is alive
     dead.mkdir()  # a killed build's leftovers
     (root / "metadata").mkdir(parents=True)  # renamed into place, killed before the marker

@@ -1,6 +1,7 @@
 """The thread chooser (bench/core/threads.py): auto takes the cores that are free, read from a fake
 /proc/stat; the affinity mask, an explicit --threads and OMP_NUM_THREADS are respected; workers
 split the cores; `speed` and kfold say what they chose. Nothing here is timed."""
+
 import subprocess
 import sys
 from pathlib import Path
@@ -26,10 +27,9 @@ def no_sleep(_):
 
 def test_read_proc_stat_parses_per_cpu_lines(tmp_path):
     stat = tmp_path / "stat"
-    stat.write_text("cpu  10 0 10 100 5 0 0 0 0 0\n"
-                    "cpu0 4 0 6 50 2 0 0 0 0 0\n"
-                    "cpu1 6 0 4 50 3 0 0 0 0 0\n"
-                    "intr 12345 1 2\nctxt 99\n")
+    stat.write_text(
+        "cpu  10 0 10 100 5 0 0 0 0 0\ncpu0 4 0 6 50 2 0 0 0 0 0\ncpu1 6 0 4 50 3 0 0 0 0 0\nintr 12345 1 2\nctxt 99\n"
+    )
     assert read_proc_stat(str(stat)) == {0: (52, 62), 1: (53, 63)}
 
 
@@ -55,6 +55,7 @@ def test_only_the_allowed_cpus_are_read():
 def test_unreadable_stat_is_not_measurable():
     def broken():
         raise OSError("no /proc")
+
     assert free_cpus(0.0, broken, cpus={0, 1}, sleep=no_sleep) is None
 
 
@@ -85,13 +86,14 @@ def test_unmeasurable_load_uses_every_allowed_cpu():
 def test_explicit_threads_win_over_everything():
     def never():
         raise AssertionError("an explicit count must not measure the load")
-    assert choose_threads(3, free=never, cpus=2, environ={"OMP_NUM_THREADS": "1"}) == \
-        ThreadChoice(3, "--threads", 2)
+
+    assert choose_threads(3, free=never, cpus=2, environ={"OMP_NUM_THREADS": "1"}) == ThreadChoice(3, "--threads", 2)
 
 
 def test_omp_num_threads_wins_over_auto():
     def never():
         raise AssertionError("OMP_NUM_THREADS set: nothing to measure")
+
     choice = choose_threads(0, free=never, cpus=2, environ={"OMP_NUM_THREADS": "1"})
     assert choice.threads == 1 and choice.how == "OMP_NUM_THREADS"
     assert choose_threads(0, free=lambda: 2.0, cpus=2, environ={"OMP_NUM_THREADS": "x"}).how == "free cores"
@@ -138,10 +140,35 @@ def test_the_thread_module_imports_no_torch():
 
 def test_speed_prints_the_thread_setup(tiny_us8k_master, tmp_path, capsys):
     import cli
-    args = ["speed", "--dataset", "us8k", "--root", str(tiny_us8k_master), "--cache-dir", str(tmp_path / "cache"),
-            "--device", "cpu", "--batch-size", "8", "--time-box", "0.02", "--repeats", "1", "--quiet",
-            "--threads", "1", "--set", "audio.sample_rate=8000", "--set", "audio.duration=1.0",
-            "--set", "features.n_fft=256", "--set", "features.hop_length=128"]
+
+    args = [
+        "speed",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(tiny_us8k_master),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--device",
+        "cpu",
+        "--batch-size",
+        "8",
+        "--time-box",
+        "0.02",
+        "--repeats",
+        "1",
+        "--quiet",
+        "--threads",
+        "1",
+        "--set",
+        "audio.sample_rate=8000",
+        "--set",
+        "audio.duration=1.0",
+        "--set",
+        "features.n_fft=256",
+        "--set",
+        "features.hop_length=128",
+    ]
     assert cli.main(args) == 0
     printed = capsys.readouterr().out
     assert "torch threads: 1 (--threads / train.threads)" in printed

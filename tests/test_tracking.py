@@ -1,5 +1,6 @@
 """MLflow store faults and races: a bad store fails fast in one line, runs left RUNNING by a killed
 job are closed and reused, and workers opening one fresh SQLite store together all succeed."""
+
 from __future__ import annotations
 
 import os
@@ -36,9 +37,15 @@ def made_db(tmp_path_factory) -> Path:
 
 def python(code: str, *args: str, **kw) -> subprocess.Popen:
     """A real worker process running `code` with the repository importable."""
-    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *args], cwd=REPO,
-                            env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code), *args],
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
 
 
 def one_line(e: pytest.ExceptionInfo) -> str:
@@ -71,10 +78,12 @@ def test_a_server_that_is_not_mlflow_is_refused_in_one_line():
         def do_GET(self):
             self.send_response(404)
             self.end_headers()
+
         do_POST = do_GET
 
         def log_message(self, *args):
             pass
+
     server = HTTPServer(("127.0.0.1", 0), NotFound)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
@@ -106,6 +115,7 @@ def immutable():
         if subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode != 0:
             pytest.skip("chattr +i is not available here")
         marked.append(path)
+
     yield mark
     for path in marked:
         subprocess.run(["chattr", "-i", str(path)], check=True)
@@ -135,6 +145,7 @@ def test_a_store_that_fails_while_being_created_leaves_no_file(tmp_path, monkeyp
         with engine.begin() as con:
             con.exec_driver_sql("CREATE TABLE experiments (x)")  # the file now exists, half made
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(db_utils, "_initialize_tables", disk_full)
     db = tmp_path / "mlflow.db"
     with pytest.raises(TrackingError) as e:
@@ -228,6 +239,7 @@ def test_workers_opening_one_fresh_sqlite_store_together_all_succeed(tmp_path):
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * workers, [err[-2000:] for _, err in results]
     from mlflow.tracking import MlflowClient
+
     for r in range(rounds):
         client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / f'mlflow-{r}.db'}")
         exp = client.get_experiment_by_name("race")
@@ -243,11 +255,13 @@ def test_retry_races_retries_only_the_known_races():
         if len(calls) < 3:
             raise sqlite3.OperationalError("database is locked")
         return "ok"
+
     assert retry_races(flaky, wait_s=0.001) == "ok" and len(calls) == 3
 
     def broken():
         calls.append(1)
         raise ValueError("a bug")
+
     calls.clear()
     with pytest.raises(ValueError):
         retry_races(broken, wait_s=0.001)
@@ -257,6 +271,7 @@ def test_retry_races_retries_only_the_known_races():
 def test_artifacts_go_beside_the_sqlite_database_not_the_working_folder(tmp_path, monkeypatch):
     from bench.core.config import TrackingConfig
     from bench.tracking.tracker import Tracker
+
     work, store = tmp_path / "work", tmp_path / "store"
     work.mkdir(), store.mkdir()
     monkeypatch.chdir(work)
@@ -279,9 +294,19 @@ def tracked_kfold(tmp: Path, root: Path, name: str = "tracked", **overrides):
     from conftest import fast_config
     from bench.drivers.kfold import run_cv
 
-    cfg = fast_config(tmp, root, name=name, **{
-        "tracking.mlflow": True, "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
-        "train.epochs": 2, "splits": [1, 2], "train.threads": 1, **overrides})
+    cfg = fast_config(
+        tmp,
+        root,
+        name=name,
+        **{
+            "tracking.mlflow": True,
+            "tracking.tracking_uri": f"sqlite:///{tmp / 'mlflow.db'}",
+            "train.epochs": 2,
+            "splits": [1, 2],
+            "train.threads": 1,
+            **overrides,
+        },
+    )
     result = run_cv(cfg, progress=False)
     assert (result.run_dir / "report.html").read_text().lstrip().lower().startswith("<!doctype html")
     return cfg, result
@@ -290,18 +315,21 @@ def tracked_kfold(tmp: Path, root: Path, name: str = "tracked", **overrides):
 @pytest.fixture(scope="module")
 def logged(tmp_path_factory, tiny_us8k_master):
     from mlflow.tracking import MlflowClient
+
     tmp = tmp_path_factory.mktemp("logged")
     cfg, result = tracked_kfold(tmp, tiny_us8k_master)
     client = MlflowClient(tracking_uri=cfg.tracking.tracking_uri)
     exp = client.get_experiment_by_name("us8k")
     parent = client.get_run(json_file(result.run_dir / "mlflow.json")["parent"])
-    splits = client.search_runs([exp.experiment_id],
-                                filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'")
+    splits = client.search_runs(
+        [exp.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'"
+    )
     return cfg, result, client, exp, parent, sorted(splits, key=lambda r: int(r.data.params["split"]))
 
 
 def json_file(path: Path) -> dict:
     import json
+
     return json.loads(Path(path).read_text())
 
 
@@ -319,10 +347,16 @@ def test_parent_params_are_the_resolved_result_settings_and_nothing_else(logged)
     assert "train.max_lr" in params and "train.lr" not in params and "train.plateau_factor" not in params
     assert "train.momentum" not in params  # adam
     from bench.core.runfolder import result_view
-    kept = {k for k, v in result_view(cfg).items() if v is not None} - {"dataset.root", "train.lr",
-                                                                        "train.momentum", "train.nesterov",
-                                                                        "train.plateau_factor",
-                                                                        "train.plateau_patience", "protocol.seed"}
+
+    kept = {k for k, v in result_view(cfg).items() if v is not None} - {
+        "dataset.root",
+        "train.lr",
+        "train.momentum",
+        "train.nesterov",
+        "train.plateau_factor",
+        "train.plateau_patience",
+        "protocol.seed",
+    }
     assert kept <= set(params)
 
 
@@ -330,8 +364,13 @@ def test_split_runs_have_the_parents_params_plus_their_fold(logged):
     _, _, _, _, parent, splits = logged
     assert [r.data.params["split"] for r in splits] == ["1", "2"]
     for run, (test_fold, val_fold) in zip(splits, [(1, 2), (2, 3)]):
-        assert run.data.params == {**parent.data.params, "split": run.data.params["split"], "repeat": "1",
-                                   "test_fold": str(test_fold), "val_fold": str(val_fold)}
+        assert run.data.params == {
+            **parent.data.params,
+            "split": run.data.params["split"],
+            "repeat": "1",
+            "test_fold": str(test_fold),
+            "val_fold": str(val_fold),
+        }
 
 
 def test_standard_tags_on_every_run(logged):
@@ -349,6 +388,7 @@ def test_standard_tags_on_every_run(logged):
 
 def test_the_dataset_and_fold_plan_are_inputs_with_the_fingerprint_as_digest(logged, tiny_us8k_master):
     import json
+
     _, result, _, _, parent, splits = logged
     fingerprint = json_file(result.run_dir / "plan.json")["dataset_fingerprint"]
     for run in [parent, *splits]:
@@ -378,6 +418,7 @@ def test_per_fold_accuracy_on_the_parent_and_report_files_as_artifacts(logged):
 
 def test_the_experiment_opens_on_its_runs_table(logged, tmp_path, made_db):
     from bench.tracking.layout import EXPERIMENT_TAGS, ui_hint
+
     _, result, client, exp, _, _ = logged
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json_file_text(exp.tags["mlflow.sharedViewState.foldbench"])
@@ -387,6 +428,7 @@ def test_the_experiment_opens_on_its_runs_table(logged, tmp_path, made_db):
     # an experiment made before (without the tags) gets them when a tracker opens it
     db = Path(shutil.copy(made_db, tmp_path))
     from mlflow.tracking import MlflowClient
+
     old = MlflowClient(tracking_uri=f"sqlite:///{db}")
     old.delete_experiment_tag(old.get_experiment_by_name("exp").experiment_id, "mlflow.experimentKind")
     assert "mlflow.experimentKind" not in old.get_experiment_by_name("exp").tags
@@ -396,15 +438,27 @@ def test_the_experiment_opens_on_its_runs_table(logged, tmp_path, made_db):
 
 def json_file_text(text: str) -> dict:
     import json
+
     return json.loads(text)
 
 
 def test_run_params_resolve_the_config_without_the_data(tmp_path):
     from conftest import fast_config
     from bench.tracking.layout import run_params
-    cfg = fast_config(tmp_path, **{"dataset.name": "demo", "protocol.name": "stratified", "protocol.folds": 4,
-                                   "train.optimizer": "sgd", "train.momentum": 0.9, "train.schedule": "plateau",
-                                   "features.f_max": 3000.0, "features.mel_norm": "slaney"})
+
+    cfg = fast_config(
+        tmp_path,
+        **{
+            "dataset.name": "demo",
+            "protocol.name": "stratified",
+            "protocol.folds": 4,
+            "train.optimizer": "sgd",
+            "train.momentum": 0.9,
+            "train.schedule": "plateau",
+            "features.f_max": 3000.0,
+            "features.mel_norm": "slaney",
+        },
+    )
     p = run_params(cfg)
     assert p["protocol.name"] == "stratified" and p["protocol.folds"] == "4" and p["protocol.seed"] == "0"
     assert p["train.momentum"] == "0.9" and p["train.lr"] and p["train.plateau_patience"]
@@ -418,6 +472,7 @@ def test_run_params_resolve_the_config_without_the_data(tmp_path):
 
 def merge_cfg(cfg, data):
     from bench.core.config import merge
+
     return merge(cfg, data)
 
 

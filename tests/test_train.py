@@ -1,4 +1,5 @@
 """fit_split: learns, chooses the epoch on validation only, never touches the test fold when told not to."""
+
 import numpy as np
 import pytest
 import torch
@@ -13,12 +14,14 @@ def toy_bank(n_per_class=30, n_classes=3, seed=0):
     labels = np.repeat(np.arange(n_classes), n_per_class)
     bank = torch.randn(len(labels), 1, 16, 20, generator=g) * 2 - 60
     for i, c in enumerate(labels):
-        bank[i, 0, 4 * c:4 * c + 4] += 25
+        bank[i, 0, 4 * c : 4 * c + 4] += 25
     return bank, labels
 
 
-CFG = merge(RunConfig(), {"train.epochs": 6, "train.batch_size": 8, "train.max_lr": 3e-3,
-                          "augment.freq_masks": 0, "augment.time_masks": 0})
+CFG = merge(
+    RunConfig(),
+    {"train.epochs": 6, "train.batch_size": 8, "train.max_lr": 3e-3, "augment.freq_masks": 0, "augment.time_masks": 0},
+)
 
 
 def test_short_training_run_learns():
@@ -26,8 +29,9 @@ def test_short_training_run_learns():
     idx = np.random.default_rng(0).permutation(len(labels))
     train, val, test = idx[:54], idx[54:72], idx[72:]
     seen = []
-    result = fit_split(bank, labels, train, val, test, 3, CFG, seed=1,
-                       on_epoch=lambda e, loss, acc: seen.append((e, loss, acc)))
+    result = fit_split(
+        bank, labels, train, val, test, 3, CFG, seed=1, on_epoch=lambda e, loss, acc: seen.append((e, loss, acc))
+    )
     assert [e for e, _, _ in seen] == list(range(1, 7))
     assert result.test_probs.shape == (18, 3) and np.allclose(result.test_probs.sum(1), 1, atol=1e-5)
     assert (result.test_probs.argmax(1) == labels[test]).mean() >= 0.8
@@ -76,12 +80,14 @@ def test_nan_loss_is_a_clear_error():
 
 # ---- optimizers, schedules, mixup ---------------------------------------------------------
 
+
 def lrs(result):
     return [h["lr"] for h in result.history]
 
 
 def test_default_is_adam_with_onecycle():
     from bench.train.fit import Schedule, setup_training
+
     _, _, opt, sched = setup_training(CFG, (1, 16, 20), 3, 10, torch.device("cpu"))
     assert type(opt) is torch.optim.Adam and isinstance(sched, Schedule)
     assert isinstance(sched.per_step, torch.optim.lr_scheduler.OneCycleLR) and sched.plateau is None
@@ -90,8 +96,18 @@ def test_default_is_adam_with_onecycle():
 @pytest.mark.parametrize("name,cls", [("adamw", torch.optim.AdamW), ("sgd", torch.optim.SGD)])
 def test_the_optimizer_is_the_configured_one(name, cls):
     from bench.train.fit import setup_training
-    cfg = merge(CFG, {"train.optimizer": name, "train.momentum": 0.9, "train.nesterov": name == "sgd",
-                      "train.weight_decay": 0.01, "train.schedule": "constant", "train.lr": 0.02})
+
+    cfg = merge(
+        CFG,
+        {
+            "train.optimizer": name,
+            "train.momentum": 0.9,
+            "train.nesterov": name == "sgd",
+            "train.weight_decay": 0.01,
+            "train.schedule": "constant",
+            "train.lr": 0.02,
+        },
+    )
     _, _, opt, _ = setup_training(cfg, (1, 16, 20), 3, 10, torch.device("cpu"))
     group = opt.param_groups[0]
     assert type(opt) is cls and group["lr"] == 0.02 and group["weight_decay"] == 0.01
@@ -100,19 +116,29 @@ def test_the_optimizer_is_the_configured_one(name, cls):
     bank, labels = toy_bank()
     idx = np.arange(len(labels))
     a = fit_split(bank, labels, idx[::2], idx[1::2], None, 3, cfg, seed=0)
-    b = fit_split(bank, labels, idx[::2], idx[1::2], None, 3, merge(cfg, {"train.optimizer": "adam",
-                                                                       "train.nesterov": False}), seed=0)
+    b = fit_split(
+        bank,
+        labels,
+        idx[::2],
+        idx[1::2],
+        None,
+        3,
+        merge(cfg, {"train.optimizer": "adam", "train.nesterov": False}),
+        seed=0,
+    )
     assert [h["train_loss"] for h in a.history] != [h["train_loss"] for h in b.history]
 
 
 def test_constant_and_cosine_schedules():
     bank, labels = toy_bank()
     idx = np.arange(len(labels))
-    const = fit_split(bank, labels, idx[::2], idx[1::2], None, 3,
-                      merge(CFG, {"train.schedule": "constant", "train.lr": 2e-3}), seed=0)
+    const = fit_split(
+        bank, labels, idx[::2], idx[1::2], None, 3, merge(CFG, {"train.schedule": "constant", "train.lr": 2e-3}), seed=0
+    )
     assert lrs(const) == [2e-3] * CFG.train.epochs
-    cos = fit_split(bank, labels, idx[::2], idx[1::2], None, 3,
-                    merge(CFG, {"train.schedule": "cosine", "train.lr": 2e-3}), seed=0)
+    cos = fit_split(
+        bank, labels, idx[::2], idx[1::2], None, 3, merge(CFG, {"train.schedule": "cosine", "train.lr": 2e-3}), seed=0
+    )
     assert all(a > b for a, b in zip(lrs(cos), lrs(cos)[1:])) and lrs(cos)[0] <= 2e-3
     assert lrs(cos)[-1] < 2e-3 * 0.1  # the last step of the run is close to 0
 
@@ -127,8 +153,9 @@ def test_plateau_drops_the_lr_after_patience_epochs_without_validation_gain():
     val = idx[1::3]
     labels[val] = 3
     train = np.setdiff1d(idx, val)
-    cfg = merge(CFG, {"train.schedule": "plateau", "train.lr": 1e-3, "train.plateau_factor": 0.5,
-                      "train.plateau_patience": 1})
+    cfg = merge(
+        CFG, {"train.schedule": "plateau", "train.lr": 1e-3, "train.plateau_factor": 0.5, "train.plateau_patience": 1}
+    )
     result = fit_split(bank, labels, train, val, None, 4, cfg, seed=0)
     assert [h["val_acc"] for h in result.history] == [0.0] * 6  # the premise
     assert lrs(result) == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4])
@@ -148,6 +175,7 @@ def test_plateau_ignores_the_test_fold_and_follows_validation():
 
 def test_plateau_without_a_validation_fold_is_refused_before_training():
     from bench.core.config import ConfigError, validate
+
     cfg = merge(CFG, {"train.schedule": "plateau"})
     with pytest.raises(ConfigError, match="protocol.val=none has no validation fold"):
         validate(merge(cfg, {"protocol.val": "none"}))
@@ -159,14 +187,21 @@ def test_plateau_without_a_validation_fold_is_refused_before_training():
     assert seen == []
 
 
-@pytest.mark.parametrize("overrides,match", [
-    ({"train.optimizer": "rmsprop"}, "train.optimizer"), ({"train.schedule": "step"}, "train.schedule"),
-    ({"train.momentum": 1.5}, "train.momentum"), ({"train.nesterov": True}, "train.nesterov"),
-    ({"train.plateau_factor": 1.0}, "train.plateau_factor"),
-    ({"train.plateau_patience": -1}, "train.plateau_patience"), ({"train.mixup": -0.1}, "train.mixup"),
-])
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ({"train.optimizer": "rmsprop"}, "train.optimizer"),
+        ({"train.schedule": "step"}, "train.schedule"),
+        ({"train.momentum": 1.5}, "train.momentum"),
+        ({"train.nesterov": True}, "train.nesterov"),
+        ({"train.plateau_factor": 1.0}, "train.plateau_factor"),
+        ({"train.plateau_patience": -1}, "train.plateau_patience"),
+        ({"train.mixup": -0.1}, "train.mixup"),
+    ],
+)
 def test_new_train_fields_are_validated(overrides, match):
     from bench.core.config import ConfigError, validate
+
     with pytest.raises(ConfigError, match=match):
         validate(merge(CFG, overrides))
 
@@ -176,6 +211,7 @@ def test_mixup_changes_the_training_loss_only(monkeypatch):
     predicting (validation, test); the test clips never enter a training batch (noise there changes
     nothing in the history)."""
     import bench.train.fit as train_mod
+
     bank, labels = toy_bank()
     idx = np.arange(len(labels))
     train, val, test = idx[::2], idx[1::4], idx[3::4]
@@ -210,6 +246,7 @@ def test_mixup_changes_the_training_loss_only(monkeypatch):
 
 def test_mixup_blends_inputs_and_targets_with_one_weight():
     from bench.train.fit import mixup
+
     x = torch.arange(4.0).reshape(4, 1, 1, 1)
     y = torch.tensor([0, 1, 2, 0])
     mx, my = mixup(x, y, 3, 0.4, np.random.default_rng(0))

@@ -1,5 +1,6 @@
 """The core's promises: user mistakes are refused before anything is written, names stay inside their
 folder, leakage is an error, and a tampered finished split is trained again, never scored."""
+
 import json
 import shutil
 
@@ -43,8 +44,9 @@ MISTAKES = [
 
 
 @pytest.mark.parametrize("flags,says", MISTAKES, ids=[" ".join(f) for f, _ in MISTAKES])
-def test_user_mistakes_are_refused_before_anything_is_written(flags, says, tiny_us8k_master, tmp_path,
-                                                              capsys, monkeypatch):
+def test_user_mistakes_are_refused_before_anything_is_written(
+    flags, says, tiny_us8k_master, tmp_path, capsys, monkeypatch
+):
     monkeypatch.chdir(tmp_path)  # MLflow's default store would be ./mlflow.db
     args = ["kfold", *fast_flags(tmp_path, tiny_us8k_master), *flags]
     if "--name" not in flags:
@@ -62,8 +64,9 @@ def test_user_mistakes_are_refused_before_anything_is_written(flags, says, tiny_
     assert not (tmp_path / "abs").exists()
 
 
-@pytest.mark.parametrize("flag,text", [("--name", "010"), ("--name", "null"), ("--experiment", "on"),
-                                       ("--name", "a #1")])
+@pytest.mark.parametrize(
+    "flag,text", [("--name", "010"), ("--name", "null"), ("--experiment", "on"), ("--name", "a #1")]
+)
 def test_text_flags_are_taken_as_written(flag, text):
     """Command-line text is not YAML: `--name 010` is not run 8, `--name null` not the newest run."""
     cfg = cli.build_config(cli.make_parser().parse_args(["kfold", flag, text]))
@@ -80,14 +83,13 @@ def test_a_config_file_that_is_not_yaml_text_is_one_line(tmp_path, capsys):
 
 def test_cuda_without_a_gpu_is_refused_up_front(tiny_us8k_master, tmp_path, capsys, monkeypatch):
     import torch
+
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert cli.main(["kfold", *fast_flags(tmp_path, tiny_us8k_master), "--device", "cuda",
-                     "--no-mlflow"]) == 2
+    assert cli.main(["kfold", *fast_flags(tmp_path, tiny_us8k_master), "--device", "cuda", "--no-mlflow"]) == 2
     assert "no CUDA device" in capsys.readouterr().err and not (tmp_path / "runs").exists()
 
 
-def test_a_failing_run_leaves_no_folder_and_resume_does_not_pick_it(tiny_us8k_master, tmp_path,
-                                                                      monkeypatch):
+def test_a_failing_run_leaves_no_folder_and_resume_does_not_pick_it(tiny_us8k_master, tmp_path, monkeypatch):
     def broken(*a, **kw):
         raise RuntimeError("boom")
 
@@ -97,6 +99,7 @@ def test_a_failing_run_leaves_no_folder_and_resume_does_not_pick_it(tiny_us8k_ma
         run_cv(fast_config(tmp_path, tiny_us8k_master, name="dead"), progress=False)
     assert not (tmp_path / "runs" / "dead").exists()
     from bench.core.runfolder import latest_run
+
     assert latest_run(tmp_path / "runs", "us8k") == good.run_dir.name
 
 
@@ -138,6 +141,7 @@ def test_resume_trains_a_tampered_split_again_to_the_same_scores(tiny_us8k_maste
 
 def test_a_tampered_run_is_never_reported(tiny_us8k_master, tmp_path):
     from reports import build_report
+
     run_cv(fast_config(tmp_path, tiny_us8k_master, name="r", splits=[1, 2]), progress=False)
     folds = tmp_path / "runs" / "r" / "folds.csv"
     plan = pd.read_csv(folds)
@@ -152,6 +156,7 @@ def test_duplicate_metadata_rows_are_refused_before_training(tiny_us8k, tmp_path
     meta = pd.read_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv")
     pd.concat([meta, meta.iloc[[4]]]).to_csv(tiny_us8k / "metadata" / "UrbanSound8K.csv", index=False)
     from bench.data.datasets import DatasetError
+
     with pytest.raises(DatasetError, match=meta.iloc[4]["slice_file_name"]):
         run_cv(fast_config(tmp_path, tiny_us8k), progress=False)
     assert not (tmp_path / "runs").exists()

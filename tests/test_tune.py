@@ -1,5 +1,6 @@
 """tune: search space, objective (validation only), pruning, continuing a study, failures, MLflow,
 and best.yaml through kfold. Tiny data and features so the whole file runs in well under a minute."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,15 +24,31 @@ from bench.drivers.tune import Objective, apply_params, check_space, load_space,
 from reports.files import read_history, read_split_json
 from tests.conftest import FAST, fast_config
 
-TINY = {**FAST, "audio.duration": 0.5, "features.n_mels": 16, "train.epochs": 2,
-        "train.batch_size": 16, "train.max_lr": 0.01}
-SPACE = {  # small: two feature configs and a few mask counts
-    "features.n_mels": [16, 32], "features.n_fft": [256], "features.hop_length": ["1/2"],
-    "augment.freq_masks": {"low": 0, "high": 2}, "augment.time_masks": {"low": 0, "high": 2},
+TINY = {
+    **FAST,
+    "audio.duration": 0.5,
+    "features.n_mels": 16,
+    "train.epochs": 2,
+    "train.batch_size": 16,
+    "train.max_lr": 0.01,
 }
-GOOD = {"features.n_mels": 16, "features.n_fft": 256, "features.hop_length": "1/2",
-        "augment.freq_masks": 1, "augment.freq_mask_width": 0.1, "augment.time_masks": 1,
-        "augment.time_mask_width": 0.1, "augment.time_shift": 0.1}
+SPACE = {  # small: two feature configs and a few mask counts
+    "features.n_mels": [16, 32],
+    "features.n_fft": [256],
+    "features.hop_length": ["1/2"],
+    "augment.freq_masks": {"low": 0, "high": 2},
+    "augment.time_masks": {"low": 0, "high": 2},
+}
+GOOD = {
+    "features.n_mels": 16,
+    "features.n_fft": 256,
+    "features.hop_length": "1/2",
+    "augment.freq_masks": 1,
+    "augment.freq_mask_width": 0.1,
+    "augment.time_masks": 1,
+    "augment.time_mask_width": 0.1,
+    "augment.time_shift": 0.1,
+}
 RESULT_SECTIONS = ("dataset", "protocol", "audio", "features", "augment", "model", "train")
 
 
@@ -41,9 +58,22 @@ def write_space(path: Path, space: dict) -> str:
 
 
 def tune_args(tmp: Path, root: Path, space: dict, *extra: str, mlflow: bool = False) -> list[str]:
-    args = ["tune", "--dataset", "us8k", "--root", str(root), "--runs-dir", str(tmp / "runs"),
-            "--cache-dir", str(tmp / "cache"), "--space", write_space(tmp / "space.yaml", space),
-            "--splits", "1,2", "--quiet"]
+    args = [
+        "tune",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(root),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--cache-dir",
+        str(tmp / "cache"),
+        "--space",
+        write_space(tmp / "space.yaml", space),
+        "--splits",
+        "1,2",
+        "--quiet",
+    ]
     for key, value in TINY.items():
         if key != "tracking.mlflow":
             args += ["--set", f"{key}={value}"]
@@ -61,6 +91,7 @@ def load(tmp: Path, study: str) -> optuna.Study:
 
 
 # ---- one study, run three times, then its best trial through kfold: shared by the tests below ----
+
 
 @pytest.fixture(scope="module")
 def study(tiny_us8k_master, tmp_path_factory):
@@ -82,27 +113,62 @@ def study(tiny_us8k_master, tmp_path_factory):
 
     folder = tmp / "runs" / "tune-s"
     folder.mkdir(parents=True)  # trial 0 takes the other Mel band count, so two feature configs show
-    optuna.create_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}",
-                        direction="maximize").enqueue_trial({"features.n_mels": 16})
+    optuna.create_study(study_name="s", storage=f"sqlite:///{folder / 'study.db'}", direction="maximize").enqueue_trial(
+        {"features.n_mels": 16}
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(cv_mod, "fit_split", fit)
         mp.setattr(features_mod, "create_frontend", log_mel)  # the bank builds its front end here
         mp.setattr(features_mod, "_BANKS", {})
         mp.setattr(cache_mod, "load_clip", load_clip)
         real_tpe = optuna.samplers.TPESampler
-        mp.setattr(optuna.samplers, "TPESampler",
-                   lambda *a, **kw: calls["seeds"].append(kw.get("seed")) or real_tpe(*a, **kw))
+        mp.setattr(
+            optuna.samplers, "TPESampler", lambda *a, **kw: calls["seeds"].append(kw.get("seed")) or real_tpe(*a, **kw)
+        )
         codes = []
         for trials in (3, 4, 4):  # start, continue to 4, then nothing left to add
             calls["fit"].append([])
-            codes.append(cli.main(tune_args(tmp, tiny_us8k_master, SPACE, "--trials", str(trials),
-                                            "--study", "s", "--prune-startup", "10", mlflow=True)))
+            codes.append(
+                cli.main(
+                    tune_args(
+                        tmp,
+                        tiny_us8k_master,
+                        SPACE,
+                        "--trials",
+                        str(trials),
+                        "--study",
+                        "s",
+                        "--prune-startup",
+                        "10",
+                        mlflow=True,
+                    )
+                )
+            )
         tuned_log_mel = calls["log_mel"]
         calls["fit"].append([])
-        kfold = cli.main(["kfold", "--config", str(folder / "best.yaml"), "--splits", "1",
-                          "--name", "best", "--quiet", "--experiment", "tiny"])
-    return dict(tmp=tmp, folder=folder, codes=codes, kfold=kfold, calls=calls,
-                tuned_log_mel=tuned_log_mel, root=tiny_us8k_master)
+        kfold = cli.main(
+            [
+                "kfold",
+                "--config",
+                str(folder / "best.yaml"),
+                "--splits",
+                "1",
+                "--name",
+                "best",
+                "--quiet",
+                "--experiment",
+                "tiny",
+            ]
+        )
+    return dict(
+        tmp=tmp,
+        folder=folder,
+        codes=codes,
+        kfold=kfold,
+        calls=calls,
+        tuned_log_mel=tuned_log_mel,
+        root=tiny_us8k_master,
+    )
 
 
 def test_rerunning_continues_the_count_and_adds_no_duplicate_trials(study):
@@ -132,8 +198,7 @@ def test_tune_never_passes_test_indices_and_shares_cache_and_banks(study, tiny_u
 
 
 def test_a_changed_setting_does_not_continue_the_study(study, capsys):
-    code = cli.main(tune_args(study["tmp"], study["root"], SPACE, "--trials", "5", "--study", "s",
-                              "--epochs", "3"))
+    code = cli.main(tune_args(study["tmp"], study["root"], SPACE, "--trials", "5", "--study", "s", "--epochs", "3"))
     assert code == 2
     assert "train.epochs: 2 -> 3" in capsys.readouterr().err
     assert len(load(study["tmp"], "s").get_trials()) == 4
@@ -145,19 +210,23 @@ def test_best_yaml_round_trips_through_kfold(study):
     trial_dir, kfold_dir = study["folder"] / "trials" / str(best.number), study["tmp"] / "runs" / "best"
 
     def settings(run_dir):
-        return {k: v for k, v in flatten(load_yaml(run_dir / "config.yaml")).items()
-                if k.split(".")[0] in RESULT_SECTIONS}
+        return {
+            k: v for k, v in flatten(load_yaml(run_dir / "config.yaml")).items() if k.split(".")[0] in RESULT_SECTIONS
+        }
+
     assert settings(kfold_dir) == settings(trial_dir)
     assert settings(kfold_dir)["features.n_mels"] == best.params["features.n_mels"]
     assert load_yaml(study["folder"] / "best.yaml").splits is None  # kfold scores every test fold
     # Same settings, same seed: split 1 trains exactly as it did in the trial.
-    pd.testing.assert_frame_equal(read_history(kfold_dir, 1)[["train_loss", "val_acc"]],
-                                  read_history(trial_dir, 1)[["train_loss", "val_acc"]])
+    pd.testing.assert_frame_equal(
+        read_history(kfold_dir, 1)[["train_loss", "val_acc"]], read_history(trial_dir, 1)[["train_loss", "val_acc"]]
+    )
     assert read_split_json(kfold_dir, 1)["test_acc"] is not None
 
 
 def test_mlflow_holds_a_run_per_trial_with_its_split_runs(study):
     import mlflow
+
     mlflow.set_tracking_uri(f"sqlite:///{study['tmp'] / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["tiny"])
     trials = runs[runs["tags.mlflow.runName"].str.startswith("trial-")]
@@ -187,11 +256,14 @@ def test_mlflow_holds_a_run_per_trial_with_its_split_runs(study):
     assert {"best.yaml", "trials.csv", "report.md", "optimization_history.png"} <= artifacts
     # 4 complete trials are too few for importances and parallel coordinates: not drawn, and said why
     assert not {"param_importances.png", "parallel_coordinate.png"} & artifacts
-    assert "- parameter importances: not drawn: needs at least 8 complete trials" in \
-        (study["folder"] / "report.md").read_text()
+    assert (
+        "- parameter importances: not drawn: needs at least 8 complete trials"
+        in (study["folder"] / "report.md").read_text()
+    )
 
 
 # ---- pruning, failures, exclusions -----------------------------------------------------------
+
 
 @pytest.mark.parametrize("warmup", [0, 1])
 def test_an_aggressive_pruner_prunes_a_poor_trial(tiny_us8k_master, tmp_path, warmup):
@@ -201,21 +273,36 @@ def test_an_aggressive_pruner_prunes_a_poor_trial(tiny_us8k_master, tmp_path, wa
     space = {**SPACE, "train.max_lr": {"low": 1e-9, "high": 0.1, "log": True}}
     queued.enqueue_trial({**GOOD, "train.max_lr": 0.01})
     queued.enqueue_trial({**GOOD, "train.max_lr": 1e-9})  # barely trains: near chance
-    assert cli.main(tune_args(tmp_path, tiny_us8k_master, space, "--trials", "2", "--study", "p",
-                              "--prune-startup", "1", "--prune-warmup", str(warmup))) == 0
+    assert (
+        cli.main(
+            tune_args(
+                tmp_path,
+                tiny_us8k_master,
+                space,
+                "--trials",
+                "2",
+                "--study",
+                "p",
+                "--prune-startup",
+                "1",
+                "--prune-warmup",
+                str(warmup),
+            )
+        )
+        == 0
+    )
     good, poor = load(tmp_path, "p").get_trials()
     assert good.state == optuna.trial.TrialState.COMPLETE
     assert poor.state == optuna.trial.TrialState.PRUNED
     # Steps are split indices (1, 2); warm-up w: the first w splits are never pruned.
-    assert list(poor.intermediate_values) == [1, 2][:warmup + 1]
+    assert list(poor.intermediate_values) == [1, 2][: warmup + 1]
     assert f"pruned after split {warmup + 1}" in poor.user_attrs["reason"]
     assert (tmp_path / "runs" / "tune-p" / "trials" / "1" / "splits" / "2").exists() == (warmup == 1)
     table = pd.read_csv(tmp_path / "runs" / "tune-p" / "trials.csv")
     assert table["state"].tolist() == ["complete", "pruned"]
 
 
-def test_failed_and_excluded_trials_are_recorded_and_the_study_goes_on(tiny_us8k_master, tmp_path,
-                                                                       monkeypatch):
+def test_failed_and_excluded_trials_are_recorded_and_the_study_goes_on(tiny_us8k_master, tmp_path, monkeypatch):
     real_fit, trained = cv_mod.fit_split, []
 
     def fit(bank, labels, train_idx, val_idx, test_idx, n_classes, cfg, **kw):
@@ -228,13 +315,16 @@ def test_failed_and_excluded_trials_are_recorded_and_the_study_goes_on(tiny_us8k
     storage = f"sqlite:///{tmp_path / 'runs' / 'tune-f' / 'study.db'}"
     (tmp_path / "runs" / "tune-f").mkdir(parents=True)
     queued = optuna.create_study(study_name="f", storage=storage, direction="maximize")
-    space = {**SPACE, "features.n_mels": [16, 128], "features.n_fft": [256, 512],
-             "train.max_lr": {"low": 0.001, "high": 10.0, "log": True}}
+    space = {
+        **SPACE,
+        "features.n_mels": [16, 128],
+        "features.n_fft": [256, 512],
+        "train.max_lr": {"low": 0.001, "high": 10.0, "log": True},
+    }
     queued.enqueue_trial({**GOOD, "features.n_mels": 128, "features.n_fft": 256, "train.max_lr": 0.01})
     queued.enqueue_trial({**GOOD, "train.max_lr": 5.0})
     queued.enqueue_trial({**GOOD, "train.max_lr": 0.01})
-    args = tune_args(tmp_path, tiny_us8k_master, space, "--trials", "2", "--study", "f",
-                     "--splits", "1", mlflow=True)
+    args = tune_args(tmp_path, tiny_us8k_master, space, "--trials", "2", "--study", "f", "--splits", "1", mlflow=True)
     assert cli.main(args) == 0
     excluded, failed, complete = load(tmp_path, "f").get_trials()
     # 128 Mel bands at n_fft 256, 8 kHz: empty filters. Excluded before any training, not counted.
@@ -245,6 +335,7 @@ def test_failed_and_excluded_trials_are_recorded_and_the_study_goes_on(tiny_us8k
     assert failed.user_attrs["reason"].startswith("TrainingError: training loss became nan")
     assert complete.state == optuna.trial.TrialState.COMPLETE  # the study went on
     import mlflow
+
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = mlflow.search_runs(experiment_names=["tiny"])
     runs = runs[runs["tags.mlflow.runName"].str.startswith("trial-")].sort_values("tags.trial")
@@ -256,6 +347,7 @@ def test_failed_and_excluded_trials_are_recorded_and_the_study_goes_on(tiny_us8k
 
 
 # ---- the objective sees validation folds only ------------------------------------------------
+
 
 def test_objective_is_the_validation_figure_never_the_test_fold(tiny_us8k, tmp_path, monkeypatch):
     # Relabel the clips of fold 1 (split 1's test fold): a model that learned the classes scores
@@ -272,8 +364,9 @@ def test_objective_is_the_validation_figure_never_the_test_fold(tiny_us8k, tmp_p
     real_fit = cv_mod.fit_split
     monkeypatch.setattr(cv_mod, "fit_split", lambda *a, **kw: seen.append(a[4]) or real_fit(*a, **kw))
     cfg = tiny_config(tmp_path, tiny_us8k, splits=[1])
-    objective = Objective(cfg, load_space(write_space(tmp_path / "space.yaml", SPACE)),
-                          tmp_path / "runs" / "tune-fixed", "fixed")
+    objective = Objective(
+        cfg, load_space(write_space(tmp_path / "space.yaml", SPACE)), tmp_path / "runs" / "tune-fixed", "fixed"
+    )
     value = objective(optuna.trial.FixedTrial(GOOD, number=7))
     assert seen == [None]  # fit_split was never handed the test fold
 
@@ -301,12 +394,15 @@ def test_objective_is_the_validation_figure_never_the_test_fold(tiny_us8k, tmp_p
 
 # ---- the search space --------------------------------------------------------------------------
 
+
 def test_space_defaults_yaml_overrides_and_checks(tmp_path):
     space = load_space()
     assert space["features.n_mels"] == [32, 64, 96, 128] and "train.max_lr" not in space
     path = tmp_path / "space.yaml"
-    path.write_text("features:\n  n_mels: [64, 128]\naugment.time_shift: null\n"
-                    "train.max_lr: {low: 1e-4, high: 1e-2, log: true}\nmodel.name: wide_cnn\n")
+    path.write_text(
+        "features:\n  n_mels: [64, 128]\naugment.time_shift: null\n"
+        "train.max_lr: {low: 1e-4, high: 1e-2, log: true}\nmodel.name: wide_cnn\n"
+    )
     space = load_space(path)
     assert space["features.n_mels"] == [64, 128] and "augment.time_shift" not in space
     assert space["train.max_lr"] == {"low": 1e-4, "high": 1e-2, "log": True}
@@ -315,11 +411,13 @@ def test_space_defaults_yaml_overrides_and_checks(tmp_path):
     check_space(space, cfg)
     assert apply_params(cfg, {"features.n_fft": 2048, "features.hop_length": "1/4"}).features.hop_length == 512
     assert apply_params(cfg, {"features.hop_length": 300}).features.hop_length == 300
-    for bad, message in [({"dataset.root": ["x"]}, "not a searchable"),
-                         ({"features.n_mels": {"low": 5, "high": 1}}, "low < high"),
-                         ({"augment.freq_masks": ["two"]}, "not a valid int"),
-                         ({"model.name": ["resnet9000"]}, "not a valid choice"),
-                         ({"features.n_mels": [32, 128], "features.n_fft": [256]}, "n_mels=128")]:
+    for bad, message in [
+        ({"dataset.root": ["x"]}, "not a searchable"),
+        ({"features.n_mels": {"low": 5, "high": 1}}, "low < high"),
+        ({"augment.freq_masks": ["two"]}, "not a valid int"),
+        ({"model.name": ["resnet9000"]}, "not a valid choice"),
+        ({"features.n_mels": [32, 128], "features.n_fft": [256]}, "n_mels=128"),
+    ]:
         with pytest.raises(ConfigError, match=message):
             check_space(bad, merge(cfg, {"audio.sample_rate": 8000}))
     assert parse_duration("3h") == 10800 and parse_duration("90m") == 5400 and parse_duration("45") == 45
@@ -364,11 +462,20 @@ def test_workers_opening_one_fresh_study_together_all_succeed(tmp_path):
     import subprocess
     import sys
     import textwrap
+
     repo = Path(__file__).resolve().parents[1]
     workers, rounds = 3, 8  # without the retry about one round in three lost a worker
-    procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(OPENING_WORKER), str(tmp_path), str(i),
-                               str(workers), str(rounds)], cwd=repo, env={**os.environ, "PYTHONPATH": str(repo)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", textwrap.dedent(OPENING_WORKER), str(tmp_path), str(i), str(workers), str(rounds)],
+            cwd=repo,
+            env={**os.environ, "PYTHONPATH": str(repo)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(workers)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0] * workers, [err[-2000:] for _, err in results]
     for r in range(rounds):
@@ -377,8 +484,23 @@ def test_workers_opening_one_fresh_study_together_all_succeed(tmp_path):
 
 
 def test_a_storage_that_cannot_be_opened_leaves_no_study_folder(tiny_us8k_master, tmp_path, capsys):
-    flags = ["tune", "--dataset", "us8k", "--root", str(tiny_us8k_master), "--runs-dir", str(tmp_path / "runs"),
-             "--cache-dir", str(tmp_path / "cache"), "--no-mlflow", "--quiet", "--trials", "1", "--study", "q"]
+    flags = [
+        "tune",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(tiny_us8k_master),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--no-mlflow",
+        "--quiet",
+        "--trials",
+        "1",
+        "--study",
+        "q",
+    ]
     for storage in (f"sqlite:///{tmp_path / 'nodir' / 'x.db'}", "bogus://x"):
         assert cli.main([*flags, "--storage", storage]) == 2
         err = capsys.readouterr().err
@@ -386,8 +508,9 @@ def test_a_storage_that_cannot_be_opened_leaves_no_study_folder(tiny_us8k_master
         assert not (tmp_path / "runs" / "tune-q").exists()
 
 
-def test_ctrl_c_is_one_line_and_the_rerun_retries_the_trial_with_its_settings(tiny_us8k_master, tmp_path,
-                                                                              monkeypatch, capfd):
+def test_ctrl_c_is_one_line_and_the_rerun_retries_the_trial_with_its_settings(
+    tiny_us8k_master, tmp_path, monkeypatch, capfd
+):
     """Ctrl-C in a trial's second split: exit 130 and one line, not Optuna's KeyboardInterrupt
     traceback. The re-run retries the trial with its settings, keeping its finished first split,
     and goes on with the settings an uninterrupted study draws next (before: a failed trial that

@@ -2,6 +2,7 @@
 name, plots only where they mean something, and `tune --help`. The study runs through the real
 `bench.drivers.tune.search` with `run_cv` replaced by a stand-in that reports chosen counts of clips, so
 no model trains and every figure is known in advance."""
+
 from __future__ import annotations
 
 import logging
@@ -23,8 +24,11 @@ from bench.drivers.tune import DEFAULT_SPLITS, TuneConfig, mean_fraction, search
 from tests.conftest import fast_config
 
 N_VAL = 30  # validation clips per split in the stand-in
-SPACE = {"features.n_mels": [16, 32], "augment.freq_masks": {"low": 0, "high": 3},
-         "augment.time_masks": {"low": 0, "high": 3}}
+SPACE = {
+    "features.n_mels": [16, 32],
+    "augment.freq_masks": {"low": 0, "high": 3},
+    "augment.time_masks": {"low": 0, "high": 3},
+}
 
 
 def float32_objective(counts: list[int]) -> float:
@@ -32,29 +36,38 @@ def float32_objective(counts: list[int]) -> float:
     return float(np.mean([float(np.float32(c) / np.float32(N_VAL)) for c in counts]))
 
 
-def run_search(tmp_path, monkeypatch, counts: dict[int, list[int] | Exception], trials: int,
-               prune_startup: int = 10, trial_lines: bool = True, space: dict = SPACE) -> optuna.Study:
+def run_search(
+    tmp_path,
+    monkeypatch,
+    counts: dict[int, list[int] | Exception],
+    trials: int,
+    prune_startup: int = 10,
+    trial_lines: bool = True,
+    space: dict = SPACE,
+) -> optuna.Study:
     """`search` over splits 1-3 where trial n's split k gets counts[n][k-1] of 30 clips right."""
+
     def fake_run_cv(cfg, on_split, **kw):
         plan = counts[int(cfg.name)]
         if isinstance(plan, Exception):
             raise plan
         for k, correct in zip(cfg.splits, plan):
-            on_split(SimpleNamespace(index=k), {"val_correct": correct, "n_val": N_VAL,
-                                                "val_acc": correct / N_VAL})
+            on_split(SimpleNamespace(index=k), {"val_correct": correct, "n_val": N_VAL, "val_acc": correct / N_VAL})
 
     monkeypatch.setattr(tune_mod, "run_cv", fake_run_cv)
     cfg = fast_config(tmp_path, splits=[1, 2, 3])
     tune = TuneConfig(trials=trials, study="s", prune_startup=prune_startup)
-    prepared = SimpleNamespace(tracker=None, device=torch.device("cpu"),  # what the trials' params read
-                               plan=SimpleNamespace(protocol=create_protocol("predefined"),
-                                                    folds=np.array([1, 2, 3])))
-    result = search(cfg, tune, space, prepared, tmp_path / "tune-s",
-                    progress=False, trial_lines=trial_lines)
+    prepared = SimpleNamespace(
+        tracker=None,
+        device=torch.device("cpu"),  # what the trials' params read
+        plan=SimpleNamespace(protocol=create_protocol("predefined"), folds=np.array([1, 2, 3])),
+    )
+    result = search(cfg, tune, space, prepared, tmp_path / "tune-s", progress=False, trial_lines=trial_lines)
     return result.study
 
 
 # ---- exact fractions and ties ----------------------------------------------------------------
+
 
 def test_equal_fractions_are_equal_values_and_the_earlier_trial_wins(tmp_path, monkeypatch):
     first, second = [10, 10, 17], [10, 11, 16]  # both 37/90 of the clips, on average
@@ -81,6 +94,7 @@ def test_the_running_mean_for_pruning_is_exact_too(tmp_path, monkeypatch):
 def test_fit_split_counts_the_validation_clips_it_got_right():
     from bench.train.fit import fit_split
     from tests.test_train import CFG, toy_bank
+
     bank, labels = toy_bank()
     idx = np.random.default_rng(0).permutation(len(labels))
     result = fit_split(bank, labels, idx[:54], idx[54:72], None, 3, CFG, seed=1)
@@ -98,6 +112,7 @@ def test_mean_fraction_with_unequal_folds():
 
 # ---- what the terminal shows -----------------------------------------------------------------
 
+
 def test_one_line_per_trial_and_optuna_quiet(tmp_path, monkeypatch, capsys):
     records: list[str] = []
     handler = logging.Handler()
@@ -105,9 +120,13 @@ def test_one_line_per_trial_and_optuna_quiet(tmp_path, monkeypatch, capsys):
     optuna.logging.set_verbosity(optuna.logging.INFO)  # Optuna's default: a line per trial
     logging.getLogger("optuna").addHandler(handler)
     try:
-        study = run_search(tmp_path, monkeypatch, {0: [18, 18, 18], 1: [3, 3, 3],
-                                                   2: TrainingError("training loss became nan at epoch 1")},
-                           trials=3, prune_startup=1)
+        study = run_search(
+            tmp_path,
+            monkeypatch,
+            {0: [18, 18, 18], 1: [3, 3, 3], 2: TrainingError("training loss became nan at epoch 1")},
+            trials=3,
+            prune_startup=1,
+        )
     finally:
         logging.getLogger("optuna").removeHandler(handler)
     assert optuna.logging.get_verbosity() == optuna.logging.INFO  # restored
@@ -116,20 +135,26 @@ def test_one_line_per_trial_and_optuna_quiet(tmp_path, monkeypatch, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert len(lines) == 3
     p0, p1, p2 = (study.get_trials()[i].params for i in range(3))
-    assert lines[0].startswith("[1/3] trial 0 complete  val_acc_mean 0.6000 (18/30 18/30 18/30)  "
-                               f"n_mels={p0['features.n_mels']} freq_masks={p0['augment.freq_masks']} ")
+    assert lines[0].startswith(
+        "[1/3] trial 0 complete  val_acc_mean 0.6000 (18/30 18/30 18/30)  "
+        f"n_mels={p0['features.n_mels']} freq_masks={p0['augment.freq_masks']} "
+    )
     assert lines[0].endswith("best: trial 0 0.6000")
-    assert lines[1].startswith("[2/3] trial 1 pruned after split 1: running mean 0.1000 (3/30) below the "
-                               f"median of earlier trials  n_mels={p1['features.n_mels']} ")
-    assert lines[2].startswith("[3/3] trial 2 failed: TrainingError: training loss became nan at epoch 1  "
-                               f"n_mels={p2['features.n_mels']} ")
+    assert lines[1].startswith(
+        "[2/3] trial 1 pruned after split 1: running mean 0.1000 (3/30) below the "
+        f"median of earlier trials  n_mels={p1['features.n_mels']} "
+    )
+    assert lines[2].startswith(
+        f"[3/3] trial 2 failed: TrainingError: training loss became nan at epoch 1  n_mels={p2['features.n_mels']} "
+    )
     assert all(" s  best: trial 0 0.6000" in line for line in lines)
 
 
 def test_an_excluded_pair_is_one_line_and_not_counted(tmp_path, monkeypatch, capsys):
     (tmp_path / "tune-s").mkdir()
-    optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 'tune-s' / 'study.db'}",
-                        direction="maximize").enqueue_trial({"features.n_mels": 128, "features.n_fft": 256})
+    optuna.create_study(
+        study_name="s", storage=f"sqlite:///{tmp_path / 'tune-s' / 'study.db'}", direction="maximize"
+    ).enqueue_trial({"features.n_mels": 128, "features.n_fft": 256})
     space = {"features.n_mels": [16, 128], "features.n_fft": [256, 512]}
     run_search(tmp_path, monkeypatch, {1: [18, 18, 18]}, trials=1, space=space)
     lines = capsys.readouterr().out.splitlines()
@@ -144,6 +169,7 @@ def test_nested_style_searches_print_no_trial_lines(tmp_path, monkeypatch, capsy
 
 
 # ---- the objective's name, and plots ----------------------------------------------------------
+
 
 def test_the_objective_is_named_and_stays_named_when_continued(tmp_path, monkeypatch):
     counts = {n: [10 + n, 12, 14] for n in range(3)}
@@ -161,8 +187,10 @@ def test_plots_wait_for_enough_trials_and_the_report_says_why(tmp_path, monkeypa
     report = (folder / "report.md").read_text()
     assert (folder / "optimization_history.png").exists()
     assert not (folder / "param_importances.png").exists() and not (folder / "parallel_coordinate.png").exists()
-    assert ("- parameter importances: not drawn: needs at least 8 complete trials over at least 2 "
-            "searched parameters that vary; the study has 3 complete") in report
+    assert (
+        "- parameter importances: not drawn: needs at least 8 complete trials over at least 2 "
+        "searched parameters that vary; the study has 3 complete"
+    ) in report
     assert "- parallel coordinates: not drawn: needs at least 8 complete trials" in report
     run_search(tmp_path, monkeypatch, counts, trials=8)  # continued to 8
     report = (folder / "report.md").read_text()
@@ -173,11 +201,14 @@ def test_plots_wait_for_enough_trials_and_the_report_says_why(tmp_path, monkeypa
 def test_one_complete_trial_draws_no_history(tmp_path, monkeypatch):
     run_search(tmp_path, monkeypatch, {0: [10, 12, 14]}, trials=1)
     assert not (tmp_path / "tune-s" / "optimization_history.png").exists()
-    assert "- optimization history: not drawn: needs at least 2 complete trials; the study has 1 complete" \
+    assert (
+        "- optimization history: not drawn: needs at least 2 complete trials; the study has 1 complete"
         in (tmp_path / "tune-s" / "report.md").read_text()
+    )
 
 
 # ---- tune --help --------------------------------------------------------------------------------
+
 
 def test_tune_help_tells_the_truth(capsys):
     with pytest.raises(SystemExit) as exit_:

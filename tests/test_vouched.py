@@ -1,6 +1,7 @@
 """Readers see only what the run folder verified: split folders by the plan's split list, plan.json
 as far as the DONE markers vouch for it, predictions that agree with their own probabilities; and a
 report that fails replaces none of its files."""
+
 import json
 import shutil
 
@@ -14,11 +15,26 @@ from reports import build_report
 from reports.files import atomic_write_text, read_plan
 from tests.test_reports import write_run
 
-OUTPUTS = ["scores.json", "per_fold.csv", "per_class.csv", "confusion_counts.csv", "report.md",
-           "report.html", "fold_scores.png", "learning_curves.png"]
-PLAN = {"protocol": "PredefinedFolds()", "leaky": False, "leak_reason": None, "n_clips": 12,
-        "dataset_fingerprint": "c1-abc", "warnings": [], "notes": [],
-        "splits": [{"split": k, "test_fold": k} for k in (1, 2, 3)]}
+OUTPUTS = [
+    "scores.json",
+    "per_fold.csv",
+    "per_class.csv",
+    "confusion_counts.csv",
+    "report.md",
+    "report.html",
+    "fold_scores.png",
+    "learning_curves.png",
+]
+PLAN = {
+    "protocol": "PredefinedFolds()",
+    "leaky": False,
+    "leak_reason": None,
+    "n_clips": 12,
+    "dataset_fingerprint": "c1-abc",
+    "warnings": [],
+    "notes": [],
+    "splits": [{"split": k, "test_fold": k} for k in (1, 2, 3)],
+}
 
 
 def sealed_run(path, done=(1, 2)):
@@ -53,14 +69,35 @@ def test_anything_else_under_splits_is_refused_and_no_output_changes(tmp_path, s
     assert snapshot(run) == before
     with pytest.raises(ValueError, match="not a split of the fold plan"):
         build_report(run)
-    assert cli.main(["compare", str(run), str(sealed_run(tmp_path / "other")), "--out", "cmp",
-                     "--runs-dir", str(tmp_path / "runs"), "--no-mlflow"]) == 2
+    assert (
+        cli.main(
+            [
+                "compare",
+                str(run),
+                str(sealed_run(tmp_path / "other")),
+                "--out",
+                "cmp",
+                "--runs-dir",
+                str(tmp_path / "runs"),
+                "--no-mlflow",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "runs" / "cmp").exists()
 
 
-@pytest.mark.parametrize("field,value", [("dataset_fingerprint", "c1-forged"), ("n_clips", 99),
-                                         ("warnings", ["forged"]), ("notes", ["forged"]),
-                                         ("repeats", 2), ("extra", 1)])
+@pytest.mark.parametrize(
+    "field,value",
+    [
+        ("dataset_fingerprint", "c1-forged"),
+        ("n_clips", 99),
+        ("warnings", ["forged"]),
+        ("notes", ["forged"]),
+        ("repeats", 2),
+        ("extra", 1),
+    ],
+)
 def test_every_field_of_plan_json_is_vouched_for(tmp_path, field, value):
     run = sealed_run(tmp_path / "r")
     scores = build_report(run)
@@ -104,8 +141,11 @@ def test_pred_must_be_the_most_probable_class_even_when_resealed(tmp_path):
     pred.loc[1, "pred"] = pred.loc[1, "label"]  # c2 now "correct", its probabilities unchanged
     pred.to_csv(path, index=False)
     RunFolder(run).seal(1)
-    with pytest.raises(ValueError, match=r"split 1 cannot be scored: predictions.csv's pred is not the "
-                                         r"most probable class in 1 row\(s\) \(first: row 2\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"split 1 cannot be scored: predictions.csv's pred is not the "
+        r"most probable class in 1 row\(s\) \(first: row 2\)",
+    ):
         build_report(run)
     pred.loc[1, "pred"] = 7  # not a class id
     pred.to_csv(path, index=False)
@@ -137,6 +177,7 @@ def test_a_report_that_fails_midway_replaces_no_file(tmp_path, monkeypatch):
 
     def broken(*args, **kwargs):
         raise RuntimeError("drawing failed")
+
     monkeypatch.setattr(render, "plot_fold_scores", broken)
     with pytest.raises(RuntimeError, match="drawing failed"):
         build_report(run)
@@ -155,8 +196,18 @@ def test_scores_do_not_depend_on_the_name_in_config_yaml(tmp_path):
     assert np.isclose(json.loads((run / "scores.json").read_text())["acc_mean"], (0.5 + 0.6) / 2)
 
 
-@pytest.mark.parametrize("splits", [[{"split": "x"}], "abc", [1, 2], [{"split": 1}, {"split": 1}],
-                                    [{"split": 1.5}], [{"split": -1}], [{"split": True}]])
+@pytest.mark.parametrize(
+    "splits",
+    [
+        [{"split": "x"}],
+        "abc",
+        [1, 2],
+        [{"split": 1}, {"split": 1}],
+        [{"split": 1.5}],
+        [{"split": -1}],
+        [{"split": True}],
+    ],
+)
 def test_a_damaged_split_list_is_one_line_not_a_traceback(tmp_path, capsys, splits):
     run = sealed_run(tmp_path / "r")
     plan = json.loads((run / "plan.json").read_text())

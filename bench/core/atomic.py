@@ -2,6 +2,7 @@
 
 A leaf module (it imports nothing of the package): the run folder, the cache and the reports use it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -63,8 +64,6 @@ def atomic_write_json(path, obj) -> None:
 def atomic_write_csv(path, df: pd.DataFrame, index: bool = False) -> None:
     with atomic_path(path) as tmp:
         df.to_csv(tmp, index=index)
-
-
 
 
 @contextlib.contextmanager

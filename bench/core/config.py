@@ -3,6 +3,7 @@
 One `RunConfig` holds everything a run depends on. It is saved as `config.yaml` in the run folder,
 flattened (`features.n_mels`, ...) into MLflow params, and loaded back with `--config`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -110,8 +111,9 @@ class TrackingConfig:
 class RunConfig:
     name: str | None = None  # run folder name under runs_dir; None: <dataset>-<timestamp>
     runs_dir: str = "runs"  # where run folders go
-    cache_dir: str = field(default_factory=lambda: os.environ.get(
-        "FOLDBENCH_CACHE", str(Path.home() / ".cache" / "foldbench")))  # waveform cache, demo data
+    cache_dir: str = field(
+        default_factory=lambda: os.environ.get("FOLDBENCH_CACHE", str(Path.home() / ".cache" / "foldbench"))
+    )  # waveform cache, demo data
     splits: list[int] | None = None  # run only these splits (1-based); None: all
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
@@ -133,6 +135,7 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 
 def flatten(cfg: RunConfig) -> dict[str, Any]:
     """`{"features.n_mels": 64, ...}`: the names MLflow params and `--set` use."""
+
     def walk(prefix: str, data: dict[str, Any]) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key, value in data.items():
@@ -141,6 +144,7 @@ def flatten(cfg: RunConfig) -> dict[str, Any]:
             else:
                 out[prefix + key] = value
         return out
+
     return walk("", to_dict(cfg))
 
 
@@ -158,8 +162,7 @@ def _set(obj: Any, key: str, value: Any, where: str) -> None:
         return _set(obj, head, {rest: value}, where)
     names = {f.name: f for f in fields(obj)}
     if key not in names:
-        raise ConfigError(f"{where}: unknown key {key!r} in {type(obj).__name__}; "
-                          f"known: {', '.join(names)}")
+        raise ConfigError(f"{where}: unknown key {key!r} in {type(obj).__name__}; known: {', '.join(names)}")
     current = getattr(obj, key)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
@@ -274,12 +277,20 @@ MEL_NORMS = (None, "slaney")
 
 def plain_name(value: str, what: str) -> str:
     """`value` if it is one plain path component (no separator, not `.`/`..`, not hidden)."""
-    bad = (not value or value in (".", "..") or value.startswith(".") or "/" in value
-           or "\\" in value or any(ord(c) < 32 or ord(c) == 127 for c in value)
-           or len(value.encode("utf-8", "replace")) > 200)
+    bad = (
+        not value
+        or value in (".", "..")
+        or value.startswith(".")
+        or "/" in value
+        or "\\" in value
+        or any(ord(c) < 32 or ord(c) == 127 for c in value)
+        or len(value.encode("utf-8", "replace")) > 200
+    )
     if bad:
-        raise ConfigError(f"{what} {value!r}: must be a plain name (letters, digits, '-', '_', '.'; "
-                          f"no '/', not starting with '.'), e.g. {what} us8k-seed")
+        raise ConfigError(
+            f"{what} {value!r}: must be a plain name (letters, digits, '-', '_', '.'; "
+            f"no '/', not starting with '.'), e.g. {what} us8k-seed"
+        )
     return value
 
 
@@ -295,9 +306,14 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key in ("runs_dir", "cache_dir"):
         _need(bool(str(getattr(cfg, key)).strip()), key, getattr(cfg, key), "must be a folder, not empty")
     if cfg.splits is not None:
-        _need(len(cfg.splits) > 0 and all(1 <= k <= 10_000 for k in cfg.splits)
-              and len(set(cfg.splits)) == len(cfg.splits),
-              "splits", cfg.splits, "give distinct split numbers from 1, or none for all")
+        _need(
+            len(cfg.splits) > 0
+            and all(1 <= k <= 10_000 for k in cfg.splits)
+            and len(set(cfg.splits)) == len(cfg.splits),
+            "splits",
+            cfg.splits,
+            "give distinct split numbers from 1, or none for all",
+        )
     p, a, f, g, t = cfg.protocol, cfg.audio, cfg.features, cfg.augment, cfg.train
     _need(p.val in VALS, "protocol.val", p.val, f"must be one of {', '.join(VALS)}")
     _need(p.folds is None or p.folds >= 2, "protocol.folds", p.folds, "needs at least 2 folds")
@@ -313,49 +329,77 @@ def validate(cfg: RunConfig) -> RunConfig:
     _need(f.top_db > 0, "features.top_db", f.top_db, "must be > 0 (dB below each clip's peak)")
     _need(f.mel_scale in MEL_SCALES, "features.mel_scale", f.mel_scale, "must be htk or slaney")
     _need(f.mel_norm in MEL_NORMS, "features.mel_norm", f.mel_norm, "must be none or slaney")
-    _need(f.image_size is None or 8 <= f.image_size <= 1024, "features.image_size", f.image_size,
-          "must be none (no resize) or 8..1024 pixels")
+    _need(
+        f.image_size is None or 8 <= f.image_size <= 1024,
+        "features.image_size",
+        f.image_size,
+        "must be none (no resize) or 8..1024 pixels",
+    )
     _need(0 <= g.time_shift < 1, "augment.time_shift", g.time_shift, "must be in [0, 1)")
     for key in ("freq_masks", "time_masks"):
         _need(0 <= getattr(g, key) <= 100, f"augment.{key}", getattr(g, key), "must be 0..100")
     for key in ("freq_mask_width", "time_mask_width"):
         _need(0 <= getattr(g, key) <= 1, f"augment.{key}", getattr(g, key), "must be in [0, 1]")
     _need(1 <= t.epochs <= 100_000, "train.epochs", t.epochs, "must be 1..100000")
-    _need(2 <= t.batch_size <= 65536, "train.batch_size", t.batch_size,
-          "must be 2..65536 (BatchNorm cannot train on one clip)")
-    _need(0 <= t.seed < 2 ** 31, "train.seed", t.seed, "must be 0..2147483647")
-    _need(0 <= cfg.protocol.seed < 2 ** 31, "protocol.seed", cfg.protocol.seed, "must be 0..2147483647")
+    _need(
+        2 <= t.batch_size <= 65536,
+        "train.batch_size",
+        t.batch_size,
+        "must be 2..65536 (BatchNorm cannot train on one clip)",
+    )
+    _need(0 <= t.seed < 2**31, "train.seed", t.seed, "must be 0..2147483647")
+    _need(0 <= cfg.protocol.seed < 2**31, "protocol.seed", cfg.protocol.seed, "must be 0..2147483647")
     for key in ("lr", "max_lr"):
         value = getattr(t, key)
-        _need(value > 0 and value == value and value != float("inf"), f"train.{key}", value,
-              "must be a positive number")
+        _need(
+            value > 0 and value == value and value != float("inf"), f"train.{key}", value, "must be a positive number"
+        )
     _need(t.weight_decay >= 0, "train.weight_decay", t.weight_decay, "must be >= 0")
     _need(t.anneal in ANNEALS, "train.anneal", t.anneal, f"must be one of {', '.join(ANNEALS)}")
     _need(t.optimizer in OPTIMIZERS, "train.optimizer", t.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
     _need(0 <= t.momentum < 1, "train.momentum", t.momentum, "must be in [0, 1)")
-    _need(not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0), "train.nesterov", t.nesterov,
-          "needs train.optimizer=sgd and train.momentum > 0")
+    _need(
+        not t.nesterov or (t.optimizer == "sgd" and t.momentum > 0),
+        "train.nesterov",
+        t.nesterov,
+        "needs train.optimizer=sgd and train.momentum > 0",
+    )
     _need(t.schedule in SCHEDULES, "train.schedule", t.schedule, f"must be one of {', '.join(SCHEDULES)}")
     _need(0 < t.plateau_factor < 1, "train.plateau_factor", t.plateau_factor, "must be in (0, 1)")
     _need(t.plateau_patience >= 0, "train.plateau_patience", t.plateau_patience, "must be >= 0")
-    _need(t.schedule != "plateau" or p.val != "none", "train.schedule", t.schedule,
-          "plateau steps on validation accuracy, and protocol.val=none has no validation fold; "
-          "use constant, cosine or onecycle, or protocol.val=next")
+    _need(
+        t.schedule != "plateau" or p.val != "none",
+        "train.schedule",
+        t.schedule,
+        "plateau steps on validation accuracy, and protocol.val=none has no validation fold; "
+        "use constant, cosine or onecycle, or protocol.val=next",
+    )
     _need(0 <= t.mixup <= 10, "train.mixup", t.mixup, "must be in [0, 10] (Beta(alpha, alpha); 0: off)")
-    _need(isinstance(cfg.model.params, dict) and all(isinstance(k, str) and k.isidentifier()
-                                                     for k in cfg.model.params),
-          "model.params", cfg.model.params, "must map parameter names to values")
+    _need(
+        isinstance(cfg.model.params, dict) and all(isinstance(k, str) and k.isidentifier() for k in cfg.model.params),
+        "model.params",
+        cfg.model.params,
+        "must map parameter names to values",
+    )
     _need(t.threads >= 0, "train.threads", t.threads, "must be >= 0 (0: auto, one per free core)")
-    _need(t.device in DEVICES or t.device.startswith("cuda:") and t.device[5:].isdigit(),
-          "train.device", t.device, "must be auto, cpu, cuda or cuda:N")
-    _need(bool(cfg.tracking.tracking_uri), "tracking.tracking_uri", cfg.tracking.tracking_uri,
-          "must not be empty")
-    _need(not (cfg.tracking.mlflow and is_redacted(cfg.tracking.tracking_uri)), "tracking.tracking_uri",
-          cfg.tracking.tracking_uri, "has its password masked (a saved config keeps none): give "
-                                     "--tracking-uri with the password again, or --no-mlflow")
+    _need(
+        t.device in DEVICES or t.device.startswith("cuda:") and t.device[5:].isdigit(),
+        "train.device",
+        t.device,
+        "must be auto, cpu, cuda or cuda:N",
+    )
+    _need(bool(cfg.tracking.tracking_uri), "tracking.tracking_uri", cfg.tracking.tracking_uri, "must not be empty")
+    _need(
+        not (cfg.tracking.mlflow and is_redacted(cfg.tracking.tracking_uri)),
+        "tracking.tracking_uri",
+        cfg.tracking.tracking_uri,
+        "has its password masked (a saved config keeps none): give "
+        "--tracking-uri with the password again, or --no-mlflow",
+    )
     if cfg.tracking.experiment is not None:
-        _need(bool(cfg.tracking.experiment.strip()), "tracking.experiment", cfg.tracking.experiment,
-              "must not be empty")
+        _need(
+            bool(cfg.tracking.experiment.strip()), "tracking.experiment", cfg.tracking.experiment, "must not be empty"
+        )
     return cfg
 
 

@@ -5,6 +5,7 @@ The names are read from the registering modules' source (`@register_dataset("us8
 `@register_protocol(...)`, `@register_model(...)`), so a new registration shows up by itself;
 `tests/test_cli.py` checks that these lists equal the real registries. A leaf module.
 """
+
 from __future__ import annotations
 
 import re

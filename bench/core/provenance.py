@@ -18,6 +18,7 @@ carries its own: `digest`, the SHA-256 of the rest. A run.json whose digest does
 or written by a foldbench before the digest) is not read: reports say so, a resume starts a new
 record and notes that it replaced one it could not trust.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,6 +54,7 @@ def command_line() -> str:
 
 def foldbench_version() -> str | None:
     from importlib.metadata import PackageNotFoundError, version
+
     try:
         return version("foldbench")
     except PackageNotFoundError:
@@ -100,8 +102,14 @@ class Attempt:
         self.path, self.record, self.index, self._t0 = Path(run_dir) / "run.json", record, index, t0
 
     @classmethod
-    def begin(cls, run_dir, resume: bool, code_version: str,
-              started: tuple[str, float] | None = None, threads: str | None = None) -> "Attempt":
+    def begin(
+        cls,
+        run_dir,
+        resume: bool,
+        code_version: str,
+        started: tuple[str, float] | None = None,
+        threads: str | None = None,
+    ) -> "Attempt":
         """`started`: the job's `clock()` at its start (default: now); `threads`: the torch thread
         setup (results can differ in the last bits between thread counts: --threads N repeats it)."""
         started = started or clock()
@@ -111,9 +119,16 @@ class Attempt:
         for a in attempts:
             if a.get("status") == "running":
                 a["status"] = "interrupted"  # its process died without ending it
-        this = {"command": command_line(), "code_version": code_version,
-                "foldbench_version": foldbench_version(), "host": socket.gethostname(),
-                "started": started[0], "ended": None, "duration_s": None, "status": "running"}
+        this = {
+            "command": command_line(),
+            "code_version": code_version,
+            "foldbench_version": foldbench_version(),
+            "host": socket.gethostname(),
+            "started": started[0],
+            "ended": None,
+            "duration_s": None,
+            "status": "running",
+        }
         if threads:
             this["threads"] = threads
         attempts.append(this)

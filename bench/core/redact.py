@@ -10,6 +10,7 @@ given to the database driver or MLflow, and shows it only through `redact`: in i
 MLflow tags and params (bench.tracking.tracker) and in the config.yaml a run keeps (bench.core.config.dump_yaml).
 A leaf module: it imports nothing of the package.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -22,8 +23,9 @@ MASK = "***"
 # password cannot hold an unescaped / or whitespace)
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^:/@\s]*:)[^/\s]*@")
 # key=value credentials: a libpq DSN (password=...), a URL's query (?password=...&)
-_KEY_PASSWORD = re.compile(r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<quote>['\"]?)[^\s&'\";,)]+(?P=quote)",
-                           re.IGNORECASE)
+_KEY_PASSWORD = re.compile(
+    r"(?P<head>\b(?:password|passwd|pwd)\s*=\s*)(?P<quote>['\"]?)[^\s&'\";,)]+(?P=quote)", re.IGNORECASE
+)
 
 
 def redact(text: object) -> str:

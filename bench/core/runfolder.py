@@ -11,10 +11,12 @@
                                             settings and fold plan they were made with
 
 A claim creates the folder atomically (a new run) and takes an exclusive lock on it (flock), held
-for the whole job, resume included, so two processes never train into one folder. A split counts only when its DONE digest
+for the whole job, resume included, so two processes never train into one folder. A split counts only
+when its DONE digest
 matches its files, the saved settings and `folds.csv`, and its predictions are exactly the test
 fold's clips, each once, with their labels; anything else is named, never scored.
 """
+
 from __future__ import annotations
 
 import fcntl
@@ -54,9 +56,13 @@ class RunFolderError(FoldbenchError, ValueError):
 
 def result_view(cfg: RunConfig) -> dict:
     """The flattened settings that decide results (what a resumed run or study must match)."""
-    return {k: v for k, v in flatten(cfg).items()
-            if k.split(".")[0] in RESULT_KEYS and k not in NOT_RESULT_KEYS
-            and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])}
+    return {
+        k: v
+        for k, v in flatten(cfg).items()
+        if k.split(".")[0] in RESULT_KEYS
+        and k not in NOT_RESULT_KEYS
+        and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
+    }
 
 
 def saved_result_view(run_dir: str | Path) -> dict:
@@ -79,7 +85,10 @@ def latest_run(runs_dir: str | Path, dataset: str | None, nested: bool = False) 
         if (cfg_file.parent / "search.json").exists() != nested:  # the other command's run
             continue
         try:
-            if dataset is None or (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset", {}).get("name") == dataset:
+            if (
+                dataset is None
+                or (yaml.safe_load(cfg_file.read_text()) or {}).get("dataset", {}).get("name") == dataset
+            ):
                 found.append((cfg_file.stat().st_mtime, cfg_file.parent.name))
         except (OSError, yaml.YAMLError, AttributeError):
             continue
@@ -107,8 +116,10 @@ def _plan_view(plan: dict, seal: int | None = SEAL) -> dict:
         return dict(plan)
     view = {k: plan.get(k) for k in PLAN_KEYS}
     if isinstance(view["splits"], list):
-        view["splits"] = [{k: v for k, v in s.items() if not (k == "repeat" and v == 1)}
-                          if isinstance(s, dict) else s for s in view["splits"]]
+        view["splits"] = [
+            {k: v for k, v in s.items() if not (k == "repeat" and v == 1)} if isinstance(s, dict) else s
+            for s in view["splits"]
+        ]
     return view
 
 
@@ -129,8 +140,9 @@ def _pred_problem(pred: pd.Series, probs: np.ndarray) -> str | None:
     chosen = probs[np.arange(len(ids)), ids.astype(int)]
     wrong = np.flatnonzero(chosen < probs.max(axis=1))
     if len(wrong):
-        return (f"predictions.csv's pred is not the most probable class in {len(wrong)} row(s) "
-                f"(first: row {wrong[0] + 1})")
+        return (
+            f"predictions.csv's pred is not the most probable class in {len(wrong)} row(s) (first: row {wrong[0] + 1})"
+        )
     return None
 
 
@@ -170,8 +182,9 @@ class RunFolder:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RunFolderError(f"{self.path} is in use by another foldbench process; wait for it to "
-                                 f"finish or pick another --name") from None
+            raise RunFolderError(
+                f"{self.path} is in use by another foldbench process; wait for it to finish or pick another --name"
+            ) from None
         self._lock_fd = fd
 
     def _open(self, cfg: RunConfig, resume: bool) -> None:
@@ -181,12 +194,17 @@ class RunFolder:
                 raise RunFolderError(f"--resume: no run at {self.path}")
             self._lock()
             old, new = result_view(load_yaml(saved)), result_view(cfg)
-            diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-                    if old.get(k) != new.get(k)]
+            diff = [
+                f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+                for k in sorted(set(old) | set(new))
+                if old.get(k) != new.get(k)
+            ]
             if diff:
-                raise RunFolderError(f"--resume {self.path}: the settings differ from the saved "
-                                     f"config.yaml ({'; '.join(diff[:5])}), so finished splits would "
-                                     f"not be comparable; resume with the same settings or start a new run")
+                raise RunFolderError(
+                    f"--resume {self.path}: the settings differ from the saved "
+                    f"config.yaml ({'; '.join(diff[:5])}), so finished splits would "
+                    f"not be comparable; resume with the same settings or start a new run"
+                )
             return
         # Creating is one step for other claims: they wait on the parent's lock (held for this block
         # only), so none sees the new folder before its lock and config.yaml are in place.
@@ -196,9 +214,11 @@ class RunFolder:
             try:
                 self.path.mkdir()  # atomic: of two jobs with one name, exactly one creates the folder
             except FileExistsError:
-                what = ("already holds a run: pass --resume to continue it, or --name to start another"
-                        if saved.exists() else "exists and is not a foldbench run; pick another --name or "
-                                               "remove it")
+                what = (
+                    "already holds a run: pass --resume to continue it, or --name to start another"
+                    if saved.exists()
+                    else "exists and is not a foldbench run; pick another --name or remove it"
+                )
                 raise RunFolderError(f"{self.path} {what}") from None
             self._created = True
             self._lock()
@@ -241,17 +261,22 @@ class RunFolder:
             old_plan = read_json(self.path / "plan.json")
             old_fp = old_plan.get("dataset_fingerprint")
             if old_fp not in (None, plan.get("dataset_fingerprint")) and not str(old_fp).startswith("c1-"):
-                raise RunFolderError(f"--resume {self.path}: this run was started by a foldbench whose "
-                                     f"dataset fingerprint was made of file times, not content, so it "
-                                     f"cannot tell whether the dataset changed; start a new run")
+                raise RunFolderError(
+                    f"--resume {self.path}: this run was started by a foldbench whose "
+                    f"dataset fingerprint was made of file times, not content, so it "
+                    f"cannot tell whether the dataset changed; start a new run"
+                )
             if old_fp not in (None, plan.get("dataset_fingerprint")):
-                raise RunFolderError(f"--resume {self.path}: the dataset changed since this run started "
-                                     f"(a file, a label or the clip list differs); start a new run")
+                raise RunFolderError(
+                    f"--resume {self.path}: the dataset changed since this run started "
+                    f"(a file, a label or the clip list differs); start a new run"
+                )
             old = pd.read_csv(path, dtype={"clip": str})
             for col in ("clip", "label", *(fold_column(r) for r in range(1, len(repeats) + 1))):
                 if col not in old or old[col].tolist() != fresh[col].tolist():
-                    raise RunFolderError(f"--resume {path}: the fold plan's {col} column changed since "
-                                         f"this run started; start a new run")
+                    raise RunFolderError(
+                        f"--resume {path}: the fold plan's {col} column changed since this run started; start a new run"
+                    )
         else:
             atomic_write_csv(path, fresh)
         atomic_write_text(self.path / "plan.json", json.dumps(plan, indent=1) + "\n")
@@ -281,11 +306,15 @@ class RunFolder:
         """The split numbers of plan.json (1..n of folds.csv's folds when it has none)."""
         splits = read_json(self.path / "plan.json").get("splits")
         if splits:
-            numbers = [s.get("split") if isinstance(s, dict) else None
-                       for s in (splits if isinstance(splits, list) else [None])]
+            numbers = [
+                s.get("split") if isinstance(s, dict) else None
+                for s in (splits if isinstance(splits, list) else [None])
+            ]
             if not all(type(k) is int and k >= 1 for k in numbers) or len(set(numbers)) != len(numbers):
-                raise RunFolderError(f"{self.path / 'plan.json'}: its split list is damaged (each split "
-                                     f"must be a distinct whole number from 1); start a new run")
+                raise RunFolderError(
+                    f"{self.path / 'plan.json'}: its split list is damaged (each split "
+                    f"must be a distinct whole number from 1); start a new run"
+                )
             return sorted(numbers)
         if not (self.path / "folds.csv").exists():
             return []
@@ -323,9 +352,15 @@ class RunFolder:
         names = {self.split_dir(k).name for k in self.planned()}
         return sorted(p.name for p in root.iterdir() if p.name not in names)
 
-    def write_split(self, index: int, info: dict, history: pd.DataFrame,
-                    predictions: pd.DataFrame | None, confusion: pd.DataFrame | None = None,
-                    model: bytes | None = None) -> None:
+    def write_split(
+        self,
+        index: int,
+        info: dict,
+        history: pd.DataFrame,
+        predictions: pd.DataFrame | None,
+        confusion: pd.DataFrame | None = None,
+        model: bytes | None = None,
+    ) -> None:
         """The split's files, then DONE with their digest, truly last. `model`: model.pt's bytes."""
         folder = self.split_dir(index)
         (folder / "DONE").unlink(missing_ok=True)  # a retrained split is unfinished until its new DONE
@@ -346,8 +381,13 @@ class RunFolder:
         """Write split `index`'s DONE: the digest of the files it holds now and of the settings."""
         folder = self.split_dir(index)
         files = {n: _sha(folder / n) for n in SPLIT_FILES if (folder / n).is_file()}
-        done = {"split": index, "seal": SEAL, "settings": self.settings_digest(), "files": files,
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        done = {
+            "split": index,
+            "seal": SEAL,
+            "settings": self.settings_digest(),
+            "files": files,
+            "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        }
         atomic_write_text(folder / "DONE", json.dumps(done, indent=1) + "\n")
 
     def problem(self, index: int, score_test: bool = True, settings: str | None = None) -> str | None:
@@ -395,8 +435,10 @@ class RunFolder:
             return "predictions.csv lists a clip twice"
         if sorted(pred["clip"]) != sorted(test["clip"]):
             where = "" if repeat == 1 else f" of repeat {repeat}"
-            return (f"predictions.csv holds {len(pred)} clips, not the {len(test)} of test fold "
-                    f"{info.get('test_fold')}{where} in folds.csv")
+            return (
+                f"predictions.csv holds {len(pred)} clips, not the {len(test)} of test fold "
+                f"{info.get('test_fold')}{where} in folds.csv"
+            )
         labels = dict(zip(test["clip"], test["label"]))
         if any(labels[c] != lab for c, lab in zip(pred["clip"], pred["label"])):
             return "predictions.csv gives clips other labels than folds.csv"
@@ -413,15 +455,19 @@ class RunFolder:
         splits/ that is not a planned split's folder, is an error naming it."""
         strays = self.strays()
         if strays:
-            raise RunFolderError(f"{self.path / 'splits'}: {', '.join(strays[:5])} "
-                                 f"{'is' if len(strays) == 1 else 'are'} not a split of the fold plan "
-                                 f"(plan.json: {', '.join(map(str, self.planned())) or 'none'}); remove "
-                                 f"{'it' if len(strays) == 1 else 'them'} or start a new run")
+            raise RunFolderError(
+                f"{self.path / 'splits'}: {', '.join(strays[:5])} "
+                f"{'is' if len(strays) == 1 else 'are'} not a split of the fold plan "
+                f"(plan.json: {', '.join(map(str, self.planned())) or 'none'}); remove "
+                f"{'it' if len(strays) == 1 else 'them'} or start a new run"
+            )
         splits = self.done() if splits is None else splits
         settings = self.settings_digest() if splits else None
         for k in splits:
             reason = self.problem(k, score_test, settings)
             if reason is not None:
-                raise RunFolderError(f"{self.path}: split {k} cannot be scored: {reason}; run "
-                                     f"`kfold --name {self.path.name} --resume` to train it again")
+                raise RunFolderError(
+                    f"{self.path}: split {k} cannot be scored: {reason}; run "
+                    f"`kfold --name {self.path.name} --resume` to train it again"
+                )
         return splits

@@ -11,6 +11,7 @@ speed on an idle machine; one thread per free core keeps ~1,600 in both cases.
   apply(requested)            -> ThreadChoice   sets torch's intra-op threads (kfold, tune, speed)
   threads_per_worker(workers) -> int            W concurrent workers (Ray tasks) split the cores
 """
+
 from __future__ import annotations
 
 import os
@@ -43,9 +44,13 @@ def read_proc_stat(path: str = "/proc/stat") -> dict[int, tuple[int, int]]:
     return out
 
 
-def free_cpus(interval: float = SAMPLE_S, read: Callable[[], dict] = read_proc_stat,
-              cpus: set[int] | None = None, sleep: Callable[[float], None] = time.sleep,
-              own_time: Callable[[], float] = lambda: sum(os.times()[:2])) -> float | None:
+def free_cpus(
+    interval: float = SAMPLE_S,
+    read: Callable[[], dict] = read_proc_stat,
+    cpus: set[int] | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+    own_time: Callable[[], float] = lambda: sum(os.times()[:2]),
+) -> float | None:
     """How many of the allowed CPUs were idle over `interval` seconds (0.0 to their number); this
     process's own CPU time counts as free. None where it cannot be measured (no /proc/stat)."""
     try:
@@ -87,8 +92,14 @@ class ThreadChoice:
         return f"torch threads: {self.threads} ({why})"
 
 
-def choose_threads(requested: int = 0, *, free: Callable[[], float | None] = free_cpus,
-                   cpus: int | None = None, limit: int | None = None, environ=os.environ) -> ThreadChoice:
+def choose_threads(
+    requested: int = 0,
+    *,
+    free: Callable[[], float | None] = free_cpus,
+    cpus: int | None = None,
+    limit: int | None = None,
+    environ=os.environ,
+) -> ThreadChoice:
     """`requested` > 0 (--threads, train.threads) wins; then OMP_NUM_THREADS (set by the user or by
     Ray for its tasks); otherwise one thread per allowed CPU that is free now (at least one, at
     most `limit`: `apply` passes torch's current setting, so auto never raises a count lowered
@@ -127,6 +138,7 @@ def apply(requested: int = 0, announce: Callable[[str], None] | None = None) -> 
     torch's inter-op pool is left at its default: training runs no inter-op work."""
     global _CHOSEN, _SET
     import torch
+
     if requested > 0:
         choice = choose_threads(requested)
     else:

@@ -12,6 +12,7 @@ Resampling: torchaudio's windowed sinc wherever its kernel is small (every rate 
 read before soxr came: their clips, and so the cache, are unchanged); soxr for the rest, any rate
 a header can hold (500 kHz, 2 GHz), streamed a block at a time so that memory stays bounded.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,18 +40,36 @@ class BadAudio(FoldbenchError):
 # libsndfile's conversion to float is slow (about 1 ms of a 4 s stereo clip's 1.3 ms): integer PCM is
 # read as integers and scaled here, which gives the very same float32 values (libsndfile scales
 # by the same power of two). Compressed and float formats keep libsndfile's float path.
-INTEGER_READS = {"PCM_S8": ("int16", 2.0 ** -15), "PCM_U8": ("int16", 2.0 ** -15),
-                 "PCM_16": ("int16", 2.0 ** -15), "IMA_ADPCM": ("int16", 2.0 ** -15),
-                 "PCM_24": ("int32", 2.0 ** -31)}
+INTEGER_READS = {
+    "PCM_S8": ("int16", 2.0**-15),
+    "PCM_U8": ("int16", 2.0**-15),
+    "PCM_16": ("int16", 2.0**-15),
+    "IMA_ADPCM": ("int16", 2.0**-15),
+    "PCM_24": ("int32", 2.0**-31),
+}
 BLOCK = 1 << 16  # frames per read: many channels are mixed down a block at a time
 # libsndfile's log line when a header's data size runs past the end of the file (WAV, AIFF, AU);
 # it then reads what is there, so without this check a cut file decodes as a short clip.
 DATA_SIZE = re.compile(r"^\s*(?:data|SSND|Data Size)\s*:\s*(\d+) \(should be (\d+)\)", re.M)
-WIDTHS = {"PCM_S8": 1, "PCM_U8": 1, "ULAW": 1, "ALAW": 1, "PCM_16": 2, "PCM_24": 3, "PCM_32": 4,
-          "FLOAT": 4, "DOUBLE": 8}  # bytes a sample, where fixed
+WIDTHS = {
+    "PCM_S8": 1,
+    "PCM_U8": 1,
+    "ULAW": 1,
+    "ALAW": 1,
+    "PCM_16": 2,
+    "PCM_24": 3,
+    "PCM_32": 4,
+    "FLOAT": 4,
+    "DOUBLE": 8,
+}  # bytes a sample, where fixed
 UNKNOWN_SIZE = 0x7FFFFFFF  # streamed files write this or more as "size not known"
-KINDS = {stat.S_IFDIR: "a directory", stat.S_IFIFO: "a FIFO", stat.S_IFCHR: "a character device",
-         stat.S_IFBLK: "a block device", stat.S_IFSOCK: "a socket"}
+KINDS = {
+    stat.S_IFDIR: "a directory",
+    stat.S_IFIFO: "a FIFO",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFSOCK: "a socket",
+}
 
 
 def _usable(st: os.stat_result) -> None:
@@ -111,18 +130,19 @@ class _Reader:
             raise self.error
 
 
-def decode(path: str | Path, frames: Callable[[int], int] | None = None,
-           channels: int | None = None) -> tuple[np.ndarray, int]:
+def decode(
+    path: str | Path, frames: Callable[[int], int] | None = None, channels: int | None = None
+) -> tuple[np.ndarray, int]:
     """Samples as float32 [channels, frames] and the file's sample rate. `frames`: a function of the
     file's rate giving the most frames to read (default: all); `channels`: mix a file with more
     channels down to this many, block by block."""
-    kept, rate = _decode(path, lambda rate, held: _Frames(held if frames is None else frames(rate)),
-                         channels)
+    kept, rate = _decode(path, lambda rate, held: _Frames(held if frames is None else frames(rate)), channels)
     return kept.samples(), rate
 
 
-def _decode(path: str | Path, sink: Callable[[int, int], _Frames | _SoxrClip],
-            channels: int | None) -> tuple[_Frames | _SoxrClip, int]:
+def _decode(
+    path: str | Path, sink: Callable[[int, int], _Frames | _SoxrClip], channels: int | None
+) -> tuple[_Frames | _SoxrClip, int]:
     """The file's frames, read a block at a time into `sink(rate, frames held)` until it needs no
     more, and the file's rate. BadAudio for what is wrong with the file; OSError for the disk."""
     with open_regular(path) as raw:
@@ -141,8 +161,9 @@ def _decode(path: str | Path, sink: Callable[[int, int], _Frames | _SoxrClip],
     if m and int(m[2]) < int(m[1]) < UNKNOWN_SIZE:  # header's size, then what the file holds
         if not width:  # compressed (ADPCM): no fixed bytes per frame
             raise BadAudio(f"truncated: header says {m[1]} bytes of audio, file holds {m[2]}")
-        raise BadAudio(f"truncated: header says {held + -(-(int(m[1]) - int(m[2])) // width)} frames, "
-                       f"file holds {held}")
+        raise BadAudio(
+            f"truncated: header says {held + -(-(int(m[1]) - int(m[2])) // width)} frames, file holds {held}"
+        )
     if got < held and kept.need() > 0 and not mp3:  # an MP3's frame count can be an estimate
         raise BadAudio(f"truncated: header says {held} frames, file holds {got}")
     if got == 0:
@@ -161,8 +182,7 @@ def _read(f: sf.SoundFile, sink: _Frames | _SoxrClip, channels: int | None) -> i
         if scale is not None:
             samples *= np.float32(scale)
         got += len(block)
-        sink.push(to_channels(samples, channels) if mix else samples,
-                  last=got >= f.frames or len(block) == 0)
+        sink.push(to_channels(samples, channels) if mix else samples, last=got >= f.frames or len(block) == 0)
         if len(block) == 0:  # the file ends early
             break
     return got
@@ -307,8 +327,9 @@ class _SoxrClip:
         if not self.heard:
             raise BadAudio(SILENT)
         if self.out == 0:  # a 2 GHz header on a short file: not one sample long at the new rate
-            raise BadAudio(f"no audio frames at {self.new} Hz: {self.read} frame(s) at {self.orig} Hz "
-                           f"last under one sample")
+            raise BadAudio(
+                f"no audio frames at {self.new} Hz: {self.read} frame(s) at {self.orig} Hz last under one sample"
+            )
         return np.ascontiguousarray(np.concatenate(self.parts, axis=1), dtype=np.float32)
 
 
@@ -330,8 +351,9 @@ def load_clip(path: str | Path, audio: AudioConfig) -> np.ndarray:
     """Decode what is kept, check, mix to the channel count, resample, pad/trim: [channels, samples]
     float32, the same as decoding the whole file and trimming."""
     length = n_samples(audio)
-    kept, _ = _decode(path, lambda rate, held: _clip_reader(rate, audio.sample_rate, audio.channels,
-                                                            length), audio.channels)
+    kept, _ = _decode(
+        path, lambda rate, held: _clip_reader(rate, audio.sample_rate, audio.channels, length), audio.channels
+    )
     samples = fit_length(kept.clip(), length)
     if not np.any(samples):  # the kept part is silent (a file can start with silence)
         raise BadAudio("silent (every kept sample is zero)")

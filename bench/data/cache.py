@@ -15,6 +15,7 @@ verifies the entry (sizes, every clip's hash) and rebuilds a damaged one. A fail
 the audio's fault (permission, I/O, memory, disk) raises `CacheError`, a fault in foldbench or a
 library `DecodeFault`; either caches nothing, and only `BadAudio` quarantines a clip.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -109,13 +110,13 @@ def dequantise(stored: np.ndarray, scale) -> np.ndarray:
 
 
 def cache_key(dataset: Dataset, audio: AudioConfig) -> str:
-    text = json.dumps({"v": CACHE_VERSION, "manifest": dataset.fingerprint(), "audio": asdict(audio)},
-                      sort_keys=True)
+    text = json.dumps({"v": CACHE_VERSION, "manifest": dataset.fingerprint(), "audio": asdict(audio)}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
-def load_waveforms(dataset: Dataset, audio: AudioConfig, cache_dir: str | Path,
-                   workers: int | None = None, progress: bool = True) -> Waveforms:
+def load_waveforms(
+    dataset: Dataset, audio: AudioConfig, cache_dir: str | Path, workers: int | None = None, progress: bool = True
+) -> Waveforms:
     """The cached waveforms for this manifest and audio config, verified, building them if needed."""
     key = cache_key(dataset, audio)
     folder = Path(cache_dir).expanduser() / "waves" / f"{dataset.name}-{key}"
@@ -128,8 +129,10 @@ def load_waveforms(dataset: Dataset, audio: AudioConfig, cache_dir: str | Path,
             return _open_verified(folder, shape, key, workers)
         except Corrupt as e:
             if attempt:
-                raise CacheError(f"waveform cache {folder} is corrupt right after its build ({e}): "
-                                 f"delete {folder} and check the disk") from None
+                raise CacheError(
+                    f"waveform cache {folder} is corrupt right after its build ({e}): "
+                    f"delete {folder} and check the disk"
+                ) from None
             what = "is out of date" if isinstance(e, Stale) else "is corrupt"
             print(f"waveform cache {folder} {what} ({e}): rebuilding", file=sys.stderr)
             _remove(folder, f"{what} ({e})")
@@ -142,8 +145,9 @@ def _remove(folder: Path, why: str) -> None:
     except FileNotFoundError:
         return
     except OSError as e:
-        raise CacheError(f"waveform cache {folder} {why} and cannot be removed "
-                         f"({e.strerror or e}): delete {folder}") from None
+        raise CacheError(
+            f"waveform cache {folder} {why} and cannot be removed ({e.strerror or e}): delete {folder}"
+        ) from None
 
 
 def clip_hash(stored: np.ndarray, scale: np.float32) -> str:
@@ -166,8 +170,10 @@ def _open_verified(folder: Path, shape: tuple, key: str, workers: int | None) ->
         except ValueError:
             raise Corrupt("meta.json is not JSON") from None
         if [meta.get(k) for k in ("version", "shape", "dtype")] != [CACHE_VERSION, list(shape), dtype]:
-            raise Corrupt(f"meta.json: version {meta.get('version')}, {meta.get('dtype')} "
-                          f"{meta.get('shape')}; expected version {CACHE_VERSION}, {dtype} {list(shape)}")
+            raise Corrupt(
+                f"meta.json: version {meta.get('version')}, {meta.get('dtype')} "
+                f"{meta.get('shape')}; expected version {CACHE_VERSION}, {dtype} {list(shape)}"
+            )
         hashes_text = (folder / "hashes.txt").read_bytes()
         quarantine_csv = (folder / "quarantine.csv").read_bytes()
         if meta.get("digest") != _digest(hashes_text, quarantine_csv):
@@ -185,8 +191,10 @@ def _open_verified(folder: Path, shape: tuple, key: str, workers: int | None) ->
             raise Corrupt("quarantine.csv does not match hashes.txt")
         stale = quarantine["reason"].str.match(CATCH_ALL_REASON.pattern)
         if stale.any():
-            raise Stale(f"{stale.sum()} clip(s) set aside for a fault in foldbench, not in the file "
-                        f"(the first: {quarantine['clip'][stale].iloc[0]})")
+            raise Stale(
+                f"{stale.sum()} clip(s) set aside for a fault in foldbench, not in the file "
+                f"(the first: {quarantine['clip'][stale].iloc[0]})"
+            )
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # sha1 releases the GIL
             same = list(pool.map(lambda i: clip_hash(data[i], scale[i]) == lines[i], ok))
     except (ValueError, KeyError, TypeError, EOFError, FileNotFoundError) as e:
@@ -218,8 +226,7 @@ def _size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e7 else f"{n / 1e6:.1f} MB"
 
 
-def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | None,
-           progress: bool) -> None:
+def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | None, progress: bool) -> None:
     parent = folder.parent
     paths = dataset.table["path"].tolist()
     shape = (len(paths), audio.channels, n_samples(audio))
@@ -229,8 +236,10 @@ def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | No
         clean_stale(parent)
         free = shutil.disk_usage(parent).free
         if free < need:
-            raise CacheError(f"the waveform cache needs {_size(need)} at {parent}, {_size(free)} free: "
-                             "free some space or choose another --cache-dir")
+            raise CacheError(
+                f"the waveform cache needs {_size(need)} at {parent}, {_size(free)} free: "
+                "free some space or choose another --cache-dir"
+            )
         with _temp_folder(parent, folder.name) as tmp:
             out = _allocate(tmp / "waves.npy", shape)
             scales, hashes, bad = _decode_all(dataset, audio, out, workers, progress)
@@ -240,12 +249,24 @@ def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | No
             hashes_text = ("\n".join(hashes) + "\n").encode()
             (tmp / "hashes.txt").write_bytes(hashes_text)
             rows = sorted(bad)
-            quarantine = pd.DataFrame({"index": rows, "clip": dataset.table["clip"].iloc[rows].tolist(),
-                                       "reason": [bad[i] for i in rows]}).to_csv(index=False).encode()
+            quarantine = (
+                pd.DataFrame(
+                    {"index": rows, "clip": dataset.table["clip"].iloc[rows].tolist(), "reason": [bad[i] for i in rows]}
+                )
+                .to_csv(index=False)
+                .encode()
+            )
             (tmp / "quarantine.csv").write_bytes(quarantine)
-            meta = {"version": CACHE_VERSION, "dataset": dataset.name, "root": str(dataset.root),
-                    "audio": asdict(audio), "shape": list(shape), "dtype": np.dtype(STORE_DTYPE).name,
-                    "quarantined": len(rows), "digest": _digest(hashes_text, quarantine)}
+            meta = {
+                "version": CACHE_VERSION,
+                "dataset": dataset.name,
+                "root": str(dataset.root),
+                "audio": asdict(audio),
+                "shape": list(shape),
+                "dtype": np.dtype(STORE_DTYPE).name,
+                "quarantined": len(rows),
+                "digest": _digest(hashes_text, quarantine),
+            }
             (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
             try:
                 os.rename(tmp, folder)
@@ -256,9 +277,11 @@ def _build(dataset: Dataset, audio: AudioConfig, folder: Path, workers: int | No
                 (folder / LOCK).unlink(missing_ok=True)
     except OSError as e:
         if e.errno in DISK_FULL:
-            raise CacheError(f"the waveform cache needs {_size(need)} at {parent}, "
-                             f"{_size(shutil.disk_usage(parent).free)} free ({e.strerror}): free some "
-                             "space or choose another --cache-dir") from None
+            raise CacheError(
+                f"the waveform cache needs {_size(need)} at {parent}, "
+                f"{_size(shutil.disk_usage(parent).free)} free ({e.strerror}): free some "
+                "space or choose another --cache-dir"
+            ) from None
         raise CacheError(f"cannot write the waveform cache at {parent}: {e.strerror or e}") from None
 
 
@@ -327,8 +350,9 @@ def _building(tmp: Path) -> bool:
         os.close(fd)
 
 
-def _decode_all(dataset: Dataset, audio: AudioConfig, out: np.ndarray, workers: int | None,
-                progress: bool) -> tuple[np.ndarray, list[str], dict[int, str]]:
+def _decode_all(
+    dataset: Dataset, audio: AudioConfig, out: np.ndarray, workers: int | None, progress: bool
+) -> tuple[np.ndarray, list[str], dict[int, str]]:
     """Every clip into `out`; its scales, hashes ("" when quarantined) and quarantine reasons."""
     paths = dataset.table["path"].tolist()
     scales = np.zeros(len(paths), dtype=np.float32)
@@ -347,15 +371,15 @@ def _decode_all(dataset: Dataset, audio: AudioConfig, out: np.ndarray, workers: 
         except BadAudio as e:
             bad[i] = str(e)
         except OSError as e:  # the file or disk, not the audio: nothing is cached
-            raise CacheError(f"cannot read {paths[i]}: {e.strerror or e} (not cached: fix it and "
-                             "run again)") from None
+            raise CacheError(f"cannot read {paths[i]}: {e.strerror or e} (not cached: fix it and run again)") from None
         except Exception as e:  # not the audio's fault: a bug, a missing library, memory
             if isinstance(e, MemoryError) or "can't allocate memory" in str(e):  # numpy's, torch's
-                raise CacheError(f"out of memory decoding {paths[i]}: use fewer workers or free "
-                                 "memory") from None
-            raise DecodeFault(f"decoding {paths[i]} failed in foldbench or a library it uses, not "
-                              f"because of the file (not quarantined, nothing cached): "
-                              f"{type(e).__name__}: {e}") from e
+                raise CacheError(f"out of memory decoding {paths[i]}: use fewer workers or free memory") from None
+            raise DecodeFault(
+                f"decoding {paths[i]} failed in foldbench or a library it uses, not "
+                f"because of the file (not quarantined, nothing cached): "
+                f"{type(e).__name__}: {e}"
+            ) from e
 
     # Threads: libsndfile and torch's resampling release the GIL, and the memmap is shared.
     threads = torch.get_num_threads()
@@ -363,8 +387,15 @@ def _decode_all(dataset: Dataset, audio: AudioConfig, out: np.ndarray, workers: 
     try:
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
             try:
-                list(tqdm(pool.map(one, range(len(paths))), total=len(paths), disable=not progress,
-                          desc=f"decoding {dataset.name}", unit="clip"))
+                list(
+                    tqdm(
+                        pool.map(one, range(len(paths))),
+                        total=len(paths),
+                        disable=not progress,
+                        desc=f"decoding {dataset.name}",
+                        unit="clip",
+                    )
+                )
             except BaseException:
                 stop.set()
                 raise

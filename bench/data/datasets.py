@@ -7,6 +7,7 @@ checks happen once, in the waveform cache. Every structural problem is found in 
 `problems` list, `create_dataset` appends them and returns the manifest of the rest (`datasets
 check`); without one it raises them all as one `DatasetError` (`kfold`).
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -16,11 +17,27 @@ import pandas as pd
 from bench.data import folder_datasets  # noqa: F401  (registers `folder` and `gtzan`)
 from bench.core.config import DatasetConfig
 from bench.data.groups import apply_groups
-from bench.data.manifest import (DATASETS, Dataset, DatasetError, DatasetKind, dataset_root, list_datasets,
-                       problems_error, register_dataset)
+from bench.data.manifest import (
+    DATASETS,
+    Dataset,
+    DatasetError,
+    DatasetKind,
+    dataset_root,
+    list_datasets,
+    problems_error,
+    register_dataset,
+)
 
-__all__ = ["DATASETS", "Dataset", "DatasetError", "DatasetKind", "create_dataset", "list_datasets",
-           "read_us8k", "register_dataset"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetError",
+    "DatasetKind",
+    "create_dataset",
+    "list_datasets",
+    "read_us8k",
+    "register_dataset",
+]
 
 
 def create_dataset(cfg: DatasetConfig, cache_dir: str | Path, problems: list[str] | None = None) -> Dataset:
@@ -50,8 +67,10 @@ def create_dataset(cfg: DatasetConfig, cache_dir: str | Path, problems: list[str
 HASH_MEMO = "file-hashes.tsv"  # in the cache dir: the files' content hashes (bench.data.filehash)
 US8K_COLUMNS = ["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"]
 US8K_FOLDS = range(1, 11)  # UrbanSound8K's folds, as the predefined protocol requires them
-US8K_LAYOUT = ("metadata/UrbanSound8K.csv (slice_file_name,fsID,start,end,salience,fold,classID,class) "
-               "and audio/fold1..fold10/<slice_file_name>")
+US8K_LAYOUT = (
+    "metadata/UrbanSound8K.csv (slice_file_name,fsID,start,end,salience,fold,classID,class) "
+    "and audio/fold1..fold10/<slice_file_name>"
+)
 
 
 def _read_metadata(csv: Path) -> pd.DataFrame:
@@ -66,8 +85,9 @@ def _read_metadata(csv: Path) -> pd.DataFrame:
     meta.index = meta.index + 2
     missing = [c for c in ("slice_file_name", "fsID", "fold", "classID", "class") if c not in meta.columns]
     if missing:
-        raise DatasetError(f"{csv}: missing required column(s) {', '.join(missing)}; "
-                           f"found {', '.join(map(str, meta.columns))}")
+        raise DatasetError(
+            f"{csv}: missing required column(s) {', '.join(missing)}; found {', '.join(map(str, meta.columns))}"
+        )
     return meta[meta.notna().any(axis=1)]
 
 
@@ -77,8 +97,7 @@ def _most_common(keys, values, rows) -> dict:
     for k, v, r in zip(keys, values, rows):
         count = seen.setdefault(k, {}).setdefault(v, [0, r])
         count[0] += 1
-    return {k: max(((v, n, r) for v, (n, r) in d.items()), key=lambda t: (t[1], -t[2]))
-            for k, d in seen.items()}
+    return {k: max(((v, n, r) for v, (n, r) in d.items()), key=lambda t: (t[1], -t[2])) for k, d in seen.items()}
 
 
 def _others(n: int) -> str:
@@ -105,8 +124,10 @@ def read_us8k(root: Path, name: str, problems: list[str]) -> Dataset:
         refuse(row, f"classID {meta.at[row, 'classID']} is not a whole number 0, 1, 2, ...; fix it")
     fold = pd.to_numeric(meta["fold"], errors="coerce")
     for row in meta.index[meta["fold"].notna() & ~fold.isin(US8K_FOLDS)]:
-        refuse(row, f"fold {meta.at[row, 'fold']} is not one of the folds 1..10 that the "
-                    f"predefined protocol requires; fix it")
+        refuse(
+            row,
+            f"fold {meta.at[row, 'fold']} is not one of the folds 1..10 that the predefined protocol requires; fix it",
+        )
 
     # classID <-> class one to one: a row that disagrees with the most common pairing is refused.
     labelled = meta.index[has_id & meta["class"].notna()].tolist()
@@ -121,14 +142,20 @@ def read_us8k(root: Path, name: str, problems: list[str]) -> Dataset:
         if by_name[c][0] != i:
             why.append(f"{c!r} is classID {by_name[c][0]} in row {by_name[c][2]}{_others(by_name[c][1])}")
         if why:
-            refuse(row, f"classID {i} with class {c!r}, but " + " and ".join(why)
-                   + " (one class per classID, one classID per class); fix this row")
+            refuse(
+                row,
+                f"classID {i} with class {c!r}, but "
+                + " and ".join(why)
+                + " (one class per classID, one classID per class); fix this row",
+            )
         else:
             consistent.add(i)
     classes_by_id = {i: by_id[i][0] for i in consistent}
     if sorted(classes_by_id) != list(range(len(classes_by_id))):
-        raise DatasetError(f"{csv}: classID values must be 0..{len(classes_by_id) - 1}, found "
-                           f"{sorted(classes_by_id)}; number the classes 0, 1, 2, ... without gaps")
+        raise DatasetError(
+            f"{csv}: classID values must be 0..{len(classes_by_id) - 1}, found "
+            f"{sorted(classes_by_id)}; number the classes 0, 1, 2, ... without gaps"
+        )
 
     # One row per file, every file inside the root.
     paths: dict[int, Path] = {}
@@ -137,23 +164,29 @@ def read_us8k(root: Path, name: str, problems: list[str]) -> Dataset:
         clip = f"fold{int(fold[row])}/{meta.at[row, 'slice_file_name']}"
         path = (root / "audio" / clip).resolve()
         if not path.is_relative_to(root / "audio"):
-            refuse(row, f"path audio/{clip} escapes the dataset root {root}; "
-                        f"name a file inside audio/fold{int(fold[row])}")
+            refuse(
+                row, f"path audio/{clip} escapes the dataset root {root}; name a file inside audio/fold{int(fold[row])}"
+            )
         elif path in first:
-            refuse(row, f"{clip} is also row {first[path]}: one file reached from two metadata rows; "
-                        f"remove one of them")
+            refuse(
+                row, f"{clip} is also row {first[path]}: one file reached from two metadata rows; remove one of them"
+            )
         else:
             first[path], paths[row] = row, path
     problems += [f"{csv} row {row}: " + "; ".join(why) for row, why in sorted(bad.items())]
     good = meta[~meta.index.isin(list(bad))]
     if good.empty:
         raise DatasetError(f"{csv}: no usable row; every row has a problem")
-    table = pd.DataFrame({"clip": [f"fold{int(fold[r])}/{good.at[r, 'slice_file_name']}" for r in good.index],
-                          "path": [str(paths[r]) for r in good.index],
-                          "label": class_id[good.index].astype(int).to_numpy(),
-                          "class": good["class"].astype(str).to_numpy(),
-                          "fold": fold[good.index].astype(int).to_numpy(),
-                          "group": good["fsID"].astype(str).to_numpy()})
+    table = pd.DataFrame(
+        {
+            "clip": [f"fold{int(fold[r])}/{good.at[r, 'slice_file_name']}" for r in good.index],
+            "path": [str(paths[r]) for r in good.index],
+            "label": class_id[good.index].astype(int).to_numpy(),
+            "class": good["class"].astype(str).to_numpy(),
+            "fold": fold[good.index].astype(int).to_numpy(),
+            "group": good["fsID"].astype(str).to_numpy(),
+        }
+    )
     return Dataset(name, root, table, [classes_by_id[i] for i in sorted(classes_by_id)], protocol="predefined")
 
 
@@ -163,12 +196,13 @@ def load_us8k(cfg: DatasetConfig, cache_dir: Path, problems: list[str]) -> Datas
     return read_us8k(dataset_root(cfg), "us8k", problems)
 
 
-@register_dataset("demo", protocol="predefined",
-                  layout="generated on first use under <cache_dir>/demo, in the UrbanSound8K layout")
+@register_dataset(
+    "demo", protocol="predefined", layout="generated on first use under <cache_dir>/demo, in the UrbanSound8K layout"
+)
 def load_demo(cfg: DatasetConfig, cache_dir: Path, problems: list[str]) -> Dataset:
     """A small synthetic UrbanSound8K look-alike (600 clips): runs anywhere, shows real learning."""
     from bench.data.synth import make_demo
+
     root = Path(cfg.root).expanduser() if cfg.root else cache_dir / "demo"
     make_demo(root)
     return read_us8k(root.resolve(), "demo", problems)
-

@@ -12,6 +12,7 @@ are never remembered: the waveform cache reports them. The memo is a cache: a da
 unwritable one costs a re-read, never a wrong hash (each line carries a checksum of itself, so a
 hash changed by hand is not used). A leaf module.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -63,9 +64,11 @@ def read_memo(memo: Path | None) -> dict[str, tuple[str, str]]:
 def _write_memo(memo: Path, entries: dict[str, tuple[str, str]]) -> None:
     """Merge `entries` into the memo file (atomically; entries of other datasets are kept)."""
     from bench.core.atomic import atomic_write_text
+
     merged = {**read_memo(memo), **entries}
-    text = "".join(f"{p}\t{s}\t{h}\t{_check(p, s, h)}\n" for p, (s, h) in sorted(merged.items())
-                   if "\t" not in p and "\n" not in p)
+    text = "".join(
+        f"{p}\t{s}\t{h}\t{_check(p, s, h)}\n" for p, (s, h) in sorted(merged.items()) if "\t" not in p and "\n" not in p
+    )
     try:
         atomic_write_text(memo, text)
     except OSError:

@@ -8,6 +8,7 @@ in `Dataset.notes`. A symbolic link that leaves the root or loops, an empty clas
 file under two names: each is a problem (see `bench.data.manifest`), the entry is skipped and the walk
 goes on. Groups are `bench.data.groups`' job.
 """
+
 from __future__ import annotations
 
 import errno
@@ -23,10 +24,12 @@ from bench.data.groups import groups_from_csv
 from bench.data.manifest import Dataset, DatasetError, dataset_root, register_dataset
 
 AUDIO_EXTENSIONS = (".wav", ".flac", ".ogg", ".au", ".aiff", ".aif")
-FOLDER_LAYOUT = ("<root>/<class>/**/*.{wav,flac,ogg,au,aiff}: class = first-level folder; "
-                 "optional <root>/groups.csv (path,group)")
-GTZAN_LAYOUT = ("genres/<genre>/<genre>.000NN.{wav,au} (or genres_original/, or the genre folders "
-                "at the root); the 10 GTZAN genres")
+FOLDER_LAYOUT = (
+    "<root>/<class>/**/*.{wav,flac,ogg,au,aiff}: class = first-level folder; optional <root>/groups.csv (path,group)"
+)
+GTZAN_LAYOUT = (
+    "genres/<genre>/<genre>.000NN.{wav,au} (or genres_original/, or the genre folders at the root); the 10 GTZAN genres"
+)
 GROUPS_CSV = "groups.csv"
 
 
@@ -48,12 +51,17 @@ def _target(root: Path, path: Path, problems: list[str]) -> Path | None:
         problems.append(f"{path}: {LOOP}")
         return None
     except OSError as e:
-        problems.append(f"{path}: {LOOP}" if e.errno == errno.ELOOP else
-                        f"{path}: cannot follow: {e.strerror}; fix its permissions or remove it")
+        problems.append(
+            f"{path}: {LOOP}"
+            if e.errno == errno.ELOOP
+            else f"{path}: cannot follow: {e.strerror}; fix its permissions or remove it"
+        )
         return None
     if not target.is_relative_to(root):
-        problems.append(f"{path}: symbolic link points outside the dataset root {root} "
-                        f"(to {target}); copy the file in or point --root higher")
+        problems.append(
+            f"{path}: symbolic link points outside the dataset root {root} "
+            f"(to {target}); copy the file in or point --root higher"
+        )
         return None
     return target
 
@@ -68,12 +76,12 @@ class _Skipped:
         self.by_reason.setdefault(reason, []).append(clip)
 
     def notes(self) -> list[str]:
-        return [f"skipped {len(clips)} {reason} (e.g. {', '.join(clips[:3])})"
-                for reason, clips in self.by_reason.items()]
+        return [
+            f"skipped {len(clips)} {reason} (e.g. {', '.join(clips[:3])})" for reason, clips in self.by_reason.items()
+        ]
 
 
-def _walk(root: Path, top: Path, target: Path, skipped: _Skipped,
-          problems: list[str]) -> list[tuple[Path, Path]]:
+def _walk(root: Path, top: Path, target: Path, skipped: _Skipped, problems: list[str]) -> list[tuple[Path, Path]]:
     """(path, resolved target) of the audio files under `top` (resolved: `target`), following
     directory links once."""
     found, seen, stack = [], {target}, [top]
@@ -100,8 +108,9 @@ def _walk(root: Path, top: Path, target: Path, skipped: _Skipped,
     return found
 
 
-def _one_file_once(root: Path, files: list[tuple[str, Path, Path]],
-                   problems: list[str]) -> list[tuple[str, Path, Path]]:
+def _one_file_once(
+    root: Path, files: list[tuple[str, Path, Path]], problems: list[str]
+) -> list[tuple[str, Path, Path]]:
     """`files` without the second name of one file reached under two (links): it would count
     twice, maybe in two classes; each such pair is a problem."""
     first: dict[tuple[int, int], tuple[str, Path]] = {}
@@ -116,8 +125,7 @@ def _one_file_once(root: Path, files: list[tuple[str, Path, Path]],
         if key in first:
             other_cls, other = first[key]
             where = f"under two classes ({other_cls} and {cls})" if other_cls != cls else "twice"
-            problems.append(f"{_rel(root, other)} and {_rel(root, path)} are the same file {where}; "
-                            f"remove one of them")
+            problems.append(f"{_rel(root, other)} and {_rel(root, path)} are the same file {where}; remove one of them")
             continue
         first[key] = (cls, path)
         kept.append((cls, path, target))
@@ -126,14 +134,16 @@ def _one_file_once(root: Path, files: list[tuple[str, Path, Path]],
 
 def _table(root: Path, classes: list[str], files: list[tuple[str, Path, Path]]) -> pd.DataFrame:
     label = {c: i for i, c in enumerate(classes)}
-    return pd.DataFrame({
-        "clip": [_rel(root, p) for _, p, _ in files],
-        "path": [str(t) for _, _, t in files],
-        "label": [label[c] for c, _, _ in files],
-        "class": [c for c, _, _ in files],
-        "fold": float("nan"),
-        "group": None,
-    })
+    return pd.DataFrame(
+        {
+            "clip": [_rel(root, p) for _, p, _ in files],
+            "path": [str(t) for _, _, t in files],
+            "label": [label[c] for c, _, _ in files],
+            "class": [c for c, _, _ in files],
+            "fold": float("nan"),
+            "group": None,
+        }
+    )
 
 
 @register_dataset("folder", protocol="stratified", layout=FOLDER_LAYOUT, folds=5)
@@ -152,8 +162,9 @@ def load_folder(cfg: DatasetConfig, cache_dir: Path, problems: list[str]) -> Dat
         if target.is_dir():
             audio = _walk(root, path, target, skipped, problems)
             if not audio:
-                problems.append(f"{path}: class folder holds no audio files "
-                                f"({', '.join(AUDIO_EXTENSIONS)}); add clips or remove it")
+                problems.append(
+                    f"{path}: class folder holds no audio files ({', '.join(AUDIO_EXTENSIONS)}); add clips or remove it"
+                )
                 continue
             classes.append(entry.name)
             files += [(entry.name, p, t) for p, t in audio]
@@ -164,8 +175,9 @@ def load_folder(cfg: DatasetConfig, cache_dir: Path, problems: list[str]) -> Dat
     if len(classes) < 2:
         raise DatasetError(f"{root}: one class folder ({classes[0]}); classification needs two or more")
     files = _one_file_once(root, files, problems)
-    dataset = Dataset("folder", root, _table(root, classes, files), classes, protocol="stratified",
-                      notes=skipped.notes())
+    dataset = Dataset(
+        "folder", root, _table(root, classes, files), classes, protocol="stratified", notes=skipped.notes()
+    )
     if (root / GROUPS_CSV).is_file() and not (cfg.group_regex or cfg.groups_csv):
         dataset.table["group"] = groups_from_csv(dataset, root / GROUPS_CSV)
         dataset.notes.append(f"groups from {root / GROUPS_CSV}")
@@ -186,8 +198,10 @@ def load_gtzan(cfg: DatasetConfig, cache_dir: Path, problems: list[str]) -> Data
     base = _gtzan_base(root)
     missing = [g for g in gtzan_genres if not (base / g).is_dir()]
     if missing:
-        problems.append(f"{base}: genre folder(s) missing: {', '.join(missing)}; put the 10 GTZAN "
-                        f"genres back (expected layout: {GTZAN_LAYOUT})")
+        problems.append(
+            f"{base}: genre folder(s) missing: {', '.join(missing)}; put the 10 GTZAN "
+            f"genres back (expected layout: {GTZAN_LAYOUT})"
+        )
     skipped, files, stems = _Skipped(), [], {}
     for genre in (g for g in gtzan_genres if g not in missing):
         name = re.compile(rf"{genre}\.\d{{5}}\.(wav|au)", re.IGNORECASE)
@@ -209,10 +223,18 @@ def load_gtzan(cfg: DatasetConfig, cache_dir: Path, problems: list[str]) -> Data
                 stems[stem] = path
                 files.append((genre, path, target))
         if not any(f[0] == genre for f in files):
-            problems.append(f"{base / genre}: genre folder holds no <genre>.NNNNN.wav|au files; "
-                            f"add them or use the folder dataset kind")
+            problems.append(
+                f"{base / genre}: genre folder holds no <genre>.NNNNN.wav|au files; "
+                f"add them or use the folder dataset kind"
+            )
     if not files:
         raise DatasetError(f"{base}: no GTZAN excerpts found (expected layout: {GTZAN_LAYOUT})")
     files = _one_file_once(root, files, problems)
-    return Dataset("gtzan", root, _table(base, list(gtzan_genres), files), list(gtzan_genres),
-                   protocol="stratified", notes=skipped.notes())
+    return Dataset(
+        "gtzan",
+        root,
+        _table(base, list(gtzan_genres), files),
+        list(gtzan_genres),
+        protocol="stratified",
+        notes=skipped.notes(),
+    )

@@ -5,6 +5,7 @@ searched in each file name) or `dataset.groups_csv` (columns path,group); `folde
 read a `groups.csv` at their root. Every clip needs a group once groups are given, or a clip of an
 unknown source could sit in training and test.
 """
+
 from __future__ import annotations
 
 import re
@@ -14,6 +15,7 @@ import pandas as pd
 
 from bench.core.config import DatasetConfig
 from bench.data.manifest import Dataset, DatasetError
+
 
 def apply_groups(dataset: Dataset, cfg: DatasetConfig) -> Dataset:
     """Replace the dataset's groups with those the config asks for (if any)."""
@@ -30,8 +32,10 @@ def apply_groups(dataset: Dataset, cfg: DatasetConfig) -> Dataset:
 
 
 def _misses(what: str, clips: list[str], n: int) -> str:
-    return (f"{what} {len(clips)} of {n} clip(s), e.g. {', '.join(clips[:5])}: every clip needs a "
-            f"group, or a clip of an unknown source could sit in training and test")
+    return (
+        f"{what} {len(clips)} of {n} clip(s), e.g. {', '.join(clips[:5])}: every clip needs a "
+        f"group, or a clip of an unknown source could sit in training and test"
+    )
 
 
 def groups_from_regex(dataset: Dataset, pattern: str) -> list[str]:
@@ -41,8 +45,7 @@ def groups_from_regex(dataset: Dataset, pattern: str) -> list[str]:
     except re.error as e:
         raise DatasetError(f"--group-regex {pattern!r}: not a valid regular expression: {e}") from None
     if "group" not in rx.groupindex:
-        raise DatasetError(f"--group-regex {pattern!r}: needs a named group 'group', "
-                           f"e.g. '^(?P<group>[a-z]+)_'")
+        raise DatasetError(f"--group-regex {pattern!r}: needs a named group 'group', e.g. '^(?P<group>[a-z]+)_'")
     clips = dataset.table["clip"].tolist()
     groups = []
     for clip in clips:
@@ -50,9 +53,11 @@ def groups_from_regex(dataset: Dataset, pattern: str) -> list[str]:
         groups.append(m.group("group") if m and m.group("group") else None)
     missed = [c for c, g in zip(clips, groups) if g is None]
     if len(missed) == len(clips):
-        raise DatasetError(f"--group-regex {pattern!r} matches none of the {len(clips)} file names "
-                           f"(e.g. {', '.join(c.rsplit('/', 1)[-1] for c in clips[:3])}); "
-                           f"it is searched in the file name, not the folder path")
+        raise DatasetError(
+            f"--group-regex {pattern!r} matches none of the {len(clips)} file names "
+            f"(e.g. {', '.join(c.rsplit('/', 1)[-1] for c in clips[:3])}); "
+            f"it is searched in the file name, not the folder path"
+        )
     if missed:
         raise DatasetError(f"--group-regex {pattern!r}: " + _misses("no match in", missed, len(clips)))
     return groups

@@ -13,6 +13,7 @@ line naming the file or CSV row, the reason and the fix, skips the entry concern
 that one pass finds them all. A problem that leaves nothing to load (no root, no metadata file, a
 missing column) is raised as a `DatasetError` at once.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -53,11 +54,13 @@ class Dataset:
         remembered in `hash_memo`, so an unchanged dataset is not read again."""
         if self._fingerprint is None:
             from bench.data.filehash import content_hashes
+
             hashes = content_hashes(self.table["path"].tolist(), self.hash_memo)
             h = hashlib.sha256(FINGERPRINT_FORMAT.encode())
             folds = self.table["fold"] if "fold" in self.table else [None] * len(self.table)
-            for clip, label, cls, fold, digest in zip(self.table["clip"], self.table["label"],
-                                                      self.table["class"], folds, hashes):
+            for clip, label, cls, fold, digest in zip(
+                self.table["clip"], self.table["label"], self.table["class"], folds, hashes
+            ):
                 fold = "" if fold is None or fold != fold else int(fold)  # NaN: no metadata fold
                 h.update(f"{clip}\t{label}\t{cls}\t{fold}\t{digest}\n".encode())
             self._fingerprint = FINGERPRINT_FORMAT + h.hexdigest()[:16]
@@ -82,6 +85,7 @@ def register_dataset(name: str, *, protocol: str, layout: str, folds: int = 10):
     def add(load: Loader) -> Loader:
         DATASETS[name] = DatasetKind(load, protocol, layout, folds)
         return load
+
     return add
 
 
@@ -94,8 +98,10 @@ def problems_error(problems: list[str]) -> DatasetError:
     if len(problems) == 1:
         return DatasetError(problems[0])
     lines = problems[:SHOWN] + ([f"... and {len(problems) - SHOWN} more"] if len(problems) > SHOWN else [])
-    return DatasetError(f"{len(problems)} problems in the dataset; fix them (`datasets check` lists "
-                        f"every finding):\n  " + "\n  ".join(lines))
+    return DatasetError(
+        f"{len(problems)} problems in the dataset; fix them (`datasets check` lists "
+        f"every finding):\n  " + "\n  ".join(lines)
+    )
 
 
 def dataset_root(cfg: DatasetConfig) -> Path:
@@ -105,4 +111,3 @@ def dataset_root(cfg: DatasetConfig) -> Path:
     if not root.is_dir():
         raise DatasetError(f"{root}: dataset root is not a folder")
     return root
-

@@ -4,10 +4,12 @@ Each synthesizer maps (t, sr, params, rng) to a signal that a log-mel CNN can te
 others; `source_params` draws what all clips of one "source recording" share (pitch, rate, level,
 SNR, and a fingerprint), so clips of one source resemble each other as real slices do.
 """
+
 import numpy as np
 
 
 # --- signal building blocks (t: time in seconds within the source recording) -----------------
+
 
 def _noise(rng, n, sr, colour=0.0, lo=20.0, hi=None):
     """Unit-variance float32 noise with power ~ f**-colour inside [lo, hi] Hz: random phases, one inverse FFT."""
@@ -32,7 +34,7 @@ def _tones(f0, sr, n_harm=1, tilt=1.0):
     out = cur.copy()
     for k in range(2, min(n_harm, int(0.45 * sr / f0.max())) + 1):  # sin(kx) = 2cos(x)sin((k-1)x) - sin((k-2)x)
         prev, cur = cur, twice_cos * cur - prev
-        out += np.float32(k ** -tilt) * cur
+        out += np.float32(k**-tilt) * cur
     return out
 
 
@@ -54,6 +56,7 @@ def _gate(t, onsets, lengths, attack=0.005, tau=None):
 
 # --- the ten class synthesizers: (t, sr, params, rng) -> signal --------------------------------
 
+
 def _air_conditioner(t, sr, p, rng):  # steady harmonic hum over low broadband noise
     f0 = 55 * p["pitch"] * (1 + 0.003 * np.sin(2 * np.pi * 0.2 * t))
     return _tones(f0, sr, 8, 1.0) + 0.7 * _noise(rng, t.size, sr, 1.0, 40, 1500 * p["pitch"])
@@ -67,10 +70,16 @@ def _car_horn(t, sr, p, rng):  # steady two-note honks, short beeps to long blas
 
 
 def _children_playing(t, sr, p, rng):  # babble: gliding voices and band noise, syllable-rate AM
-    am = np.maximum(0, sum(np.sin(2 * np.pi * rng.uniform(2, 7) * p["rate"] * t + rng.uniform(0, 7))
-                           for _ in range(3)))
-    voices = sum(_tones(300 * p["pitch"] * 2 ** rng.uniform(-0.4, 0.4)
-                        * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t)), sr, 6, 1.2) for _ in range(3))
+    am = np.maximum(0, sum(np.sin(2 * np.pi * rng.uniform(2, 7) * p["rate"] * t + rng.uniform(0, 7)) for _ in range(3)))
+    voices = sum(
+        _tones(
+            300 * p["pitch"] * 2 ** rng.uniform(-0.4, 0.4) * (1 + 0.1 * np.sin(2 * np.pi * rng.uniform(0.5, 2) * t)),
+            sr,
+            6,
+            1.2,
+        )
+        for _ in range(3)
+    )
     return am * (voices + 0.5 * _noise(rng, t.size, sr, 0.5, 300, 4000))
 
 
@@ -83,8 +92,10 @@ def _dog_bark(t, sr, p, rng):  # short pitched noisy bursts with a falling pitch
 
 def _drilling(t, sr, p, rng):  # high broadband noise and a whine, fast amplitude modulation
     am = 0.55 + 0.45 * np.sin(2 * np.pi * 45 * p["rate"] * t)
-    return am * (_noise(rng, t.size, sr, 0.0, 1000 * p["pitch"], 12000)
-                 + 0.5 * _tones(np.full(t.size, 1800 * p["pitch"]), sr, 3, 1.0))
+    return am * (
+        _noise(rng, t.size, sr, 0.0, 1000 * p["pitch"], 12000)
+        + 0.5 * _tones(np.full(t.size, 1800 * p["pitch"]), sr, 3, 1.0)
+    )
 
 
 def _engine_idling(t, sr, p, rng):  # low rumble: many harmonics of a firing rate, low noise
@@ -121,16 +132,33 @@ def _street_music(t, sr, p, rng):  # a chord sequence on the beat, with a kick d
     return np.exp(-since / (0.6 * beat)) * chord + 1.5 * np.exp(-since / 0.05) * np.sin(2 * np.pi * 55 * t)
 
 
-SYNTHS = (_air_conditioner, _car_horn, _children_playing, _dog_bark, _drilling,
-          _engine_idling, _gun_shot, _jackhammer, _siren, _street_music)
+SYNTHS = (
+    _air_conditioner,
+    _car_horn,
+    _children_playing,
+    _dog_bark,
+    _drilling,
+    _engine_idling,
+    _gun_shot,
+    _jackhammer,
+    _siren,
+    _street_music,
+)
 
 
 def source_params(rng):
     """What all clips of one source recording share: variation (pitch, rate, level, SNR) and fingerprint (sig_*)."""
-    return dict(pitch=2 ** rng.uniform(-0.5, 0.5), rate=2 ** rng.uniform(-0.4, 0.4), level=rng.uniform(0.1, 0.9),
-                snr_db=rng.uniform(6, 24), variant=rng.random(), delay=int(rng.integers(0, 30)),
-                side_gain=rng.uniform(0.6, 1.0), sig_freq=150 * 2 ** rng.uniform(0, 4.5),
-                sig_colour=rng.uniform(-1, 2))
+    return dict(
+        pitch=2 ** rng.uniform(-0.5, 0.5),
+        rate=2 ** rng.uniform(-0.4, 0.4),
+        level=rng.uniform(0.1, 0.9),
+        snr_db=rng.uniform(6, 24),
+        variant=rng.random(),
+        delay=int(rng.integers(0, 30)),
+        side_gain=rng.uniform(0.6, 1.0),
+        sig_freq=150 * 2 ** rng.uniform(0, 4.5),
+        sig_colour=rng.uniform(-1, 2),
+    )
 
 
 def synth_clip(kind, n, sr, rng, source, *, signature=0.0, start=0.0, channels=1, salience=1):
@@ -149,5 +177,5 @@ def synth_clip(kind, n, sr, rng, source, *, signature=0.0, start=0.0, channels=1
     x = x / (np.abs(x).max() + 1e-9) * min(0.99, source["level"] * 2 ** rng.normal(0, 0.1))
     if channels == 2:
         d = min(source["delay"], n)
-        x = np.stack([x, source["side_gain"] * np.concatenate([np.zeros(d), x[:n - d]])], axis=1)
+        x = np.stack([x, source["side_gain"] * np.concatenate([np.zeros(d), x[: n - d]])], axis=1)
     return x.astype(np.float32)

@@ -6,6 +6,7 @@ recording (pitch, rate, level) and per clip, over coloured background noise. `si
 per-source fingerprint (a steady tone, a noise colour) shared by all slices of a source, so a split that
 puts slices of one source on both sides (leakage) scores better than an honest one.
 """
+
 import multiprocessing as mp
 import os
 import shutil
@@ -21,25 +22,46 @@ from tqdm import tqdm
 
 from bench.data.sounds import source_params, synth_clip
 
-US8K_CLASSES = ("air_conditioner", "car_horn", "children_playing", "dog_bark", "drilling",
-                "engine_idling", "gun_shot", "jackhammer", "siren", "street_music")
+US8K_CLASSES = (
+    "air_conditioner",
+    "car_horn",
+    "children_playing",
+    "dog_bark",
+    "drilling",
+    "engine_idling",
+    "gun_shot",
+    "jackhammer",
+    "siren",
+    "street_music",
+)
 US8K_FOLD_SIZES = (873, 888, 925, 990, 936, 823, 838, 806, 816, 837)
 US8K_CLASS_SIZES = (1000, 429, 1000, 1000, 1000, 1000, 374, 1000, 929, 1000)
 US8K_COLUMNS = ["slice_file_name", "fsID", "start", "end", "salience", "fold", "classID", "class"]
 GTZAN_GENRES = ("blues", "classical", "country", "disco", "hiphop", "jazz", "metal", "pop", "reggae", "rock")
 
 # The real UrbanSound8K format mix, as fractions of source recordings ("mixed" mode: demo and replica).
-SAMPLE_RATE_MIX = {44100: 0.61, 48000: 0.29, 96000: 0.07, 8000: 0.005, 11025: 0.005, 16000: 0.005,
-                   22050: 0.005, 32000: 0.005, 192000: 0.005}
+SAMPLE_RATE_MIX = {
+    44100: 0.61,
+    48000: 0.29,
+    96000: 0.07,
+    8000: 0.005,
+    11025: 0.005,
+    16000: 0.005,
+    22050: 0.005,
+    32000: 0.005,
+    192000: 0.005,
+}
 CHANNEL_MIX = {2: 0.92, 1: 0.08}
 SUBTYPE_MIX = {"PCM_16": 0.66, "PCM_24": 0.31, "FLOAT": 0.02, "PCM_U8": 0.007, "IMA_ADPCM": 0.003}
 FULL_LENGTH_FRACTION = 0.8  # share of slices exactly max_duration long; the rest are shorter
 SIMPLE_FORMAT = (22050, 1, "PCM_16")  # "simple" mode: sample rate, channels, subtype
-DEMO_SETTINGS = dict(counts=6, seed=2024, formats="mixed", min_duration=1.0, max_duration=4.0,
-                     clips_per_source=4, signature=0.5)
+DEMO_SETTINGS = dict(
+    counts=6, seed=2024, formats="mixed", min_duration=1.0, max_duration=4.0, clips_per_source=4, signature=0.5
+)
 
 
 # --- writing ----------------------------------------------------------------------------------
+
 
 def _frames(duration, sr, channels, subtype):
     """Frames for a clip; IMA ADPCM is cut to whole blocks (libsndfile pads the last block with decoder junk)."""
@@ -54,8 +76,17 @@ def _frames(duration, sr, channels, subtype):
 
 def _write_clip(job):
     """Render one job (a dict made by the writers) and write it; FLOAT WAVs get their PEAK timestamp zeroed."""
-    x = synth_clip(job["kind"], job["n"], job["sr"], np.random.default_rng(job["key"]), job["source"],
-                   signature=job["signature"], start=job["start"], channels=job["channels"], salience=job["salience"])
+    x = synth_clip(
+        job["kind"],
+        job["n"],
+        job["sr"],
+        np.random.default_rng(job["key"]),
+        job["source"],
+        signature=job["signature"],
+        start=job["start"],
+        channels=job["channels"],
+        salience=job["salience"],
+    )
     sf.write(job["path"], x, job["sr"], subtype=job["subtype"])
     if job["subtype"] == "FLOAT":  # libsndfile stamps time(NULL) into the PEAK chunk: same seed, different bytes
         with open(job["path"], "r+b") as f:
@@ -93,8 +124,20 @@ def _allocate(rng, mix, n):
     return [values[i] for i in rng.permutation(np.repeat(np.arange(len(values)), k))]
 
 
-def write_us8k(root, counts, *, seed=0, formats="mixed", max_duration=4.0, min_duration=1.0,
-               clips_per_source=4, signature=0.0, classes=US8K_CLASSES, workers=1, progress=False):
+def write_us8k(
+    root,
+    counts,
+    *,
+    seed=0,
+    formats="mixed",
+    max_duration=4.0,
+    min_duration=1.0,
+    clips_per_source=4,
+    signature=0.0,
+    classes=US8K_CLASSES,
+    workers=1,
+    progress=False,
+):
     """Write an UrbanSound8K-layout dataset; counts: {(class_id, fold): clips} or an int for every cell.
     Returns the metadata DataFrame (also written to metadata/UrbanSound8K.csv)."""
     root, rng = Path(root), np.random.default_rng(seed)
@@ -127,9 +170,21 @@ def write_us8k(root, counts, *, seed=0, formats="mixed", max_duration=4.0, min_d
             n = _frames(dur, sr, channels, subtype)
             name = f"{fsid}-{c}-{int(j >= split)}-{j - split if j >= split else j}.wav"
             rows.append((name, int(fsid), round(t, 6), round(t + n / sr, 6), salience, fold, c, classes[c]))
-            jobs.append(dict(path=str(root / "audio" / f"fold{fold}" / name), kind=c, n=n, sr=sr, channels=channels,
-                             subtype=subtype, source=source, signature=signature, start=t, salience=salience,
-                             key=[seed, int(fsid), j]))
+            jobs.append(
+                dict(
+                    path=str(root / "audio" / f"fold{fold}" / name),
+                    kind=c,
+                    n=n,
+                    sr=sr,
+                    channels=channels,
+                    subtype=subtype,
+                    source=source,
+                    signature=signature,
+                    start=t,
+                    salience=salience,
+                    key=[seed, int(fsid), j],
+                )
+            )
             t += n / sr
     _write_all(jobs, workers, progress)
     meta = pd.DataFrame(rows, columns=US8K_COLUMNS)
@@ -200,10 +255,20 @@ def replica_counts(seed=0):
 
 
 def make_replica(root, seed=0, *, signature=0.5, workers=None, progress=True):
-    """A full-size UrbanSound8K replica (8,732 clips, real fold/class sizes and format mix), built once like make_demo."""
-    return _build_once(root, lambda tmp: write_us8k(tmp, replica_counts(seed), seed=seed, formats="mixed",
-                                                    signature=signature, workers=workers or os.cpu_count() or 1,
-                                                    progress=progress))
+    """A full-size UrbanSound8K replica (8,732 clips, real fold/class sizes and format mix), built once
+    like make_demo."""
+    return _build_once(
+        root,
+        lambda tmp: write_us8k(
+            tmp,
+            replica_counts(seed),
+            seed=seed,
+            formats="mixed",
+            signature=signature,
+            workers=workers or os.cpu_count() or 1,
+            progress=progress,
+        ),
+    )
 
 
 def write_folder_dataset(root, spec, *, seed=0, ext="wav", signature=0.0, sr=22050, duration=1.0):
@@ -220,8 +285,21 @@ def write_folder_dataset(root, spec, *, seed=0, ext="wav", signature=0.0, sr=220
             source.update(sig_freq=fingerprint["sig_freq"], sig_colour=fingerprint["sig_colour"])
             path = str(Path(root) / label / f"{stem}.{ext}")
             strength = signature.get(group, 0.0) if isinstance(signature, Mapping) else signature
-            jobs.append(dict(path=path, kind=c, n=round(duration * sr), sr=sr, channels=1, subtype=None, source=source,
-                             signature=strength, start=0.0, salience=1, key=[seed, c, zlib.crc32(stem.encode())]))
+            jobs.append(
+                dict(
+                    path=path,
+                    kind=c,
+                    n=round(duration * sr),
+                    sr=sr,
+                    channels=1,
+                    subtype=None,
+                    source=source,
+                    signature=strength,
+                    start=0.0,
+                    salience=1,
+                    key=[seed, c, zlib.crc32(stem.encode())],
+                )
+            )
             rows.append((path, label, group))
     _write_all(jobs)
     return pd.DataFrame(rows, columns=["path", "label", "group"])
@@ -235,8 +313,21 @@ def write_gtzan(root, n_per_genre=10, *, seed=0, au_fraction=0.2, duration=3.0, 
         as_au = set(rng.choice(n_per_genre, round(au_fraction * n_per_genre), replace=False).tolist())
         for i in range(n_per_genre):
             path = str(Path(root) / "genres" / genre / f"{genre}.{i:05d}.{'au' if i in as_au else 'wav'}")
-            jobs.append(dict(path=path, kind=g, n=round(duration * sr), sr=sr, channels=1, subtype=None,
-                             source=source_params(rng), signature=0.0, start=0.0, salience=1, key=[seed, g, i]))
+            jobs.append(
+                dict(
+                    path=path,
+                    kind=g,
+                    n=round(duration * sr),
+                    sr=sr,
+                    channels=1,
+                    subtype=None,
+                    source=source_params(rng),
+                    signature=0.0,
+                    start=0.0,
+                    salience=1,
+                    key=[seed, g, i],
+                )
+            )
             rows.append((path, genre))
     _write_all(jobs)
     return pd.DataFrame(rows, columns=["path", "label"])

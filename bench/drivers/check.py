@@ -13,9 +13,11 @@ every clip as kfold checks it before decoding and over the usable clips: clips p
 copies of one recording in two folds or under two labels, groups in two folds.
 
 A finding is an `error` when the kfold run would be refused or wrong (a structural problem,
-leakage, conflicting labels, a plan that cannot be built), a `warning` when kfold goes on but sets something aside or pads/trims a lot, and
+leakage, conflicting labels, a plan that cannot be built), a `warning` when kfold goes on but sets
+something aside or pads/trims a lot, and
 `info` otherwise. `datasets check` exits 1 when there is an error.
 """
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -36,9 +38,15 @@ from bench.drivers.prepare import check_config, prepare
 
 SHORT, LONG = 0.25, 4.0  # very short / very long: under a quarter / over four times the median
 PROBLEMS = {  # BadAudio message prefix -> check name
-    "file not found": "missing", "empty file": "empty", "no audio frames": "empty",
-    "cannot decode": "undecodable", "non-finite": "non-finite", "silent": "silent",
-    "truncated": "truncated", "not a regular file": "not-a-file"}
+    "file not found": "missing",
+    "empty file": "empty",
+    "no audio frames": "empty",
+    "cannot decode": "undecodable",
+    "non-finite": "non-finite",
+    "silent": "silent",
+    "truncated": "truncated",
+    "not a regular file": "not-a-file",
+}
 
 
 @dataclass
@@ -66,12 +74,18 @@ class CheckResult:
         return not any(f.level == "error" for f in self.findings)
 
     def to_json(self) -> dict:
-        return {"dataset": self.dataset, "root": self.root, "n_clips": self.n_clips,
-                "classes": self.classes, "protocol": self.protocol, "ok": self.ok,
-                "counts": {str(c): {str(k): int(v) for k, v in row.items()}
-                           for c, row in self.counts.iterrows()},
-                "formats": self.formats, "durations": self.durations,
-                "findings": [asdict(f) for f in self.findings]}
+        return {
+            "dataset": self.dataset,
+            "root": self.root,
+            "n_clips": self.n_clips,
+            "classes": self.classes,
+            "protocol": self.protocol,
+            "ok": self.ok,
+            "counts": {str(c): {str(k): int(v) for k, v in row.items()} for c, row in self.counts.iterrows()},
+            "formats": self.formats,
+            "durations": self.durations,
+            "findings": [asdict(f) for f in self.findings],
+        }
 
 
 def file_header(path: str, reason: str | None = None) -> dict:
@@ -81,8 +95,12 @@ def file_header(path: str, reason: str | None = None) -> dict:
         if reason and reason.startswith("not a regular file"):
             raise ValueError(reason)
         info = sf.info(path)
-        return {"sample_rate": info.samplerate, "channels": info.channels,
-                "format": f"{info.format} {info.subtype}", "duration": info.frames / info.samplerate}
+        return {
+            "sample_rate": info.samplerate,
+            "channels": info.channels,
+            "format": f"{info.format} {info.subtype}",
+            "duration": info.frames / info.samplerate,
+        }
     except Exception:  # noqa: BLE001  the waveform cache says why the file cannot be used
         return {"sample_rate": None, "channels": None, "format": None, "duration": np.nan}
 
@@ -98,8 +116,15 @@ def scan_audio(dataset: Dataset, waves: Waveforms) -> pd.DataFrame:
     then reused by kfold, so each file is decoded once) the problem that sets it aside and a hash
     of its samples."""
     reasons = dict(zip(waves.quarantine["index"].astype(int), waves.quarantine["reason"]))
-    rows = [{**file_header(path, reasons.get(i)), "reason": reasons.get(i), "problem": _problem(reasons.get(i)),
-             "hash": waves.hashes[i]} for i, path in enumerate(dataset.table["path"])]
+    rows = [
+        {
+            **file_header(path, reasons.get(i)),
+            "reason": reasons.get(i),
+            "problem": _problem(reasons.get(i)),
+            "hash": waves.hashes[i],
+        }
+        for i, path in enumerate(dataset.table["path"])
+    ]
     scan = pd.DataFrame(rows)
     return pd.concat([dataset.table[["clip", "class"]].reset_index(drop=True), scan], axis=1)
 
@@ -116,20 +141,33 @@ def file_findings(scan: pd.DataFrame, strict: bool) -> list[Finding]:
     out = []
     for problem, df in scan[scan["problem"].notna()].groupby("problem", sort=True):
         level = "error" if strict else "warning"
-        out.append(Finding(level, problem, f"{len(df)} file(s) {problem}: kfold "
-                           f"{'stops (--strict)' if strict else 'quarantines them'}: "
-                           + "; ".join(f"{c}: {r}" for c, r in zip(df["clip"].head(3), df["reason"].head(3))),
-                           _clips(df)))
+        out.append(
+            Finding(
+                level,
+                problem,
+                f"{len(df)} file(s) {problem}: kfold "
+                f"{'stops (--strict)' if strict else 'quarantines them'}: "
+                + "; ".join(f"{c}: {r}" for c, r in zip(df["clip"].head(3), df["reason"].head(3))),
+                _clips(df),
+            )
+        )
     durations = scan.loc[scan["problem"].isna(), "duration"]
     if len(durations):
         median = float(durations.median())
         for name, mask, what in (
-                ("very-short", scan["duration"] < SHORT * median, f"under {SHORT * median:.2f} s"),
-                ("very-long", scan["duration"] > LONG * median, f"over {LONG * median:.2f} s")):
+            ("very-short", scan["duration"] < SHORT * median, f"under {SHORT * median:.2f} s"),
+            ("very-long", scan["duration"] > LONG * median, f"over {LONG * median:.2f} s"),
+        ):
             df = scan[mask & scan["problem"].isna()]
             if len(df):
-                out.append(Finding("warning", name, f"{len(df)} clip(s) {what} (median {median:.2f} s): "
-                                   f"{_examples(df['clip'].tolist())}", _clips(df)))
+                out.append(
+                    Finding(
+                        "warning",
+                        name,
+                        f"{len(df)} clip(s) {what} (median {median:.2f} s): {_examples(df['clip'].tolist())}",
+                        _clips(df),
+                    )
+                )
     return out
 
 
@@ -172,19 +210,25 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
         plan = make_plan(cfg, dataset, ok, scan["hash"].to_numpy())
         protocol, table, folds, dups = repr(plan.protocol), plan.table, plan.folds, plan.duplicates
         if plan.repeats > 1:
-            protocol += (f", {plan.repeats} repeats (vary: "
-                         f"{'fold assignment' if plan.repeats_vary == 'folds' else 'training seed only'})")
-        counts = pd.crosstab(table["class"], pd.Series(folds, name="fold")).reindex(dataset.classes,
-                                                                                   fill_value=0)
+            protocol += (
+                f", {plan.repeats} repeats (vary: "
+                f"{'fold assignment' if plan.repeats_vary == 'folds' else 'training seed only'})"
+            )
+        counts = pd.crosstab(table["class"], pd.Series(folds, name="fold")).reindex(dataset.classes, fill_value=0)
         if plan.left_out:
-            findings.append(Finding("info", "left-out", f"protocol {name} leaves out {len(plan.left_out)} "
-                                    f"clip(s) in none of its lists: {_examples(plan.left_out)}",
-                                    plan.left_out[:20]))
+            findings.append(
+                Finding(
+                    "info",
+                    "left-out",
+                    f"protocol {name} leaves out {len(plan.left_out)} "
+                    f"clip(s) in none of its lists: {_examples(plan.left_out)}",
+                    plan.left_out[:20],
+                )
+            )
         shuffled = plan.repeat_folds if plan.protocol.reshufflable else [plan.folds]  # fixed: once
         for r, repeat_folds in enumerate(shuffled, start=1):  # the table shows repeat 1's folds
             for warning in check_groups(table, repeat_folds):
-                findings.append(Finding("error", "groups-cross-folds",
-                                        warning if r == 1 else f"repeat {r}: {warning}"))
+                findings.append(Finding("error", "groups-cross-folds", warning if r == 1 else f"repeat {r}: {warning}"))
     except (ProtocolError, DatasetError) as e:
         protocol, folds = name, None
         if str(e) != refused:
@@ -199,43 +243,71 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
     if across:
         findings.append(Finding("error", "duplicate-across-folds", across, _clips(dups)))
     elif len(dups) and not conflict:
-        findings.append(Finding("warning", "duplicates", f"{dups['set'].nunique()} set(s) of identical "
-                                f"audio ({len(dups)} clips): {_examples(dups['clip'].tolist())}",
-                                _clips(dups)))
+        findings.append(
+            Finding(
+                "warning",
+                "duplicates",
+                f"{dups['set'].nunique()} set(s) of identical "
+                f"audio ({len(dups)} clips): {_examples(dups['clip'].tolist())}",
+                _clips(dups),
+            )
+        )
     if not any(f.level == "error" for f in findings):
         refusal = _kfold_refuses(cfg, dataset, waves)
         if refusal:
             findings.append(Finding("error", "kfold", f"kfold would refuse this dataset: {refusal}"))
     usable = scan[ok]
-    formats = {col: {str(k): int(v) for k, v in scan[col].dropna().astype(str if col == "format" else int)
-                     .value_counts().sort_index().items()}
-               for col in ("sample_rate", "channels", "format")}
-    durations = ({k: round(float(getattr(usable["duration"], k)()), 3) for k in ("min", "median", "max")}
-                 if len(usable) else {})
+    formats = {
+        col: {
+            str(k): int(v)
+            for k, v in scan[col].dropna().astype(str if col == "format" else int).value_counts().sort_index().items()
+        }
+        for col in ("sample_rate", "channels", "format")
+    }
+    durations = (
+        {k: round(float(getattr(usable["duration"], k)()), 3) for k in ("min", "median", "max")} if len(usable) else {}
+    )
     order = {"error": 0, "warning": 1, "info": 2}
     findings.sort(key=lambda f: order[f.level])
-    return CheckResult(dataset.name, str(dataset.root), len(dataset.table), dataset.classes, protocol,
-                       counts, formats, durations, findings)
+    return CheckResult(
+        dataset.name,
+        str(dataset.root),
+        len(dataset.table),
+        dataset.classes,
+        protocol,
+        counts,
+        formats,
+        durations,
+        findings,
+    )
 
 
 def render_text(result: CheckResult, duration: float | None = None) -> str:
     """The table for people."""
-    lines = [f"dataset {result.dataset} at {result.root}: {result.n_clips} clips, "
-             f"{len(result.classes)} classes; protocol {result.protocol}", ""]
+    lines = [
+        f"dataset {result.dataset} at {result.root}: {result.n_clips} clips, "
+        f"{len(result.classes)} classes; protocol {result.protocol}",
+        "",
+    ]
     counts = result.counts.copy()
     counts.columns = [f"fold {c}" if counts.columns.name == "fold" else str(c) for c in counts.columns]
     if counts.shape[1] > 1:
         counts["total"] = counts.sum(axis=1)
     counts.index.name = "class"
-    lines += ["clips per class" + (" and fold" if "fold 1" in counts.columns else "")
-              + " (usable clips in the plan)", counts.to_string(), ""]
+    lines += [
+        "clips per class" + (" and fold" if "fold 1" in counts.columns else "") + " (usable clips in the plan)",
+        counts.to_string(),
+        "",
+    ]
     for col, title in (("sample_rate", "sample rates (Hz)"), ("channels", "channels"), ("format", "formats")):
         mix = result.formats.get(col, {})
         lines.append(f"{title:<18} " + (", ".join(f"{k}: {v}" for k, v in mix.items()) or "-"))
     d = result.durations
     if d:
-        lines.append(f"{'durations (s)':<18} min {d['min']:.2f}, median {d['median']:.2f}, max {d['max']:.2f}"
-                     + (f"; kfold pads or trims every clip to {duration:g} s" if duration else ""))
+        lines.append(
+            f"{'durations (s)':<18} min {d['min']:.2f}, median {d['median']:.2f}, max {d['max']:.2f}"
+            + (f"; kfold pads or trims every clip to {duration:g} s" if duration else "")
+        )
     lines.append("")
     if result.findings:
         lines.append("findings")
@@ -244,8 +316,11 @@ def render_text(result: CheckResult, duration: float | None = None) -> str:
         lines.append("findings: none")
     n_err = sum(f.level == "error" for f in result.findings)
     n_warn = sum(f.level == "warning" for f in result.findings)
-    lines += ["", f"{n_err} error(s), {n_warn} warning(s): "
-              + ("a kfold run on this dataset would be refused or wrong" if n_err else "ready for kfold")]
+    lines += [
+        "",
+        f"{n_err} error(s), {n_warn} warning(s): "
+        + ("a kfold run on this dataset would be refused or wrong" if n_err else "ready for kfold"),
+    ]
     return "\n".join(lines)
 
 
@@ -254,6 +329,7 @@ def render_list() -> str:
     from protocols import PROTOCOLS
 
     from bench.data.datasets import DATASETS
+
     lines = ["dataset kinds (--dataset):"]
     for name in sorted(DATASETS):
         kind = DATASETS[name]

@@ -5,6 +5,7 @@ one `SplitJob` per split: fit_split -> RunFolder.write_split (DONE last, with a 
 child run -> report from the verified, saved predictions. A resumed run skips the splits whose
 outputs verify and trains again, with a message, those that do not.
 """
+
 from __future__ import annotations
 
 import json
@@ -53,8 +54,13 @@ class CVResult:
 def code_version() -> str:
     """`git describe` of the running code (once per process: each job and study asks for it)."""
     try:
-        out = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).parent,
+            timeout=5,
+        )
         return out.stdout.strip() or "unknown"
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -63,6 +69,7 @@ def code_version() -> str:
 @dataclass(frozen=True)
 class SplitJob:
     """One split of one config: train, choose the epoch on validation, score the test fold or not."""
+
     split: Split
     cfg: RunConfig
     score_test: bool = True
@@ -78,14 +85,30 @@ class SplitJob:
         return f"split-{self.split.index}"
 
 
-def fit_job(job: SplitJob, bank: torch.Tensor, labels: np.ndarray, rows: np.ndarray, n_classes: int,
-            on_epoch=None, progress: bool = False) -> tuple[SplitResult, float]:
+def fit_job(
+    job: SplitJob,
+    bank: torch.Tensor,
+    labels: np.ndarray,
+    rows: np.ndarray,
+    n_classes: int,
+    on_epoch=None,
+    progress: bool = False,
+) -> tuple[SplitResult, float]:
     """Train `job` on the feature bank (`rows`: the plan's positions in it): the fitted split and its
     seconds. Pure computation, no files and no MLflow: it runs in this process or in a Ray task."""
     split, cfg, start = job.split, job.cfg, time.perf_counter()
-    result = fit_split(bank, labels, rows[split.train], rows[split.val] if len(split.val) else None,
-                       rows[split.test] if job.score_test else None, n_classes, cfg,
-                       seed=train_seed(job), on_epoch=on_epoch, progress=progress)
+    result = fit_split(
+        bank,
+        labels,
+        rows[split.train],
+        rows[split.val] if len(split.val) else None,
+        rows[split.test] if job.score_test else None,
+        n_classes,
+        cfg,
+        seed=train_seed(job),
+        on_epoch=on_epoch,
+        progress=progress,
+    )
     return result, round(time.perf_counter() - start, 2)
 
 
@@ -93,23 +116,35 @@ def train_seed(job: SplitJob) -> int:
     return job.cfg.train.seed + job.split.index  # split numbers run on across repeats: a seed per repeat
 
 
-def save_job(job: SplitJob, prepared: Prepared, folder: RunFolder, result: SplitResult, seconds: float,
-             input_shape: tuple) -> dict:
+def save_job(
+    job: SplitJob, prepared: Prepared, folder: RunFolder, result: SplitResult, seconds: float, input_shape: tuple
+) -> dict:
     """A fitted split's outputs written to the run folder (DONE last): split.json's info (returned),
     history, and for a scored split its predictions, confusion counts and model."""
     split, cfg, table, classes = job.split, job.cfg, prepared.plan.table, prepared.dataset.classes
-    info = {**job.params, **job.notes, "train_seed": train_seed(job), "best_epoch": result.best_epoch,
-            "val_acc": result.val_acc, "val_correct": result.val_correct,  # val_acc = val_correct / n_val
-            "test_acc": None, "n_train": len(split.train), "n_val": len(split.val),
-            "n_test": len(split.test), "fit_seconds": seconds}
+    info = {
+        **job.params,
+        **job.notes,
+        "train_seed": train_seed(job),
+        "best_epoch": result.best_epoch,
+        "val_acc": result.val_acc,
+        "val_correct": result.val_correct,  # val_acc = val_correct / n_val
+        "test_acc": None,
+        "n_train": len(split.train),
+        "n_val": len(split.val),
+        "n_test": len(split.test),
+        "fit_seconds": seconds,
+    }
     predictions = confusion = None
     if result.test_probs is not None:
         from reports.confusion import confusion_counts
+
         test = table.iloc[split.test]
         pred = result.test_probs.argmax(axis=1)
         info["test_acc"] = float((pred == test["label"].to_numpy()).mean())
-        predictions = pd.DataFrame({"clip": test["clip"].to_numpy(), "fold": split.test_fold,
-                                    "label": test["label"].to_numpy(), "pred": pred})
+        predictions = pd.DataFrame(
+            {"clip": test["clip"].to_numpy(), "fold": split.test_fold, "label": test["label"].to_numpy(), "pred": pred}
+        )
         for c, name in enumerate(classes):
             predictions[f"prob_{name}"] = result.test_probs[:, c].round(6)
         confusion = confusion_counts(predictions)
@@ -120,9 +155,16 @@ def save_job(job: SplitJob, prepared: Prepared, folder: RunFolder, result: Split
     return info
 
 
-def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker,
-              parent_run: str | None, progress: bool, resume: bool = False,
-              fitted: tuple[SplitResult, float] | None = None) -> dict:
+def run_split(
+    job: SplitJob,
+    prepared: Prepared,
+    folder: RunFolder,
+    tracker: Tracker,
+    parent_run: str | None,
+    progress: bool,
+    resume: bool = False,
+    fitted: tuple[SplitResult, float] | None = None,
+) -> dict:
     """Fit one split, save its outputs (DONE last) and mirror them to the split's MLflow run.
     `resume`: `parent_run` was reopened, so it may hold a killed attempt's run of this split.
     `fitted`: the split already trained elsewhere (a Ray task); its learning curve is logged here."""
@@ -134,13 +176,13 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
         tracker.log_inputs(child, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
 
         def on_epoch(epoch, train_loss, val_acc):  # queued: a slow store never holds up training
-            tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch,
-                                asynchronous=True)
+            tracker.log_metrics(child, {"train_loss": train_loss, "val_acc": val_acc}, step=epoch, asynchronous=True)
 
         bank = prepared.bank(job.cfg, progress)
         if fitted is None:
-            fitted = fit_job(job, bank, prepared.labels, prepared.plan.rows, len(prepared.dataset.classes),
-                             on_epoch, progress)
+            fitted = fit_job(
+                job, bank, prepared.labels, prepared.plan.rows, len(prepared.dataset.classes), on_epoch, progress
+            )
         else:
             for row in fitted[0].history:
                 on_epoch(row["epoch"], row["train_loss"], row["val_acc"])
@@ -151,18 +193,26 @@ def run_split(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tra
 
 def _log_split(tracker: Tracker, child: str | None, job: SplitJob, folder: RunFolder, info: dict) -> None:
     """A finished split's final figures and files on its MLflow run."""
-    tracker.log_metrics(child, {"test_acc": info["test_acc"], "best_epoch": info["best_epoch"],
-                                "best_val_acc": info["val_acc"]}, step=job.cfg.train.epochs)
+    tracker.log_metrics(
+        child,
+        {"test_acc": info["test_acc"], "best_epoch": info["best_epoch"], "best_val_acc": info["val_acc"]},
+        step=job.cfg.train.epochs,
+    )
     if job.score_test:
         names = ("predictions.csv", "confusion_counts.csv")
         tracker.log_files(child, [folder.split_dir(job.split.index) / n for n in names])
-        tracker.log_model(child, folder.split_dir(job.split.index) / MODEL_FILE, job.run_name,
-                          params={"split": job.split.index, "test_fold": job.split.test_fold,
-                                  "best_epoch": info["best_epoch"]}, step=job.cfg.train.epochs)
+        tracker.log_model(
+            child,
+            folder.split_dir(job.split.index) / MODEL_FILE,
+            job.run_name,
+            params={"split": job.split.index, "test_fold": job.split.test_fold, "best_epoch": info["best_epoch"]},
+            step=job.cfg.train.epochs,
+        )
 
 
-def _mirror_finished(job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker,
-                     parent_run: str | None, info: dict) -> None:
+def _mirror_finished(
+    job: SplitJob, prepared: Prepared, folder: RunFolder, tracker: Tracker, parent_run: str | None, info: dict
+) -> None:
     """On resume, a split finished on disk whose MLflow run is missing or was killed before it
     was closed (kill -9 right after DONE) gets its figures and files, and ends FINISHED."""
     if not (tracker.enabled and parent_run):
@@ -171,15 +221,24 @@ def _mirror_finished(job: SplitJob, prepared: Prepared, folder: RunFolder, track
     if tracker.finished(child):
         return
     params = split_params(run_params(job.cfg, prepared), job.params)
-    with tracker.run(job.run_name, params=params, parent=parent_run, run_id=child,
-                     tags={"split": job.split.index}) as run:
+    with tracker.run(
+        job.run_name, params=params, parent=parent_run, run_id=child, tags={"split": job.split.index}
+    ) as run:
         _log_split(tracker, run, job, folder, info)
 
 
-def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None, *,
-           prepared: Prepared | None = None, score_test: bool = True, resume: bool = False,
-           tracker: Tracker | None = None, parent_run: str | None = None,
-           progress: bool = True, engine: Callable | None = None) -> CVResult:
+def run_cv(
+    cfg: RunConfig,
+    on_split: Callable[[Split, dict], None] | None = None,
+    *,
+    prepared: Prepared | None = None,
+    score_test: bool = True,
+    resume: bool = False,
+    tracker: Tracker | None = None,
+    parent_run: str | None = None,
+    progress: bool = True,
+    engine: Callable | None = None,
+) -> CVResult:
     """Cross-validate `cfg` into `runs_dir/name`; `on_split(split, info)` after each split.
 
     `prepared` (tune: once per study) must come from a config with the same dataset, audio and
@@ -196,18 +255,22 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     chosen = prepared.chosen(cfg.splits)
     tracker = tracker or prepared.tracker or Tracker(cfg.tracking, experiment=prepared.dataset.name)
     from bench.core.threads import apply as set_threads  # 0 (auto): one per free core, measured once per process
+
     threads = set_threads(cfg.train.threads, functools.partial(print, file=sys.stderr) if progress else None)
     val_acc: dict[int, float | None] = {}
     retrained: dict[int, str] = {}
     own_parent, status = parent_run is None, "FINISHED"
     with RunFolder.claim(cfg, resume) as folder:
         if (folder.path / "search.json").exists():  # its splits were trained with other settings each
-            raise RunFolderError(f"--resume {folder.path}: a nested run; continue it with `nested "
-                                 f"--resume --name {folder.path.name}`")
-        folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(),
-                          prepared.quarantine)
-        attempt = (Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json
-                   if own_parent else None)
+            raise RunFolderError(
+                f"--resume {folder.path}: a nested run; continue it with `nested --resume --name {folder.path.name}`"
+            )
+        folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(), prepared.quarantine)
+        attempt = (
+            Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json
+            if own_parent
+            else None
+        )
         if own_parent:
             parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
             tracker.set_tags(parent_run, {"torch_threads": threads.threads})  # not a param: see run.json
@@ -226,8 +289,7 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
                 reason = folder.problem(split.index, score_test, digest) if resume else "not finished"
                 if reason is None:
                     info = folder.read_split_info(split.index)
-                    _mirror_finished(SplitJob(split, cfg, score_test), prepared, folder, tracker, parent_run,
-                                     info)
+                    _mirror_finished(SplitJob(split, cfg, score_test), prepared, folder, tracker, parent_run, info)
                     finished(split, info)
                     continue
                 if resume and reason != "not finished":
@@ -255,44 +317,82 @@ def run_cv(cfg: RunConfig, on_split: Callable[[Split, dict], None] | None = None
     return CVResult(folder.path, val_acc, scores, prepared.quarantine, prepared.plan.warnings, retrained)
 
 
-def local_jobs(jobs: list[SplitJob], prepared: Prepared, folder: RunFolder, tracker: Tracker,
-               parent_run: str | None, progress: bool, resume: bool) -> Iterator[tuple[SplitJob, dict]]:
+def local_jobs(
+    jobs: list[SplitJob],
+    prepared: Prepared,
+    folder: RunFolder,
+    tracker: Tracker,
+    parent_run: str | None,
+    progress: bool,
+    resume: bool,
+) -> Iterator[tuple[SplitJob, dict]]:
     """The split jobs one after another in this process."""
     for job in jobs:
         yield job, run_split(job, prepared, folder, tracker, parent_run, progress, resume)
 
 
-def open_parent_run(cfg: RunConfig, prepared: Prepared, folder: RunFolder, tracker: Tracker,
-                    resume: bool, kind: str = "kfold", searched=()) -> str | None:
+def open_parent_run(
+    cfg: RunConfig,
+    prepared: Prepared,
+    folder: RunFolder,
+    tracker: Tracker,
+    resume: bool,
+    kind: str = "kfold",
+    searched=(),
+) -> str | None:
     """This job's MLflow run, reopened on resume, with the runs a killed job left RUNNING closed.
     `searched`: config keys chosen per outer split (nested CV), not params of the job."""
     old = read_json(folder.path / "mlflow.json").get("parent") if resume else None
     plan = prepared.plan
     params = run_params(cfg, prepared, leave_out=searched)
-    run = tracker.start(cfg.name, params=params, run_id=old, tags={
-        "kind": kind, "dataset": prepared.dataset.name, "dataset_fingerprint": prepared.fingerprint,
-        "protocol": repr(plan.protocol), "leaky": plan.leaky, "code_version": code_version(),
-        "run_folder": str(folder.path.resolve()), "quarantined": len(prepared.quarantine)})
+    run = tracker.start(
+        cfg.name,
+        params=params,
+        run_id=old,
+        tags={
+            "kind": kind,
+            "dataset": prepared.dataset.name,
+            "dataset_fingerprint": prepared.fingerprint,
+            "protocol": repr(plan.protocol),
+            "leaky": plan.leaky,
+            "code_version": code_version(),
+            "run_folder": str(folder.path.resolve()),
+            "quarantined": len(prepared.quarantine),
+        },
+    )
     if run:
         if old == run:
             tracker.close_running(run)
         else:
             tracker.log_inputs(run, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
-        atomic_write_text(folder.path / "mlflow.json", json.dumps(
-            {"parent": run, "experiment": tracker.experiment_id}) + "\n")
+        atomic_write_text(
+            folder.path / "mlflow.json", json.dumps({"parent": run, "experiment": tracker.experiment_id}) + "\n"
+        )
     return run
 
 
 def report(folder: RunFolder, tracker: Tracker, parent_run: str | None) -> dict:
     """report.md and scores.json from the verified predictions, mirrored to `parent_run`."""
     from reports import build_report
+
     scores = build_report(folder.path)
-    tracker.log_metrics(parent_run, {k: scores.get(k) for k in
-                                     ("acc_mean", "acc_std", "macro_f1_mean", "acc_ci95_low",
-                                      "acc_ci95_high", "acc_repeat_std")})  # the last: repeats only
+    tracker.log_metrics(
+        parent_run,
+        {
+            k: scores.get(k)
+            for k in ("acc_mean", "acc_std", "macro_f1_mean", "acc_ci95_low", "acc_ci95_high", "acc_repeat_std")
+        },
+    )  # the last: repeats only
     # per-split accuracy as one metric over steps: a line per run in MLflow's charts, split on x
     tracker.log_series(parent_run, "acc_fold", {row["split"]: row["accuracy"] for row in scores["per_fold"]})
-    tracker.log_files(parent_run, sorted(p for p in folder.path.iterdir() if p.is_file()
-                                         and p.suffix in (".md", ".html", ".png", ".csv", ".json", ".yaml")
-                                         and p.name != "mlflow.json"))
+    tracker.log_files(
+        parent_run,
+        sorted(
+            p
+            for p in folder.path.iterdir()
+            if p.is_file()
+            and p.suffix in (".md", ".html", ".png", ".csv", ".json", ".yaml")
+            and p.name != "mlflow.json"
+        ),
+    )
     return scores

@@ -5,6 +5,7 @@ manifest -> fold plan from the metadata (fails before any decoding) -> waveform 
 -> fold plan over the usable clips, with the identical-audio checks -> the splits asked for.
 `kfold`, `tune`, `datasets check` and `speed` start here; only then is a `RunFolder` claimed.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -34,8 +35,10 @@ def check_config(cfg: RunConfig) -> RunConfig:
     if cfg.dataset.name not in DATASETS:
         raise ConfigError(f"--dataset {cfg.dataset.name!r}: unknown; known: {', '.join(sorted(DATASETS))}")
     if cfg.features.frontend not in FRONTENDS:
-        raise ConfigError(f"features.frontend={cfg.features.frontend!r}: unknown front end; known: "
-                          f"{', '.join(sorted(FRONTENDS))}; fix it with --set features.frontend=<name>")
+        raise ConfigError(
+            f"features.frontend={cfg.features.frontend!r}: unknown front end; known: "
+            f"{', '.join(sorted(FRONTENDS))}; fix it with --set features.frontend=<name>"
+        )
     check_model_config(cfg.model)  # the name, and parameter names the model takes
     check_features(cfg.audio, cfg.features)
     try:  # the model on the front end's output shape (a ViT's image size, say), on no memory
@@ -51,14 +54,14 @@ def _chosen(plan_splits: list[Split], splits: list[int] | None) -> list[Split]:
     known = {s.index for s in plan_splits}
     unknown = sorted(set(splits or []) - known)
     if unknown:
-        raise ConfigError(f"--splits: no split {', '.join(map(str, unknown))} in this plan "
-                          f"(1..{len(known)})")
+        raise ConfigError(f"--splits: no split {', '.join(map(str, unknown))} in this plan (1..{len(known)})")
     return [s for s in plan_splits if splits is None or s.index in splits]
 
 
 @dataclass
 class Prepared:
     """What `prepare` checked and loaded, shared by every job on the same data (tune: every trial)."""
+
     dataset: Dataset
     waves: Waveforms
     plan: Plan
@@ -85,12 +88,17 @@ class Prepared:
 
     def plan_record(self) -> dict:
         """What plan.json holds."""
-        return {**self.plan.summary(), "notes": self.dataset.notes,
-                "dataset_fingerprint": self.fingerprint}
+        return {**self.plan.summary(), "notes": self.dataset.notes, "dataset_fingerprint": self.fingerprint}
 
 
-def prepare(cfg: RunConfig, *, progress: bool = True, tracking: bool = True,
-            dataset: Dataset | None = None, waves: Waveforms | None = None) -> Prepared:
+def prepare(
+    cfg: RunConfig,
+    *,
+    progress: bool = True,
+    tracking: bool = True,
+    dataset: Dataset | None = None,
+    waves: Waveforms | None = None,
+) -> Prepared:
     """Validate `cfg` and load its dataset, cache and fold plan; raise a user error otherwise.
     `dataset` and `waves`: the manifest and cache of `cfg` already loaded (`datasets check`)."""
     check_config(cfg)
@@ -103,20 +111,20 @@ def prepare(cfg: RunConfig, *, progress: bool = True, tracking: bool = True,
         waves = load_waveforms(dataset, cfg.audio, cfg.cache_dir, progress=progress)
     quarantine = waves.quarantine.drop(columns="index")
     if len(quarantine) and cfg.dataset.strict:
-        raise DatasetError(f"--strict: {len(quarantine)} file(s) cannot be used: " + "; ".join(
-            f"{c}: {r}" for c, r in zip(quarantine["clip"].head(20), quarantine["reason"].head(20))))
+        raise DatasetError(
+            f"--strict: {len(quarantine)} file(s) cannot be used: "
+            + "; ".join(f"{c}: {r}" for c, r in zip(quarantine["clip"].head(20), quarantine["reason"].head(20)))
+        )
     plan = make_plan(cfg, dataset, waves.ok, waves.hashes)
     conflict = label_conflicts(plan.duplicates)
     if conflict:
         raise DatasetError(f"{conflict}; keep one copy, under its right class")
     across = copies_across_folds(plan.duplicates)
     if across and not cfg.dataset.allow_leaky:
-        raise DatasetError(f"{across}; remove the copies, or pass --allow-leaky to record the run "
-                           f"as leaky")
+        raise DatasetError(f"{across}; remove the copies, or pass --allow-leaky to record the run as leaky")
     prepared = Prepared(dataset, waves, plan, quarantine, device, tracker)
     prepared.chosen(cfg.splits)  # unknown split numbers are refused here
     for split in prepared.plan.splits:
         if len(split.train) < 2:
-            raise DatasetError(f"split {split.index}: {len(split.train)} training clip(s); "
-                               f"a model needs at least 2")
+            raise DatasetError(f"split {split.index}: {len(split.train)} training clip(s); a model needs at least 2")
     return prepared

@@ -5,6 +5,7 @@ None (off); the defaults, YAML overrides, checks before a study starts, and Optu
 written) -> per trial `suggest(trial, space)` -> `apply_params(cfg, params)` (the hop length resolved
 against the trial's own n_fft).
 """
+
 from __future__ import annotations
 
 from fractions import Fraction
@@ -57,7 +58,7 @@ def load_space(path: str | Path | None = None) -> dict[str, Any]:
 
 
 def resolve_hop(hop: Any, n_fft: int) -> int:
-    """"1/4" -> n_fft // 4 samples; an int is samples already."""
+    """ "1/4" -> n_fft // 4 samples; an int is samples already."""
     return max(1, int(n_fft * Fraction(hop))) if isinstance(hop, str) else int(hop)
 
 
@@ -79,33 +80,45 @@ def check_space(space: dict[str, Any], cfg: RunConfig) -> None:
     flat = flatten(cfg)
     for key, spec in space.items():
         if key not in flat or key.split(".")[0] not in SEARCHABLE or key in NOT_RESULT_KEYS:
-            raise ConfigError(f"search space: {key!r} is not a searchable config key "
-                              f"(sections {', '.join(SEARCHABLE)})")
-        if isinstance(spec, dict) and (set(spec) - {"low", "high", "log", "step"}
-                                       or not spec.get("low", 0) < spec.get("high", 0)):
-            raise ConfigError(f"search space: {key}: a range is {{low, high[, log][, step]}} "
-                              f"with low < high, got {spec}")
+            raise ConfigError(
+                f"search space: {key!r} is not a searchable config key (sections {', '.join(SEARCHABLE)})"
+            )
+        if isinstance(spec, dict) and (
+            set(spec) - {"low", "high", "log", "step"} or not spec.get("low", 0) < spec.get("high", 0)
+        ):
+            raise ConfigError(
+                f"search space: {key}: a range is {{low, high[, log][, step]}} with low < high, got {spec}"
+            )
         for value in [spec["low"], spec["high"]] if isinstance(spec, dict) else spec or [None]:
             if key == "features.hop_length":
                 value = resolve_hop(value, cfg.features.n_fft)
             if value is None or (key == "model.name" and value not in MODELS):
                 raise ConfigError(f"search space: {key}: {value!r} is not a valid choice")
             if key == "features.frontend" and value not in FRONTENDS:
-                raise ConfigError(f"search space: {key}: {value!r} is not a registered front end "
-                                  f"(known: {', '.join(sorted(FRONTENDS))})")
+                raise ConfigError(
+                    f"search space: {key}: {value!r} is not a registered front end "
+                    f"(known: {', '.join(sorted(FRONTENDS))})"
+                )
             merge(cfg, {key: value}, f"search space: {key}")
     ffts = space.get("features.n_fft", [cfg.features.n_fft])
     frontends = space.get("features.frontend", [cfg.features.frontend])
     scales = space.get("features.mel_scale", [cfg.features.mel_scale])
     mel_bands = space.get("features.n_mels", [cfg.features.n_mels])
     for n_mels in mel_bands if any(uses_mel(name) for name in frontends) else []:  # else n_mels is unused
-        if max(max_mels(cfg.audio.sample_rate, n, cfg.features.f_min, cfg.features.f_max, scale)
-               for n in ffts for scale in scales) < n_mels:
-            raise ConfigError(f"search space: features.n_mels={n_mels} leaves empty Mel filters with "
-                              f"every n_fft in {ffts} at {cfg.audio.sample_rate} Hz; remove it")
+        if (
+            max(
+                max_mels(cfg.audio.sample_rate, n, cfg.features.f_min, cfg.features.f_max, scale)
+                for n in ffts
+                for scale in scales
+            )
+            < n_mels
+        ):
+            raise ConfigError(
+                f"search space: features.n_mels={n_mels} leaves empty Mel filters with "
+                f"every n_fft in {ffts} at {cfg.audio.sample_rate} Hz; remove it"
+            )
     for name in frontends:  # each front end must work with at least one FFT size of the space
-        problems = [_problem(cfg, {"features.frontend": name, "features.n_fft": n, "features.n_mels": 1})
-                    for n in ffts]
+        problems = [_problem(cfg, {"features.frontend": name, "features.n_fft": n, "features.n_mels": 1}) for n in ffts]
         if all(problems):
             raise problems[-1]
 
@@ -125,9 +138,11 @@ def suggest(trial: optuna.Trial, space: dict[str, Any]) -> dict[str, Any]:
         if isinstance(spec, list):
             out[key] = trial.suggest_categorical(key, spec)
         elif all(isinstance(spec[b], int) and not isinstance(spec[b], bool) for b in ("low", "high")):
-            out[key] = trial.suggest_int(key, spec["low"], spec["high"], step=spec.get("step", 1),
-                                         log=spec.get("log", False))
+            out[key] = trial.suggest_int(
+                key, spec["low"], spec["high"], step=spec.get("step", 1), log=spec.get("log", False)
+            )
         else:
-            out[key] = trial.suggest_float(key, float(spec["low"]), float(spec["high"]),
-                                           step=spec.get("step"), log=spec.get("log", False))
+            out[key] = trial.suggest_float(
+                key, float(spec["low"]), float(spec["high"]), step=spec.get("step"), log=spec.get("log", False)
+            )
     return out

@@ -7,6 +7,7 @@ common tutorials' per-item pipeline (`PerItemDataset`, DataLoader batch 16) trai
 Loops are time-boxed and repeated, alternating, best kept. Figures and targets are printed side by
 side with the full UrbanSound8K run times they imply; nothing here asserts a target.
 """
+
 from __future__ import annotations
 
 import functools
@@ -52,8 +53,9 @@ class PerItemDataset(torch.utils.data.Dataset):
         self.max_shift = int(aug.time_shift * self.length)
         self.mel = log_mel(audio, feat)
         frames = self.length // feat.hop_length + 1
-        self.masks = ([T.FrequencyMasking(max(1, int(aug.freq_mask_width * feat.n_mels)))] * aug.freq_masks
-                      + [T.TimeMasking(max(1, int(aug.time_mask_width * frames)))] * aug.time_masks)
+        self.masks = [T.FrequencyMasking(max(1, int(aug.freq_mask_width * feat.n_mels)))] * aug.freq_masks + [
+            T.TimeMasking(max(1, int(aug.time_mask_width * frames)))
+        ] * aug.time_masks
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -65,7 +67,7 @@ class PerItemDataset(torch.utils.data.Dataset):
             x = x.mean(dim=0, keepdim=True).expand(self.audio.channels, -1).contiguous()
         if rate != self.audio.sample_rate:
             x = AF.resample(x, rate, self.audio.sample_rate)
-        x = torch.nn.functional.pad(x[:, :self.length], (0, max(0, self.length - x.shape[1])))
+        x = torch.nn.functional.pad(x[:, : self.length], (0, max(0, self.length - x.shape[1])))
         if self.max_shift:
             x = torch.roll(x, int(torch.randint(-self.max_shift, self.max_shift + 1, ())), dims=1)
         with torch.no_grad():
@@ -132,7 +134,7 @@ def _cycle(idx: torch.Tensor, size: int):
     while True:
         order = idx[torch.randperm(len(idx)).to(idx.device)]
         for s in range(0, len(order) - size + 1, size):
-            yield order[s:s + size]
+            yield order[s : s + size]
 
 
 def _load() -> float:
@@ -143,17 +145,28 @@ def _load() -> float:
 def machine(device: torch.device, threads: str = "") -> dict:
     cpu = platform.processor() or platform.machine()
     if os.path.exists("/proc/cpuinfo"):
-        cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                    if line.startswith("model name")), cpu)
+        cpu = next(
+            (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), cpu
+        )
     gpu = {"gpu": torch.cuda.get_device_name(device)} if device.type == "cuda" else {}
-    return {"cpu": cpu, "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "interop_threads": torch.get_num_interop_threads(), "thread_setup": threads,
-            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""), "torch": torch.__version__, "device": str(device), "load_average": _load(), **gpu}
+    return {
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "thread_setup": threads,
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", ""),
+        "torch": torch.__version__,
+        "device": str(device),
+        "load_average": _load(),
+        **gpu,
+    }
 
 
 def use_replica(cfg: RunConfig, root: str | Path) -> RunConfig:
     """`cfg` pointed at a full-size UrbanSound8K replica in `root`, generated there first if missing."""
     from bench.data.synth import make_replica
+
     if not (Path(root).expanduser() / ".complete").exists():
         print(f"generating the UrbanSound8K replica (8,732 clips, once) in {root}", file=sys.stderr)
     make_replica(Path(root).expanduser())
@@ -175,7 +188,11 @@ def loop_bodies(cfg: RunConfig, dataset, waves, bank: torch.Tensor, device: torc
     x_rand, y_rand = torch.randn(B, *shape, device=device), torch.randint(n_classes, (B,), device=device)
     items = PerItemDataset(dataset.table["path"].iloc[ok], labels[ok], cfg.audio, cfg.features, cfg.augment)
     loader = torch.utils.data.DataLoader(items, batch_size=16, shuffle=True, num_workers=0)
-    train_batches, eval_batches, tut_batches = _cycle(idx, B), _cycle(idx, 256), itertools.chain.from_iterable(itertools.repeat(loader))
+    train_batches, eval_batches, tut_batches = (
+        _cycle(idx, B),
+        _cycle(idx, 256),
+        itertools.chain.from_iterable(itertools.repeat(loader)),
+    )
 
     def training() -> int:  # the kfold loop's step: gather, normalise, augment; forward, backward, step
         batch = next(train_batches)
@@ -197,12 +214,18 @@ def loop_bodies(cfg: RunConfig, dataset, waves, bank: torch.Tensor, device: torc
         predict(model, bank, batch, mean, std)
         return len(batch)
 
-    return {"training": training, "model_compute": model_compute, "per_item": per_item,
-            "evaluation": evaluation}
+    return {"training": training, "model_compute": model_compute, "per_item": per_item, "evaluation": evaluation}
 
 
-def run_speed(cfg: RunConfig, *, time_box: float = 10.0, repeats: int = 2, threads: int | None = None,
-              progress: bool = True, log=None) -> dict:
+def run_speed(
+    cfg: RunConfig,
+    *,
+    time_box: float = 10.0,
+    repeats: int = 2,
+    threads: int | None = None,
+    progress: bool = True,
+    log=None,
+) -> dict:
     """Measure every stage on `cfg`'s dataset; the figures, targets and estimates as a dict.
     What it is doing goes to `log` (default: stderr, so that stdout holds the table only)."""
     log = log or functools.partial(print, file=sys.stderr, flush=True)
@@ -249,28 +272,34 @@ def run_speed(cfg: RunConfig, *, time_box: float = 10.0, repeats: int = 2, threa
 
     fig["per_item_ratio"] = fig["training"] / fig["per_item"]
     fig["compute_ratio"] = fig["training"] / fig["model_compute"]
-    return {"dataset": dataset.name, "clips": len(dataset.table), "machine": machine(device, setup),
-            "load_start": load_start,
-            "config": {k: asdict(getattr(cfg, k)) for k in ("audio", "features", "augment", "model", "train")},
-            "figures": fig, "targets": targets(fig, cfg, device, len(dataset.table)),
-            "estimates": estimates(fig, cfg)}
+    return {
+        "dataset": dataset.name,
+        "clips": len(dataset.table),
+        "machine": machine(device, setup),
+        "load_start": load_start,
+        "config": {k: asdict(getattr(cfg, k)) for k in ("audio", "features", "augment", "model", "train")},
+        "figures": fig,
+        "targets": targets(fig, cfg, device, len(dataset.table)),
+        "estimates": estimates(fig, cfg),
+    }
 
 
 def targets(fig: dict, cfg: RunConfig, device: torch.device, clips: int) -> dict:
     """The issue's targets that apply to this run: {figure: (target text, passed or None)}."""
-    out = {"compute_ratio": (">= 0.75 (data handling not the bottleneck)", fig["compute_ratio"] >= 0.75),
-           "per_item_ratio": (">= 5x", fig["per_item_ratio"] >= 5) if device.type == "cpu"
-           else ("reported", None)}
+    out = {
+        "compute_ratio": (">= 0.75 (data handling not the bottleneck)", fig["compute_ratio"] >= 0.75),
+        "per_item_ratio": (">= 5x", fig["per_item_ratio"] >= 5) if device.type == "cpu" else ("reported", None),
+    }
     full = clips == US8K_CLIPS
     seconds = fig["cache_build_s"] * (1 if full else US8K_CLIPS / clips)
-    out["cache_build"] = ("< 60 s for 8,732 clips" + ("" if full else f" (projected {seconds:.0f} s)"),
-                          seconds < 60)
+    out["cache_build"] = ("< 60 s for 8,732 clips" + ("" if full else f" (projected {seconds:.0f} s)"), seconds < 60)
     if (cfg.audio.sample_rate, cfg.audio.channels, cfg.audio.duration) == (22050, 1, 4.0):
         size = fig["cache_gb"] * (1 if full else US8K_CLIPS / clips)
-        out["cache_gb"] = ("<= 1.6 GB for 8,732 clips" + ("" if full else f" (projected {size:.2f})"),
-                           size <= 1.6)
-    out["peak_host_anon_gb"] = ("<= 4 GB beyond the map (full-size kfold)", fig["peak_host_anon_gb"] <= 4
-                                if full else None)
+        out["cache_gb"] = ("<= 1.6 GB for 8,732 clips" + ("" if full else f" (projected {size:.2f})"), size <= 1.6)
+    out["peak_host_anon_gb"] = (
+        "<= 4 GB beyond the map (full-size kfold)",
+        fig["peak_host_anon_gb"] <= 4 if full else None,
+    )
     if device.type == "cuda":
         out["training"] = (">= 20,000 clips/s (H100-class)", fig["training"] >= 20000)
     return out
@@ -284,9 +313,12 @@ def estimates(fig: dict, cfg: RunConfig, trials: int = 50) -> dict:
     train_s = cfg.train.epochs * (0.8 * US8K_CLIPS / fig["training"] + 0.1 * US8K_CLIPS / fig["evaluation"])
     test_s = 0.1 * US8K_CLIPS / fig["evaluation"]
     cache_s, bank_s = US8K_CLIPS / fig["cache_build"], US8K_CLIPS / fig["feature_bank"]
-    return {"kfold_hours": (cache_s + bank_s + US8K_FOLDS * (train_s + test_s)) / 3600,
-            "tune_hours": (cache_s + trials * (bank_s + US8K_FOLDS * train_s)) / 3600,
-            "tune_trials": trials, "epochs": cfg.train.epochs}
+    return {
+        "kfold_hours": (cache_s + bank_s + US8K_FOLDS * (train_s + test_s)) / 3600,
+        "tune_hours": (cache_s + trials * (bank_s + US8K_FOLDS * train_s)) / 3600,
+        "tune_trials": trials,
+        "epochs": cfg.train.epochs,
+    }
 
 
 ROWS = [  # figure, label, unit, format
@@ -309,16 +341,21 @@ ROWS = [  # figure, label, unit, format
 def render(result: dict) -> str:
     m, c = result["machine"], result["config"]
     a, f, t = c["audio"], c["features"], c["train"]
-    load = (f"load average {result['load_start']:.1f} at the start, {m['load_average']:.1f} at the end")
+    load = f"load average {result['load_start']:.1f} at the start, {m['load_average']:.1f} at the end"
     if max(result["load_start"], m["load_average"]) > m["cpus"]:
         load += " (more than the CPUs: a shared machine, so the figures are low and noisy)"
-    lines = [f"foldbench speed: {result['dataset']} ({result['clips']:,} clips); {a['sample_rate']} Hz, "
-             f"{a['channels']} ch, {a['duration']:g} s; {f['n_mels']} mels, n_fft {f['n_fft']}, hop "
-             f"{f['hop_length']}; {c['model']['name']}, batch {t['batch_size']}",
-             f"machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, device {m.get('gpu', m['device'])}",
-             f"{m.get('thread_setup') or 'torch threads: ' + str(m['torch_threads'])}; {m.get('interop_threads', '?')} "
-             f"inter-op; OMP_WAIT_POLICY {m.get('omp_wait_policy') or 'unset'}", load, "",
-             f"{'figure':<42}{'value':>12}  {'unit':<8}{'target':<48}{'':>4}", "-" * 116]
+    lines = [
+        f"foldbench speed: {result['dataset']} ({result['clips']:,} clips); {a['sample_rate']} Hz, "
+        f"{a['channels']} ch, {a['duration']:g} s; {f['n_mels']} mels, n_fft {f['n_fft']}, hop "
+        f"{f['hop_length']}; {c['model']['name']}, batch {t['batch_size']}",
+        f"machine: {m['cpu']}, {m['cpus']} CPUs, torch {m['torch']}, device {m.get('gpu', m['device'])}",
+        f"{m.get('thread_setup') or 'torch threads: ' + str(m['torch_threads'])}; {m.get('interop_threads', '?')} "
+        f"inter-op; OMP_WAIT_POLICY {m.get('omp_wait_policy') or 'unset'}",
+        load,
+        "",
+        f"{'figure':<42}{'value':>12}  {'unit':<8}{'target':<48}{'':>4}",
+        "-" * 116,
+    ]
     for key, label, unit, fmt in ROWS:
         if key not in result["figures"]:
             continue
@@ -326,7 +363,10 @@ def render(result: dict) -> str:
         mark = "" if passed is None else ("ok" if passed else "MISS")
         lines.append(f"{label:<42}{fmt.format(result['figures'][key]):>12}  {unit:<8}{target:<48}{mark:>4}")
     e = result["estimates"]
-    lines += ["", f"estimated on this machine, full UrbanSound8K ({US8K_CLIPS:,} clips, {e['epochs']} epochs "
-              f"per split): 10-fold run {e['kfold_hours']:.1f} h; {e['tune_trials']}-trial tune over 10 "
-              f"splits, no pruning: {e['tune_hours']:.1f} h"]
+    lines += [
+        "",
+        f"estimated on this machine, full UrbanSound8K ({US8K_CLIPS:,} clips, {e['epochs']} epochs "
+        f"per split): 10-fold run {e['kfold_hours']:.1f} h; {e['tune_trials']}-trial tune over 10 "
+        f"splits, no pruning: {e['tune_hours']:.1f} h",
+    ]
     return "\n".join(lines)

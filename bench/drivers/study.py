@@ -3,6 +3,7 @@
 trial), a study attribute the first worker claims, the exact best trial, and one line per trial.
 Used by `tune` (bench/drivers/tune.py) and its workers; imports nothing of the drivers.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -19,8 +20,7 @@ from bench.tracking.tracker import Tracker, retry_races
 METRIC = "val_acc_mean"  # the objective's name, in Optuna (plots, optuna-dashboard), MLflow and files
 
 
-FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
-            optuna.trial.TrialState.FAIL)
+FINISHED = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED, optuna.trial.TrialState.FAIL)
 
 
 def counts(t: optuna.trial.FrozenTrial) -> bool:
@@ -65,7 +65,7 @@ class PlaceSeeded(optuna.samplers.BaseSampler):
     def before_trial(self, study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
         earlier = [t for t in study.get_trials(deepcopy=False) if t.number < trial.number]
         place = trial.number - sum(superseded(t) for t in earlier)
-        self._tpe = optuna.samplers.TPESampler(seed=(self.seed + place) % 2 ** 32)
+        self._tpe = optuna.samplers.TPESampler(seed=(self.seed + place) % 2**32)
         self._tpe.before_trial(study, trial)
 
     def infer_relative_search_space(self, study, trial):
@@ -91,16 +91,26 @@ def retry_interrupted(study: optuna.Study, names) -> list[int]:
     retried = {n for t in trials for n in t.system_attrs.get("retry_history", [])}
     queued = []
     for t in trials:
-        if (t.state != optuna.trial.TrialState.FAIL or t.user_attrs.get("reason") != "interrupted"
-                or t.number in retried or set(t.params) != set(names)):
+        if (
+            t.state != optuna.trial.TrialState.FAIL
+            or t.user_attrs.get("reason") != "interrupted"
+            or t.number in retried
+            or set(t.params) != set(names)
+        ):
             continue
         token = uuid.uuid4().hex
         if claim_study_attr(study, f"retry of trial {t.number}", token) != token:
             continue  # another worker queued it
         system = {"failed_trial": t.number, **t.system_attrs}
         system["retry_history"] = [*t.system_attrs.get("retry_history", []), t.number]
-        study.add_trial(optuna.create_trial(state=optuna.trial.TrialState.WAITING, params=t.params,
-                                            distributions=t.distributions, system_attrs=system))
+        study.add_trial(
+            optuna.create_trial(
+                state=optuna.trial.TrialState.WAITING,
+                params=t.params,
+                distributions=t.distributions,
+                system_attrs=system,
+            )
+        )
         queued.append(t.number)
     return queued
 
@@ -122,8 +132,13 @@ def holding(trials: list[optuna.trial.FrozenTrial], trial: optuna.trial.FrozenTr
     deciding at once, the later one always counts the earlier, so the workers together never admit
     more than --trials (unless a running trial is interrupted)."""
     me = priority(trial)
-    return [t.number for t in trials if t.state == optuna.trial.TrialState.RUNNING and t.number != trial.number
-            and (t.user_attrs.get("admitted") or priority(t) < me)]
+    return [
+        t.number
+        for t in trials
+        if t.state == optuna.trial.TrialState.RUNNING
+        and t.number != trial.number
+        and (t.user_attrs.get("admitted") or priority(t) < me)
+    ]
 
 
 def storage_url(url: str) -> str:
@@ -131,7 +146,7 @@ def storage_url(url: str) -> str:
     2.1 would otherwise look for psycopg 3. A URL naming its driver (`postgresql+...://`) is kept."""
     for prefix in ("postgresql://", "postgres://"):
         if url.startswith(prefix):
-            return "postgresql+psycopg2://" + url[len(prefix):]
+            return "postgresql+psycopg2://" + url[len(prefix) :]
     return url
 
 
@@ -139,6 +154,7 @@ class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
     """Optuna's retry of a trial whose heartbeat ran out (its worker was killed): a waiting copy
     with the same params, `retried_trial_number` pointing to it (3 retries at most). Also closes
     the trial's MLflow run (and its split runs) KILLED, when `tracker` is set, and says so (`note`)."""
+
     tracker: Tracker | None = None
     note = None
 
@@ -146,8 +162,10 @@ class RetryStale(optuna.storages.RetryHeartbeatStaleTrialCallback):
         super().__call__(study, trial)
         run = trial.user_attrs.get("mlflow_run")
         if self.note:
-            self.note(f"trial {trial.number} failed: its worker stopped (no heartbeat); not counted, "
-                      f"queued again with the same settings")
+            self.note(
+                f"trial {trial.number} failed: its worker stopped (no heartbeat); not counted, "
+                f"queued again with the same settings"
+            )
         problem = close_trial_run(self.tracker, run, "its worker stopped (no heartbeat)")
         if problem and self.note:
             self.note(f"trial {trial.number}: its MLflow run {run} was not closed ({problem})")
@@ -194,9 +212,11 @@ def rdb_storage(url: str, heartbeat: int = 60) -> optuna.storages.RDBStorage:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)  # heartbeat
         retry = RetryStale(max_retry=3)
-        return retry_races(lambda: optuna.storages.RDBStorage(
-            url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat,
-            heartbeat_stale_trial_callback=retry))
+        return retry_races(
+            lambda: optuna.storages.RDBStorage(
+                url, heartbeat_interval=heartbeat, grace_period=3 * heartbeat, heartbeat_stale_trial_callback=retry
+            )
+        )
 
 
 def claim_study_attr(study: optuna.Study, key: str, value: Any) -> Any:
@@ -205,6 +225,7 @@ def claim_study_attr(study: optuna.Study, key: str, value: Any) -> Any:
     constraint; the loser's is rolled back (Optuna's `set_study_user_attr` would overwrite it)."""
     from optuna.storages._rdb import models
     from optuna.storages._rdb.storage import _create_scoped_session
+
     rdb = getattr(study._storage, "_backend", study._storage)
     study_id = rdb.get_study_id_from_name(study.study_name)
     with _create_scoped_session(rdb.scoped_session, ignore_integrity_error=True) as session:
@@ -251,8 +272,12 @@ def trial_line(study: optuna.Study, trial: optuna.trial.FrozenTrial, done: int, 
     if trial.state == optuna.trial.TrialState.COMPLETE:
         state = f"complete  {METRIC} {float(mean):.4f} ({fractions})" if mean is not None else "complete"
     elif trial.state == optuna.trial.TrialState.PRUNED:
-        state = (f"pruned after split {counts[-1][0]}: running mean {float(mean):.4f} ({fractions}) below "
-                 f"the median of earlier trials" if mean is not None else reason or "pruned")
+        state = (
+            f"pruned after split {counts[-1][0]}: running mean {float(mean):.4f} ({fractions}) below "
+            f"the median of earlier trials"
+            if mean is not None
+            else reason or "pruned"
+        )
     else:
         state = "failed: " + (reason[:120] + ("..." if len(reason) > 120 else "") if reason else "no reason recorded")
     settings = " ".join(f"{k.split('.')[-1]}={value_text(v)}" for k, v in trial.params.items())

@@ -13,6 +13,7 @@ has the highest exact value; ties go to the earlier trial (the lower number). `t
 per finished trial and a trials bar; Optuna's own INFO log is silenced while it runs. Workers
 sharing a study (bench/drivers/study.py: what counts, who may run, storage, retries) stop at exactly --trials.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -39,14 +40,30 @@ from bench.core.redact import redact
 from bench.features.bank import FeatureError, check_features
 from bench.tracking.layout import run_params
 from bench.drivers.space import apply_params, check_space, load_space, suggest
-from bench.drivers.study import (FINISHED, METRIC, PlaceSeeded, RetryStale, abandon, best_trial, claim_study_attr,
-                    counted, counts, frozen, holding, priority, rdb_storage, retry_interrupted, trial_line)
+from bench.drivers.study import (
+    FINISHED,
+    METRIC,
+    PlaceSeeded,
+    RetryStale,
+    abandon,
+    best_trial,
+    claim_study_attr,
+    counted,
+    counts,
+    frozen,
+    holding,
+    priority,
+    rdb_storage,
+    retry_interrupted,
+    trial_line,
+)
 from bench.tracking.tracker import Tracker, retry_races
 
 DEFAULT_SPLITS = [1, 2, 3]  # tune's splits unless --splits: all 10 would train 10 models a trial
 WORKER_SEEDS = 1_000_003  # sampler seeds between `--workers` workers: far apart, as trial counts go
 
 # ---- objective ------------------------------------------------------------------------------
+
 
 def check_validation(cfg: RunConfig) -> None:
     if cfg.protocol.val != "next":
@@ -74,9 +91,17 @@ class Objective:
     is exact (`mean_fraction` of the clips each split got right); Optuna gets the float nearest it.
     `status(text)`, when set, hears which split a trial is at (the trials bar's postfix)."""
 
-    def __init__(self, cfg: RunConfig, space: dict[str, Any], folder: Path, study: str,
-                 tracker: Tracker | None = None, study_run: str | None = None, progress: bool = False,
-                 prepared: Prepared | None = None):
+    def __init__(
+        self,
+        cfg: RunConfig,
+        space: dict[str, Any],
+        folder: Path,
+        study: str,
+        tracker: Tracker | None = None,
+        study_run: str | None = None,
+        progress: bool = False,
+        prepared: Prepared | None = None,
+    ):
         check_validation(cfg)
         self.cfg, self.space, self.folder, self.study = cfg, space, Path(folder), study
         self.prepared = prepared
@@ -100,8 +125,16 @@ class Objective:
     def _call(self, trial: optuna.Trial) -> float:
         if isinstance(trial, optuna.Trial) and priority(frozen(trial))[0] == 0:  # a retry (not a
             # FixedTrial): its user attrs are copies of the killed trial's
-            for key in ("admitted", "val_counts", "val_acc_mean_num", "val_acc_mean_den", "mlflow_run", "owner",
-                        "worker", "reason"):
+            for key in (
+                "admitted",
+                "val_counts",
+                "val_acc_mean_num",
+                "val_acc_mean_den",
+                "mlflow_run",
+                "owner",
+                "worker",
+                "reason",
+            ):
                 if key in trial.user_attrs:
                     trial.set_user_attr(key, None)
         if self.owner and isinstance(trial, optuna.Trial):  # whose driver may have to close it
@@ -109,14 +142,19 @@ class Objective:
             trial.set_user_attr("worker", self.worker)  # which of its workers ran it (`ray_workers.ran_by`)
         if self.target is not None:  # before suggesting: a trial not run has no params (TPE ignores it)
             self._wait_for_room(trial)
-        cfg = merge(apply_params(self.cfg, suggest(trial, self.space)),
-                    {"name": str(trial.number), "runs_dir": str(self.folder / "trials")})
+        cfg = merge(
+            apply_params(self.cfg, suggest(trial, self.space)),
+            {"name": str(trial.number), "runs_dir": str(self.folder / "trials")},
+        )
         flat = flatten(cfg)
         trial.set_user_attr("config", {k: flat[k] for k in self.space})
         tracker = self.tracker.tagged({"study": self.study, "trial": trial.number})
-        run = tracker.start(f"trial-{trial.number}", params=run_params(cfg, self.prepared),
-                            parent=self.study_run, tags={
-            "state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())})
+        run = tracker.start(
+            f"trial-{trial.number}",
+            params=run_params(cfg, self.prepared),
+            parent=self.study_run,
+            tags={"state": "running", "run_folder": str((Path(cfg.runs_dir) / cfg.name).resolve())},
+        )
         if run:  # for whoever finds this trial's worker gone (`RetryStale`): it closes the run KILLED
             trial.set_user_attr("mlflow_run", run)
         resume = self._start_folder(trial, cfg)
@@ -129,12 +167,15 @@ class Objective:
             mean = float(record_counts(trial, seen))  # the float nearest the exact running mean
             trial.report(mean, split.index)
             if self.status and len(seen) < len(cfg.splits):
-                self.status(f"trial {trial.number}: split {len(seen) + 1} of {len(cfg.splits)}, "
-                            f"running mean {mean:.3f}")
+                self.status(
+                    f"trial {trial.number}: split {len(seen) + 1} of {len(cfg.splits)}, running mean {mean:.3f}"
+                )
             tracker.log_metrics(run, {"val_acc_mean": mean}, step=split.index)
             if trial.should_prune():
-                raise optuna.TrialPruned(f"pruned after split {split.index}: running mean val_acc "
-                                         f"{mean:.3f} is below the median of earlier trials")
+                raise optuna.TrialPruned(
+                    f"pruned after split {split.index}: running mean val_acc "
+                    f"{mean:.3f} is below the median of earlier trials"
+                )
 
         try:
             try:
@@ -144,8 +185,16 @@ class Objective:
                 raise optuna.TrialPruned(f"excluded before training: {e}") from None
             if self.prepared is None:
                 self.prepared = prepare(self.cfg, progress=self.progress, tracking=False)
-            run_cv(cfg, report, prepared=self.prepared, score_test=False, tracker=tracker, resume=resume,
-                   parent_run=run, progress=self.progress)  # `report` saw every split, in order
+            run_cv(
+                cfg,
+                report,
+                prepared=self.prepared,
+                score_test=False,
+                tracker=tracker,
+                resume=resume,
+                parent_run=run,
+                progress=self.progress,
+            )  # `report` saw every split, in order
             value = float(mean_fraction([(c, n) for _, c, n in seen]))  # the float nearest the mean
             self._finish(trial, tracker, run, "complete", folder=Path(cfg.runs_dir) / cfg.name)
         except optuna.TrialPruned as e:
@@ -153,9 +202,15 @@ class Objective:
             raise
         except BaseException as e:
             interrupted = isinstance(e, KeyboardInterrupt)
-            self._finish(trial, tracker, run, "failed", "interrupted" if interrupted else
-                         f"{type(e).__name__}: {e}", "KILLED" if interrupted else "FAILED",
-                         folder=Path(cfg.runs_dir) / cfg.name)
+            self._finish(
+                trial,
+                tracker,
+                run,
+                "failed",
+                "interrupted" if interrupted else f"{type(e).__name__}: {e}",
+                "KILLED" if interrupted else "FAILED",
+                folder=Path(cfg.runs_dir) / cfg.name,
+            )
             raise
         return value
 
@@ -193,8 +248,11 @@ class Objective:
             done = sum(counts(t) for t in trials)
             me = next(t for t in trials if t.number == trial.number)
             running = holding(trials, me)
-            waiting = [t.number for t in trials  # retries queued by `RetryStale`, not yet taken
-                       if t.state == optuna.trial.TrialState.WAITING and priority(t)[0] == 0]
+            waiting = [
+                t.number
+                for t in trials  # retries queued by `RetryStale`, not yet taken
+                if t.state == optuna.trial.TrialState.WAITING and priority(t)[0] == 0
+            ]
             if done >= self.target:
                 self.full = True
                 self._not_run(trial, f"the study already has its {self.target} trials")
@@ -204,15 +262,18 @@ class Objective:
                 trial.set_user_attr("admitted", True)
                 return
             if not told and self.note:
-                self.note(f"trial {trial.number} waits: {done} of {self.target} trials counted, "
-                          f"trial(s) {', '.join(map(str, running))} still running elsewhere (if their "
-                          f"worker was killed, the heartbeat fails them and this worker retries them)")
+                self.note(
+                    f"trial {trial.number} waits: {done} of {self.target} trials counted, "
+                    f"trial(s) {', '.join(map(str, running))} still running elsewhere (if their "
+                    f"worker was killed, the heartbeat fails them and this worker retries them)"
+                )
             told = True
             time.sleep(self.poll_s)
 
     @staticmethod
-    def _finish(trial, tracker, run, state: str, reason: str = "", status: str = "FINISHED",
-                 folder: Path | None = None) -> None:
+    def _finish(
+        trial, tracker, run, state: str, reason: str = "", status: str = "FINISHED", folder: Path | None = None
+    ) -> None:
         """The trial's state (and reason) on its run; its config.yaml as the run's one artifact, so
         every trial run has the settings it tried at hand in the artifact view."""
         if folder is not None:
@@ -224,6 +285,7 @@ class Objective:
 
 
 # ---- study ----------------------------------------------------------------------------------
+
 
 @dataclass
 class TuneConfig:
@@ -257,8 +319,8 @@ def check_tune(tune: TuneConfig) -> None:
         raise ConfigError(f"--prune-warmup {tune.prune_warmup}: 0 or more splits")
     if tune.heartbeat < 1:
         raise ConfigError(f"--heartbeat {tune.heartbeat}: 1 or more seconds")
-    if not 0 <= tune.seed < 2 ** 31:  # TPE seeds numpy (0 .. 2**32 - 1) with seed + trials so far
-        raise ConfigError(f"--sampler-seed {tune.seed}: between 0 and {2 ** 31 - 1}")
+    if not 0 <= tune.seed < 2**31:  # TPE seeds numpy (0 .. 2**32 - 1) with seed + trials so far
+        raise ConfigError(f"--sampler-seed {tune.seed}: between 0 and {2**31 - 1}")
 
 
 def parse_duration(text: str | None) -> float | None:
@@ -282,15 +344,20 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
         storage = rdb_storage(url, tune.heartbeat)
     except Exception as e:  # a malformed URL, a missing driver, a server that refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise ConfigError(f"--storage {redact(url)}: cannot open the study storage ({type(e).__name__}: "
-                          f"{redact(first)}); give a reachable database URL, or leave --storage out") from None
+        raise ConfigError(
+            f"--storage {redact(url)}: cannot open the study storage ({type(e).__name__}: "
+            f"{redact(first)}); give a reachable database URL, or leave --storage out"
+        ) from None
     # Steps are split indices: the first prune_warmup splits of a trial are never pruned.
     steps = sorted(cfg.splits)
     warmup = steps[tune.prune_warmup] if tune.prune_warmup < len(steps) else steps[-1] + 1
     pruner = optuna.pruners.MedianPruner(n_startup_trials=tune.prune_startup, n_warmup_steps=warmup)
     name = tune.study or cfg.dataset.name
-    study = retry_races(lambda: optuna.create_study(storage=storage, study_name=name, direction="maximize",
-                                                    load_if_exists=True, pruner=pruner))
+    study = retry_races(
+        lambda: optuna.create_study(
+            storage=storage, study_name=name, direction="maximize", load_if_exists=True, pruner=pruner
+        )
+    )
     # Seeded per trial by its place in the study (`PlaceSeeded`): a re-run continues the sequence an
     # uninterrupted run draws, without replaying a suggestion. Workers started together see the same
     # trials: their number keeps them from drawing the same settings.
@@ -301,10 +368,15 @@ def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: 
     if saved is None:
         study.set_user_attr("settings", settings)
     elif saved != settings:
-        diff = [f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}" for k in sorted(set(saved) | set(settings))
-                if saved.get(k) != settings.get(k)]
-        raise ConfigError(f"study {name!r} was started with other settings, so its trials would not "
-                          f"be comparable; use another --study, or the same settings:\n  " + "\n  ".join(diff))
+        diff = [
+            f"{k}: {saved.get(k)!r} -> {settings.get(k)!r}"
+            for k in sorted(set(saved) | set(settings))
+            if saved.get(k) != settings.get(k)
+        ]
+        raise ConfigError(
+            f"study {name!r} was started with other settings, so its trials would not "
+            f"be comparable; use another --study, or the same settings:\n  " + "\n  ".join(diff)
+        )
     if study.metric_names != [METRIC]:  # named in plots and optuna-dashboard (not "Objective 0")
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -320,13 +392,15 @@ def best_config(cfg: RunConfig, trial: optuna.trial.FrozenTrial) -> RunConfig:
 def write_outputs(study: optuna.Study, folder: Path, cfg: RunConfig, plots: bool) -> list[Path]:
     """trials.csv and best.yaml (after every trial); the plots and report.md too (at the end)."""
     from reports.study import write_study
+
     best = best_trial(study)
-    best_yaml = best and (f"# best trial {best.number} of study {study.study_name}: val_acc_mean "
-                          f"{best.value:.4f} over splits {','.join(map(str, cfg.splits))}\n# score it on "
-                          f"every test fold: python cli.py kfold --config {folder / 'best.yaml'}\n"
-                          f"# (the validation folds of those splits chose it: their test scores are "
-                          f"optimistic; nested CV gives an independent one)\n"
-                          + dump_yaml(best_config(cfg, best)))
+    best_yaml = best and (
+        f"# best trial {best.number} of study {study.study_name}: val_acc_mean "
+        f"{best.value:.4f} over splits {','.join(map(str, cfg.splits))}\n# score it on "
+        f"every test fold: python cli.py kfold --config {folder / 'best.yaml'}\n"
+        f"# (the validation folds of those splits chose it: their test scores are "
+        f"optimistic; nested CV gives an independent one)\n" + dump_yaml(best_config(cfg, best))
+    )
     return write_study(study, folder, cfg, best, best_yaml, plots)
 
 
@@ -353,8 +427,10 @@ def check_study(cfg: RunConfig, tune: TuneConfig) -> tuple[RunConfig, TuneConfig
     check_tune(tune)
     check_validation(cfg)
     if cfg.protocol.repeats > 1:  # best.yaml would carry them to kfold and nested unasked
-        raise ConfigError("tune: protocol.repeats is for kfold; tune on one fold plan, then score "
-                          "best.yaml with `kfold --config best.yaml --repeats R`")
+        raise ConfigError(
+            "tune: protocol.repeats is for kfold; tune on one fold plan, then score "
+            "best.yaml with `kfold --config best.yaml --repeats R`"
+        )
     space = load_space(tune.space)
     check_space(space, cfg)
     return cfg, replace(tune, study=plain_name(tune.study or cfg.dataset.name, "--study")), space
@@ -368,12 +444,14 @@ class NotInterrupted(logging.Filter):
     """Drops Optuna's two warnings on a trial interrupted ("Trial N failed with parameters ...
     KeyboardInterrupt" with its traceback, then "Trial N failed with value None."): the command
     says it in one line ("interrupted: ..."), not with a library traceback."""
+
     trial: str | None = None  # "Trial N" whose second warning is still to come
 
     def filter(self, record: logging.LogRecord) -> bool:
         text = record.getMessage()
         if getattr(record, "interrupted", False) or (  # bench.core.redact took its traceback off
-                record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)):
+            record.exc_info and isinstance(record.exc_info[1], KeyboardInterrupt)
+        ):
             self.trial = text.split(" failed")[0]
             return False
         if self.trial and text.startswith(f"{self.trial} failed with value"):
@@ -397,9 +475,19 @@ def optuna_quiet():
         optuna.logging.set_verbosity(before)
 
 
-def search(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Prepared, folder: Path,
-           *, tracker: Tracker | None = None, parent_run: str | None = None,
-           progress: bool = True, trial_lines: bool = False, sole: bool = False) -> StudyResult:
+def search(
+    cfg: RunConfig,
+    tune: TuneConfig,
+    space: dict[str, Any],
+    prepared: Prepared,
+    folder: Path,
+    *,
+    tracker: Tracker | None = None,
+    parent_run: str | None = None,
+    progress: bool = True,
+    trial_lines: bool = False,
+    sole: bool = False,
+) -> StudyResult:
     """The study `tune.study` in `folder` over `prepared`'s splits `cfg.splits`, run or continued up
     to `tune.trials` counted trials: `tune`'s loop, and nested CV's inner search (whose `prepared`
     holds only the inner splits). Its MLflow run goes under `parent_run` when given. `progress`: a
@@ -411,8 +499,7 @@ def search(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], prepared: Pr
         return _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines, sole)
 
 
-def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines,
-            sole) -> StudyResult:
+def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, trial_lines, sole) -> StudyResult:
     created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -423,8 +510,9 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
         raise
 
     name = study.study_name
-    tracker = (tracker or prepared.tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
-               ).tagged({"study": name})
+    tracker = (tracker or prepared.tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)).tagged(
+        {"study": name}
+    )
     study_run = open_study_run(tracker, study, folder, parent_run)
     if study_run:
         atomic_write_text(folder / "mlflow.json", json.dumps({"study": study_run}) + "\n")
@@ -441,8 +529,14 @@ def _search(cfg, tune, space, prepared, folder, tracker, parent_run, progress, t
         abandon(study, None, tracker)
     if before < tune.trials:
         retry_interrupted(study, space)
-    bar = tqdm(total=tune.trials, initial=min(before, tune.trials), desc=f"trials ({name})", unit="trial",
-               disable=not progress, dynamic_ncols=True)
+    bar = tqdm(
+        total=tune.trials,
+        initial=min(before, tune.trials),
+        desc=f"trials ({name})",
+        unit="trial",
+        disable=not progress,
+        dynamic_ncols=True,
+    )
     objective.status = bar.set_postfix_str
     objective.target, objective.owner, objective.worker = tune.trials, tune.owner, tune.worker
     own = 0  # counted trials this invocation ran (other workers may share the study)
@@ -492,8 +586,11 @@ def open_study_run(tracker: Tracker, study: optuna.Study, folder: Path, parent_r
     if known and tracker._exists(known):
         run = known if study.user_attrs.get(key) == known else claim_study_attr(study, key, known)
         return tracker.start(f"tune-{name}", run_id=run)
-    mine = tracker.start(f"tune-{name}", parent=parent_run, tags={
-        "kind": "study", "code_version": code_version(), "run_folder": str(folder.resolve())})
+    mine = tracker.start(
+        f"tune-{name}",
+        parent=parent_run,
+        tags={"kind": "study", "code_version": code_version(), "run_folder": str(folder.resolve())},
+    )
     if known and study.user_attrs.get(key) == known:  # its run since deleted from the store: replaced
         study.set_user_attr(key, mine)
         return mine
@@ -511,12 +608,20 @@ def open_study_run(tracker: Tracker, study: optuna.Study, folder: Path, parent_r
 def _log_study(tracker: Tracker, run: str | None, study: optuna.Study, files: list[Path]) -> None:
     """Counts, the best value, and the best trial's params (as tags: they change as the study grows)."""
     states = [t.state.name.lower() for t in study.get_trials(deepcopy=False) if t.state in FINISHED]
-    tracker.log_metrics(run, {"trials": counted(study), "complete": states.count("complete"),
-                              "pruned": states.count("pruned"), "failed": states.count("fail")},
-                        step=len(states))
+    tracker.log_metrics(
+        run,
+        {
+            "trials": counted(study),
+            "complete": states.count("complete"),
+            "pruned": states.count("pruned"),
+            "failed": states.count("fail"),
+        },
+        step=len(states),
+    )
     best = best_trial(study)
     if best is not None:
-        tracker.set_tags(run, {"best_trial": best.number,
-                               **{f"best.{k}": v for k, v in best.user_attrs.get("config", {}).items()}})
+        tracker.set_tags(
+            run, {"best_trial": best.number, **{f"best.{k}": v for k, v in best.user_attrs.get("config", {}).items()}}
+        )
         tracker.log_metrics(run, {"best_val_acc_mean": best.value}, step=len(states))
     tracker.log_files(run, files)

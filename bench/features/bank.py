@@ -7,6 +7,7 @@ keeps the result for every fold, epoch and trial that shares the feature config.
 refuses configs a front end cannot compute. `Augment` applies a random time shift and SpecAugment
 masks to a batch, on whatever device the batch is on.
 """
+
 from __future__ import annotations
 
 import functools
@@ -20,8 +21,7 @@ from tqdm.auto import tqdm
 from bench.core.config import AudioConfig, AugmentConfig, FeatureConfig
 from bench.features.frontends import FRONTENDS, FeatureError, create_frontend, list_frontends, log_mel, uses_mel
 
-__all__ = ["Augment", "FeatureError", "check_features", "create_frontend", "feature_bank", "log_mel",
-           "max_mels"]
+__all__ = ["Augment", "FeatureError", "check_features", "create_frontend", "feature_bank", "log_mel", "max_mels"]
 
 
 def check_features(audio: AudioConfig, feat: FeatureConfig) -> None:
@@ -39,15 +39,19 @@ def check_features(audio: AudioConfig, feat: FeatureConfig) -> None:
         raise FeatureError("n_fft, hop_length and n_mels must be positive")
     if not uses_mel(feat.frontend):
         if feat.hop_length > feat.n_fft:
-            raise FeatureError(f"{feat.frontend}: hop_length={feat.hop_length} is more than "
-                               f"n_fft={feat.n_fft} (matplotlib's noverlap = n_fft - hop_length "
-                               f"must be >= 0)")
+            raise FeatureError(
+                f"{feat.frontend}: hop_length={feat.hop_length} is more than "
+                f"n_fft={feat.n_fft} (matplotlib's noverlap = n_fft - hop_length "
+                f"must be >= 0)"
+            )
         return
     samples = int(round(audio.sample_rate * audio.duration))
     if feat.n_fft // 2 >= samples:
-        raise FeatureError(f"n_fft={feat.n_fft} needs clips longer than {feat.n_fft // 2} samples "
-                           f"(the centred STFT pads each end by n_fft/2), got {samples}; "
-                           f"lower n_fft or raise audio.duration")
+        raise FeatureError(
+            f"n_fft={feat.n_fft} needs clips longer than {feat.n_fft // 2} samples "
+            f"(the centred STFT pads each end by n_fft/2), got {samples}; "
+            f"lower n_fft or raise audio.duration"
+        )
     f_max = feat.f_max or audio.sample_rate / 2
     if not 0 <= feat.f_min < f_max <= audio.sample_rate / 2:
         raise FeatureError(f"need 0 <= f_min < f_max <= sample_rate/2, got {feat.f_min}, {f_max}")
@@ -55,21 +59,25 @@ def check_features(audio: AudioConfig, feat: FeatureConfig) -> None:
         raise FeatureError(
             f"{feat.n_mels} Mel bands is more than n_fft={feat.n_fft} at {audio.sample_rate} Hz "
             f"resolves: some filters would be empty (at most "
-            f"{max_mels(audio.sample_rate, feat.n_fft, feat.f_min, f_max, feat.mel_scale)} here)")
+            f"{max_mels(audio.sample_rate, feat.n_fft, feat.f_min, f_max, feat.mel_scale)} here)"
+        )
 
 
 @functools.lru_cache(maxsize=256)
-def _empty_filters(sample_rate: int, n_fft: int, f_min: float, f_max: float, n_mels: int,
-                   mel_scale: str = "htk") -> bool:
+def _empty_filters(
+    sample_rate: int, n_fft: int, f_min: float, f_max: float, n_mels: int, mel_scale: str = "htk"
+) -> bool:
     import torchaudio.functional as AF
+
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torchaudio warns about exactly what we test
         fb = AF.melscale_fbanks(n_fft // 2 + 1, f_min, f_max, n_mels, sample_rate, mel_scale=mel_scale)
     return bool((fb.max(dim=0).values == 0).any())  # the norm scales filters: it empties none
 
 
-def max_mels(sample_rate: int, n_fft: int, f_min: float = 0.0, f_max: float | None = None,
-             mel_scale: str = "htk") -> int:
+def max_mels(
+    sample_rate: int, n_fft: int, f_min: float = 0.0, f_max: float | None = None, mel_scale: str = "htk"
+) -> int:
     """The most Mel bands for which no triangular filter falls between two FFT bins."""
     f_max = f_max or sample_rate / 2
     lo, hi = 1, n_fft // 2 + 1  # empty filters only appear as n_mels grows
@@ -86,8 +94,15 @@ _BANKS: dict[tuple, torch.Tensor] = {}
 _KEEP = 2  # feature banks kept in memory (a tune study alternates between a few configs)
 
 
-def frontend_maps(get, n: int, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
-                  batch_size: int | None = None, progress: bool = False) -> torch.Tensor:
+def frontend_maps(
+    get,
+    n: int,
+    audio: AudioConfig,
+    feat: FeatureConfig,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: bool = False,
+) -> torch.Tensor:
     """The front end's maps [n, channels, bands, frames] of clips `get(start, stop)` (a float32
     [clips, channels, samples] array), computed on `device` in batches: the feature bank's loop,
     and `predict`'s for new files.
@@ -98,20 +113,27 @@ def frontend_maps(get, n: int, audio: AudioConfig, feat: FeatureConfig, device: 
     transform = create_frontend(feat.frontend, audio, feat).to(device)
     bank = None
     with torch.no_grad():
-        for start in tqdm(range(0, n, batch_size), disable=not progress,
-                          desc=f"{feat.frontend} features", unit="batch"):
+        for start in tqdm(
+            range(0, n, batch_size), disable=not progress, desc=f"{feat.frontend} features", unit="batch"
+        ):
             chunk = torch.from_numpy(get(start, start + batch_size)).to(device)
             maps = transform(chunk)
             if bank is None:
                 bank = torch.empty((n, *maps.shape[1:]), dtype=torch.float32, device=device)
-            bank[start:start + len(chunk)] = maps
+            bank[start : start + len(chunk)] = maps
     if bank is None:
         raise FeatureError("no clips to featurise")
     return bank
 
 
-def feature_bank(waves, audio: AudioConfig, feat: FeatureConfig, device: torch.device,
-                 batch_size: int | None = None, progress: bool = True) -> torch.Tensor:
+def feature_bank(
+    waves,
+    audio: AudioConfig,
+    feat: FeatureConfig,
+    device: torch.device,
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> torch.Tensor:
     """The front end's map [N, channels, bands, frames] of every cached clip, on `device`, kept per
     (waveforms, every FeatureConfig field, device)."""
     check_features(audio, feat)
@@ -150,15 +172,16 @@ class Augment(nn.Module):
         super().__init__()
         self.max_shift = int(cfg.time_shift * frames)
         self.freq_widths = [max(1, int(cfg.freq_mask_width * n_mels))] * (
-            cfg.freq_masks if cfg.freq_mask_width > 0 else 0)
+            cfg.freq_masks if cfg.freq_mask_width > 0 else 0
+        )
         self.time_widths = [max(1, int(cfg.time_mask_width * frames))] * (
-            cfg.time_masks if cfg.time_mask_width > 0 else 0)
+            cfg.time_masks if cfg.time_mask_width > 0 else 0
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.max_shift > 0:
             frames = x.shape[-1]
-            shift = torch.randint(-self.max_shift, self.max_shift + 1, (x.shape[0], 1, 1, 1),
-                                  device=x.device)
+            shift = torch.randint(-self.max_shift, self.max_shift + 1, (x.shape[0], 1, 1, 1), device=x.device)
             idx = (torch.arange(frames, device=x.device) - shift) % frames
             x = torch.gather(x, -1, idx.expand_as(x))
         freq = [_bands(x, w, -2) for w in self.freq_widths]  # drawn in torchaudio's order

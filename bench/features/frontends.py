@@ -14,6 +14,7 @@ the shape of one clip's map without computing it. Registered (`list_frontends()`
 
 A leaf module: of the package it imports only `bench.core.config`.
 """
+
 from __future__ import annotations
 
 from typing import Callable
@@ -43,6 +44,7 @@ def register_frontend(name: str, *, mel: bool):
         if mel:
             _MEL.add(name)
         return fn
+
     return add
 
 
@@ -80,6 +82,7 @@ def frontend_shape(audio: AudioConfig, feat: FeatureConfig) -> tuple[int, int, i
 
 # ---- the resize-to-image step ----------------------------------------------------------------
 
+
 class ResizeToImage(nn.Module):
     """Resize the [channels, bands, frames] map of each clip to [channels, size, size] by bilinear
     interpolation (`F.interpolate`, align_corners=False, antialias=False: half-pixel centres, no
@@ -91,8 +94,7 @@ class ResizeToImage(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         flat = x.reshape(-1, *x.shape[-3:])
-        out = F.interpolate(flat, size=(self.size, self.size), mode="bilinear", align_corners=False,
-                            antialias=False)
+        out = F.interpolate(flat, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=False)
         return out.reshape(*x.shape[:-3], *out.shape[-3:])
 
     def extra_repr(self) -> str:
@@ -101,13 +103,22 @@ class ResizeToImage(nn.Module):
 
 # ---- Mel front ends ---------------------------------------------------------------------------
 
+
 def mel_power(audio: AudioConfig, feat: FeatureConfig) -> T.MelSpectrogram:
     """torchaudio's Mel power spectrogram: centred STFT (reflect padding), periodic Hann window,
     |X|^2, triangular filters on the `feat.mel_scale` scale ("htk": torchaudio's default; "slaney":
     librosa's) with `feat.mel_norm` normalisation (None; "slaney": each filter of area 1, librosa's)."""
-    return T.MelSpectrogram(sample_rate=audio.sample_rate, n_fft=feat.n_fft, hop_length=feat.hop_length,
-                            n_mels=feat.n_mels, f_min=feat.f_min, f_max=feat.f_max, power=2.0,
-                            norm=feat.mel_norm, mel_scale=feat.mel_scale)
+    return T.MelSpectrogram(
+        sample_rate=audio.sample_rate,
+        n_fft=feat.n_fft,
+        hop_length=feat.hop_length,
+        n_mels=feat.n_mels,
+        f_min=feat.f_min,
+        f_max=feat.f_max,
+        power=2.0,
+        norm=feat.mel_norm,
+        mel_scale=feat.mel_scale,
+    )
 
 
 @register_frontend("logmel", mel=True)
@@ -148,6 +159,7 @@ def log_mel_max(audio: AudioConfig, feat: FeatureConfig) -> nn.Module:
 
 
 # ---- linear-frequency front end ----------------------------------------------------------------
+
 
 class LinearPowerDb(nn.Module):
     """matplotlib's `specgram` (mlab.specgram, mode="psd", scale_by_freq=True, detrend none,

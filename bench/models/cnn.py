@@ -4,6 +4,7 @@ Inputs are feature banks [N, channels, height, width] (height = frequency bands,
 N x N after an image resize). Models whose classifier is a flattened feature map get its size from
 `input_shape`; an input too small for their pooling is a `ModelError` that says so.
 """
+
 from __future__ import annotations
 
 from torch import nn
@@ -59,14 +60,14 @@ def _flat_size(name: str, input_shape: tuple[int, int, int], channels: int, step
         else:
             h, w = h // step[1], w // step[1]
         if h < 1 or w < 1:
-            raise ModelError(f"model {name!r}: input {input_shape[1]}x{input_shape[2]} is too small "
-                             f"for its convolutions and pooling")
+            raise ModelError(
+                f"model {name!r}: input {input_shape[1]}x{input_shape[2]} is too small for its convolutions and pooling"
+            )
     return channels * h * w
 
 
 @register_model("librosa_cnn")
-def librosa_cnn(input_shape: tuple[int, int, int], n_classes: int, *, padding: int = 1,
-                hidden: int = 128) -> nn.Module:
+def librosa_cnn(input_shape: tuple[int, int, int], n_classes: int, *, padding: int = 1, hidden: int = 128) -> nn.Module:
     """The librosa folder-dataset tutorial's CNN (issue 9, preset `seed-librosa-cnn`): Conv 3x3 ->16
     + ReLU + MaxPool 2, Conv 3x3 16->32 + ReLU + MaxPool 2, flatten, Linear -> `hidden` (128) + ReLU,
     Linear -> classes. Convolutions pad by `padding` = 1 ('same'); 0 gives Keras' default 'valid'.
@@ -74,13 +75,19 @@ def librosa_cnn(input_shape: tuple[int, int, int], n_classes: int, *, padding: i
     spectrogram makes a large first Linear layer (32 x H/4 x W/4 inputs), as in the tutorial."""
     if padding not in (0, 1):
         raise ModelError(f"librosa_cnn: padding is 0 ('valid') or 1 ('same'), got {padding!r}")
-    flat = _flat_size("librosa_cnn", input_shape, 32,
-                      [("conv", 3, 1, padding), ("pool", 2), ("conv", 3, 1, padding), ("pool", 2)])
+    flat = _flat_size(
+        "librosa_cnn", input_shape, 32, [("conv", 3, 1, padding), ("pool", 2), ("conv", 3, 1, padding), ("pool", 2)]
+    )
     return nn.Sequential(
-        nn.Conv2d(input_shape[0], 16, 3, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 32, 3, padding=padding), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(input_shape[0], 16, 3, padding=padding),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
+        nn.Conv2d(16, 32, 3, padding=padding),
+        nn.ReLU(),
+        nn.MaxPool2d(2),
         nn.Flatten(),
-        nn.Linear(flat, hidden), nn.ReLU(),
+        nn.Linear(flat, hidden),
+        nn.ReLU(),
         nn.Linear(hidden, n_classes),
     )
 
@@ -95,8 +102,9 @@ def _keras_init(model: nn.Module) -> nn.Module:
 
 
 @register_model("keras_cnn")
-def keras_cnn(input_shape: tuple[int, int, int], n_classes: int, *, dropout: float = 0.5,
-              hidden: int = 64) -> nn.Module:
+def keras_cnn(
+    input_shape: tuple[int, int, int], n_classes: int, *, dropout: float = 0.5, hidden: int = 64
+) -> nn.Module:
     """The Keras CNN on GTZAN spectrogram images (N. S. Chauhan, "Audio Data Analysis Using Deep
     Learning with Python (Part 2)", KDnuggets, Feb 2020; preset `seed-gtzan-cnn`):
     Conv2D(32, 3x3, strides 2, 'valid'), AveragePooling2D(2), ReLU; Conv2D(64, 3x3, 'same'),
@@ -104,15 +112,28 @@ def keras_cnn(input_shape: tuple[int, int, int], n_classes: int, *, dropout: flo
     Dropout(0.5), Dense(64) + ReLU, Dropout(0.5), Dense(classes) (softmax is in the loss). Keras'
     Glorot-uniform initialisation. The tutorial feeds 64x64 RGB PNGs; here the input is the feature
     bank itself (its channels), e.g. a 64x64 spectrogram image: 64 x 3 x 3 = 576 flattened."""
-    flat = _flat_size("keras_cnn", input_shape, 64, [("conv", 3, 2, 0), ("pool", 2), ("conv", 3, 1, 1),
-                                                     ("pool", 2), ("conv", 3, 1, 1), ("pool", 2)])
-    return _keras_init(nn.Sequential(
-        nn.Conv2d(input_shape[0], 32, 3, stride=2), nn.AvgPool2d(2), nn.ReLU(),
-        nn.Conv2d(32, 64, 3, padding=1), nn.AvgPool2d(2), nn.ReLU(),
-        nn.Conv2d(64, 64, 3, padding=1), nn.AvgPool2d(2), nn.ReLU(),
-        nn.Flatten(),
-        nn.Dropout(dropout),
-        nn.Linear(flat, hidden), nn.ReLU(),
-        nn.Dropout(dropout),
-        nn.Linear(hidden, n_classes),
-    ))
+    flat = _flat_size(
+        "keras_cnn",
+        input_shape,
+        64,
+        [("conv", 3, 2, 0), ("pool", 2), ("conv", 3, 1, 1), ("pool", 2), ("conv", 3, 1, 1), ("pool", 2)],
+    )
+    return _keras_init(
+        nn.Sequential(
+            nn.Conv2d(input_shape[0], 32, 3, stride=2),
+            nn.AvgPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 3, padding=1),
+            nn.AvgPool2d(2),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 3, padding=1),
+            nn.AvgPool2d(2),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(flat, hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n_classes),
+        )
+    )

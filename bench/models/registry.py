@@ -5,6 +5,7 @@ A leaf module (it imports nothing of the package). A model is a function
 (channels, height = bands, width = frames), and every keyword-only argument is a model parameter,
 set from the config's `model.params`. Its defaults are the parameters' defaults.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -24,6 +25,7 @@ def register_model(name: str):
     def add(fn):
         MODELS[name] = fn
         return fn
+
     return add
 
 
@@ -35,8 +37,11 @@ def model_params(name: str) -> dict[str, Any]:
     """The parameters `name` accepts, with their defaults."""
     if name not in MODELS:
         raise ModelError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    return {p.name: p.default for p in inspect.signature(MODELS[name]).parameters.values()
-            if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    return {
+        p.name: p.default
+        for p in inspect.signature(MODELS[name]).parameters.values()
+        if p.kind is inspect.Parameter.KEYWORD_ONLY
+    }
 
 
 def check_params(name: str, params: dict[str, Any]) -> None:
@@ -45,8 +50,9 @@ def check_params(name: str, params: dict[str, Any]) -> None:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         known = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
-        raise ModelError(f"model {name!r} takes no parameter {', '.join(map(repr, unknown))}; "
-                         f"its parameters (defaults): {known}")
+        raise ModelError(
+            f"model {name!r} takes no parameter {', '.join(map(repr, unknown))}; its parameters (defaults): {known}"
+        )
 
 
 def create_model(name: str, input_shape: tuple[int, int, int], n_classes: int, **params) -> nn.Module:

@@ -11,6 +11,7 @@ to fit a CPU budget (`width` = first block's channels, doubling per block, `dept
 input BatchNorm over Mel bands of PANNs is left out: the training loop already normalises each band
 with statistics of the training folds.
 """
+
 from __future__ import annotations
 
 import torch
@@ -39,10 +40,9 @@ class ConvBlock(nn.Module):
 
 
 class PannsCNN(nn.Module):
-    def __init__(self, channels: int, n_classes: int, width: int, depth: int, dropout: float,
-                 head_dropout: float):
+    def __init__(self, channels: int, n_classes: int, width: int, depth: int, dropout: float, head_dropout: float):
         super().__init__()
-        sizes = [channels] + [width * 2 ** i for i in range(depth)]
+        sizes = [channels] + [width * 2**i for i in range(depth)]
         self.blocks = nn.ModuleList(ConvBlock(a, b) for a, b in zip(sizes, sizes[1:]))
         self.dropout, self.head_dropout = dropout, head_dropout
         self.fc = nn.Linear(sizes[-1], sizes[-1])
@@ -63,8 +63,15 @@ class PannsCNN(nn.Module):
 
 
 @register_model("strong")
-def strong(input_shape: tuple[int, int, int], n_classes: int, *, width: int = 32, depth: int = 4,
-           dropout: float = 0.2, head_dropout: float = 0.5) -> nn.Module:
+def strong(
+    input_shape: tuple[int, int, int],
+    n_classes: int,
+    *,
+    width: int = 32,
+    depth: int = 4,
+    dropout: float = 0.2,
+    head_dropout: float = 0.5,
+) -> nn.Module:
     """PANNs-style CNN (see the module docstring): `depth` blocks of `width`, 2x`width`, ... channels."""
     if not 1 <= width <= 1024 or not 1 <= depth <= 8:
         raise ModelError(f"strong: width must be 1..1024 and depth 1..8, got width={width}, depth={depth}")

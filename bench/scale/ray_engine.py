@@ -14,6 +14,7 @@ Ray is an optional extra (`pip install -c constraints.txt -e '.[ray]'`). Without
 starts here on loopback with the cores (and GPUs) it finds; `--ray-address` (or RAY_ADDRESS) joins a
 cluster started with `ray start`.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -64,8 +65,9 @@ def session(address: str | None = None, cpus: int | None = None) -> Iterator[obj
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                     **quiet)  # a new Ray here, even when `ray start` left one running
+            ray.init(
+                address="local", num_cpus=cpus, include_dashboard=False, _node_ip_address="127.0.0.1", **quiet
+            )  # a new Ray here, even when `ray start` left one running
     except (ConnectionError, RuntimeError, ValueError) as e:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         raise ConfigError(f"cannot start or join {where}: {str(e).strip().splitlines()[0]}") from None
@@ -87,9 +89,11 @@ def _answers(address: str) -> None:
     try:
         socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
     except OSError as e:
-        raise ConfigError(f"--ray-address {address}: nothing answers there ({e.strerror or e}); start "
-                          f"the cluster's head with `ray start --head`, or leave --ray-address out "
-                          f"for a local Ray") from None
+        raise ConfigError(
+            f"--ray-address {address}: nothing answers there ({e.strerror or e}); start "
+            f"the cluster's head with `ray start --head`, or leave --ray-address out "
+            f"for a local Ray"
+        ) from None
 
 
 class EngineError(FoldbenchError, RuntimeError):
@@ -102,9 +106,12 @@ def check_fits(ray, cpus: float, gpus: float, flags: str) -> None:
     if any(n.get("CPU", 0) >= cpus and n.get("GPU", 0) >= gpus for n in nodes):
         return
     largest = max(nodes, key=lambda n: (n.get("GPU", 0), n.get("CPU", 0)), default={})
-    raise ConfigError(f"{flags}: each task asks for {cpus:g} CPU(s)" + (f" and {gpus:g} GPU(s)" if gpus else "")
-                      + f", and the largest Ray node has {largest.get('CPU', 0):g} CPU(s) and "
-                      f"{largest.get('GPU', 0):g} GPU(s): the tasks would wait forever; ask for less")
+    raise ConfigError(
+        f"{flags}: each task asks for {cpus:g} CPU(s)"
+        + (f" and {gpus:g} GPU(s)" if gpus else "")
+        + f", and the largest Ray node has {largest.get('CPU', 0):g} CPU(s) and "
+        f"{largest.get('GPU', 0):g} GPU(s): the tasks would wait forever; ask for less"
+    )
 
 
 def split_job(job, bank: np.ndarray, labels: np.ndarray, rows: np.ndarray, n_classes: int, threads: int):
@@ -113,6 +120,7 @@ def split_job(job, bank: np.ndarray, labels: np.ndarray, rows: np.ndarray, n_cla
 
     from bench.drivers.kfold import fit_job
     from bench.train.fit import resolve_device
+
     torch.set_num_threads(threads)
     with warnings.catch_warnings():  # the object store's array is read-only: the bank is only read
         warnings.simplefilter("ignore", UserWarning)
@@ -142,6 +150,7 @@ class RayEngine:
         if not jobs:
             return
         from bench.drivers.kfold import run_split
+
         cfg = jobs[0].cfg
         cpus = self.cpus or cfg.train.threads or default_cpus(self.address, len(jobs))
         gpus = gpus_per_task(self.gpus, prepared.device)
@@ -149,8 +158,9 @@ class RayEngine:
         self.setup = f"torch threads: {threads} in each Ray task ({cpus} CPU(s) each)"
         with session(self.address) as ray:
             check_fits(ray, cpus, gpus, self.flags)
-            task = ray.remote(split_job).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
-                                                 retry_exceptions=False)
+            task = ray.remote(split_job).options(
+                num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=False
+            )
             banks: dict[str, object] = {}  # one object per feature config, put once
             labels = ray.put(prepared.labels)
             pending = {}
@@ -158,10 +168,16 @@ class RayEngine:
                 key = repr((job.cfg.audio, job.cfg.features))
                 if key not in banks:
                     banks[key] = ray.put(prepared.bank(job.cfg, progress).detach().cpu().numpy())
-                pending[task.remote(job, banks[key], labels, prepared.plan.rows,
-                                    len(prepared.dataset.classes), threads)] = job
-            print(f"ray: {len(jobs)} split job(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
-                  + " each, on " + resources(ray), file=sys.stderr)
+                pending[
+                    task.remote(job, banks[key], labels, prepared.plan.rows, len(prepared.dataset.classes), threads)
+                ] = job
+            print(
+                f"ray: {len(jobs)} split job(s), {cpus} CPU(s)"
+                + (f" and {gpus:g} GPU" if gpus else "")
+                + " each, on "
+                + resources(ray),
+                file=sys.stderr,
+            )
 
             def save(ref):
                 job = pending.pop(ref)
@@ -198,20 +214,23 @@ def default_cpus(address: str | None, tasks: int) -> int:
     """Cores (torch threads) per task unless given: on a local Ray, this machine's cores split
     between the tasks (at least one each); on a cluster, one (its nodes' cores are not known here)."""
     from bench.core.threads import threads_per_worker
+
     return 1 if address or os.environ.get("RAY_ADDRESS") else threads_per_worker(tasks)
 
 
 def resources(ray) -> str:
     total = ray.cluster_resources()
     nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-    return (f"{nodes} node(s) with {total.get('CPU', 0):g} CPU(s)"
-            + (f" and {total['GPU']:g} GPU(s)" if total.get("GPU") else ""))
+    return f"{nodes} node(s) with {total.get('CPU', 0):g} CPU(s)" + (
+        f" and {total['GPU']:g} GPU(s)" if total.get("GPU") else ""
+    )
 
 
 def task_result(ray, ref, what: str, hint: str):
     """A task's value; the error it raised as itself (a NaN loss is the same TrainingError as in
     this process); a worker that died more than RETRIES times as one line naming `what` it ran."""
     from ray import exceptions as rex
+
     try:
         return ray.get(ref)
     except rex.RayTaskError as e:
@@ -220,5 +239,6 @@ def task_result(ray, ref, what: str, hint: str):
             raise cause from e
         raise
     except (rex.WorkerCrashedError, rex.NodeDiedError, rex.ObjectLostError, rex.OutOfMemoryError) as e:
-        raise EngineError(f"{what}: its Ray worker died {RETRIES + 1} times ({type(e).__name__}); "
-                          f"finished work is kept: {hint}") from None
+        raise EngineError(
+            f"{what}: its Ray worker died {RETRIES + 1} times ({type(e).__name__}); finished work is kept: {hint}"
+        ) from None

@@ -7,6 +7,7 @@ together at exactly --trials counted trials (bench/drivers/study.py). The driver
 at the end. Stopped from outside (Ctrl-C, SIGTERM), it records its workers' running trials as
 interrupted and closes their MLflow runs at once.
 """
+
 from __future__ import annotations
 
 import shutil
@@ -16,8 +17,16 @@ from dataclasses import replace
 from pathlib import Path
 
 from bench.core.config import ConfigError
-from bench.scale.ray_engine import (RETRIES, check_fits, check_least, default_cpus, gpus_per_task, resources, session,
-                         task_result)
+from bench.scale.ray_engine import (
+    RETRIES,
+    check_fits,
+    check_least,
+    default_cpus,
+    gpus_per_task,
+    resources,
+    session,
+    task_result,
+)
 
 
 def study_worker(cfg, tune, space, folder, inner_fold, parent_run, trial_lines: bool, threads: int) -> int:
@@ -29,14 +38,25 @@ def study_worker(cfg, tune, space, folder, inner_fold, parent_run, trial_lines: 
     from bench.drivers.prepare import prepare
     from bench.tracking.tracker import Tracker
     from bench.drivers.tune import search
+
     torch.set_num_threads(threads)
     prepared = prepare(cfg, progress=False, tracking=False)
     if inner_fold is not None:
         from bench.drivers.nested import inner_prepared
+
         prepared = inner_prepared(prepared, inner_fold, cfg.protocol.val)
     tracker = Tracker(cfg.tracking, experiment=cfg.dataset.name)
-    return search(cfg, tune, space, prepared, folder, tracker=tracker, parent_run=parent_run,
-                  progress=False, trial_lines=trial_lines).added
+    return search(
+        cfg,
+        tune,
+        space,
+        prepared,
+        folder,
+        tracker=tracker,
+        parent_run=parent_run,
+        progress=False,
+        trial_lines=trial_lines,
+    ).added
 
 
 class StudyWorkers:
@@ -45,8 +65,7 @@ class StudyWorkers:
     (`study.holding`). A worker whose process dies is started again by Ray; the trial it was running
     is marked failed by Optuna's heartbeat and retried by a worker (`study.RetryStale`)."""
 
-    def __init__(self, workers: int, address: str | None = None, cpus: int | None = None,
-                 gpus: float | None = None):
+    def __init__(self, workers: int, address: str | None = None, cpus: int | None = None, gpus: float | None = None):
         if workers < 1:
             raise ConfigError(f"--workers {workers}: at least 1")
         self.workers, self.address, self.cpus, self.gpus = workers, address, cpus, gpus
@@ -57,8 +76,19 @@ class StudyWorkers:
         """Before anything is written (Ray connected): the least a worker asks for fits a node."""
         check_least(self, cfg, device)
 
-    def search(self, cfg, tune, space, folder, device, *, parent_run: str | None = None,
-               inner_fold: int | None = None, trial_lines: bool = False, sole: bool = False):
+    def search(
+        self,
+        cfg,
+        tune,
+        space,
+        folder,
+        device,
+        *,
+        parent_run: str | None = None,
+        inner_fold: int | None = None,
+        trial_lines: bool = False,
+        sole: bool = False,
+    ):
         """`tune.search` of `cfg` in `folder` by the workers; the study's outputs (trials.csv,
         best.yaml, plots, report.md) written here at the end. The study is opened here first: its
         schema and settings exist before any worker starts. `sole`: no one else runs the study
@@ -66,18 +96,26 @@ class StudyWorkers:
         from bench.drivers.study import abandon
         from bench.tracking.tracker import Tracker
         from bench.drivers.tune import StudyResult, counted, open_study, optuna_quiet, write_outputs
+
         cfg, tune = absolute(cfg, tune)  # a Ray worker starts in a folder of Ray's own
         folder = Path(folder).expanduser().resolve()
         cpus = self.cpus or cfg.train.threads or default_cpus(self.address, self.workers)
         with session(self.address) as ray:
             nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-            local = [what for what, url in (("--storage", tune.storage or "sqlite:"),
-                                            ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri))
-                     if url and str(url).startswith("sqlite:")]
+            local = [
+                what
+                for what, url in (
+                    ("--storage", tune.storage or "sqlite:"),
+                    ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri),
+                )
+                if url and str(url).startswith("sqlite:")
+            ]
             if nodes > 1 and local:
-                raise ConfigError(f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
-                                  f"cluster has {nodes} nodes: give a server every node reaches "
-                                  f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)")
+                raise ConfigError(
+                    f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
+                    f"cluster has {nodes} nodes: give a server every node reaches "
+                    f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)"
+                )
             gpus = gpus_per_task(self.gpus, device)
             check_fits(ray, cpus, gpus, self.flags)
             created = not folder.exists()
@@ -91,13 +129,20 @@ class StudyWorkers:
                 if created:  # a failed start leaves no study folder behind, as `tune` alone
                     shutil.rmtree(folder, ignore_errors=True)
                 raise
-            task = ray.remote(study_worker).options(num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES,
-                                                    retry_exceptions=False)
-            print(f"ray: {self.workers} Optuna worker(s), {cpus} CPU(s)" + (f" and {gpus:g} GPU" if gpus else "")
-                  + f" each, on {resources(ray)}; study {tune.study}, {tune.trials} trials", file=sys.stderr)
+            task = ray.remote(study_worker).options(
+                num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=False
+            )
+            print(
+                f"ray: {self.workers} Optuna worker(s), {cpus} CPU(s)"
+                + (f" and {gpus:g} GPU" if gpus else "")
+                + f" each, on {resources(ray)}; study {tune.study}, {tune.trials} trials",
+                file=sys.stderr,
+            )
             tune = replace(tune, owner=uuid.uuid4().hex)  # on their trials: whose to close if stopped
-            refs = [task.remote(cfg, replace(tune, worker=i), space, folder, inner_fold, parent_run,
-                                trial_lines, cpus) for i in range(self.workers)]  # each its own sampler seed
+            refs = [
+                task.remote(cfg, replace(tune, worker=i), space, folder, inner_fold, parent_run, trial_lines, cpus)
+                for i in range(self.workers)
+            ]  # each its own sampler seed
             try:
                 for i, ref in enumerate(refs):
                     task_result(ray, ref, f"Optuna worker {i + 1}", "the same command continues the study")
@@ -119,6 +164,7 @@ def ran_by(study, owner: str, workers: int) -> list[int]:
     a worker Ray started again after a kill returns only what its last start ran, and the trial
     it was killed in is counted by whichever worker ran its retry."""
     from bench.drivers.study import counts
+
     ran = [0] * workers
     for t in study.get_trials(deepcopy=False):
         if t.user_attrs.get("owner") == owner and counts(t) and t.user_attrs.get("worker") in range(workers):
@@ -139,6 +185,7 @@ def _abandoned(cfg, tune, space, folder) -> None:
     from bench.drivers.study import abandon
     from bench.tracking.tracker import Tracker
     from bench.drivers.tune import open_study, optuna_quiet, study_run_key
+
     with optuna_quiet():
         study = open_study(cfg, tune, space, folder)
     tracker = Tracker(cfg.tracking, experiment=cfg.dataset.name)
@@ -146,8 +193,7 @@ def _abandoned(cfg, tune, space, folder) -> None:
     if tracker.enabled:
         tracker.end(study.user_attrs.get(study_run_key(tracker)), "KILLED")
     if stopped:
-        print(f"trial(s) {', '.join(map(str, stopped))}: interrupted with their workers (not counted)",
-              file=sys.stderr)
+        print(f"trial(s) {', '.join(map(str, stopped))}: interrupted with their workers (not counted)", file=sys.stderr)
 
 
 def absolute(cfg, tune):
@@ -161,14 +207,21 @@ def absolute(cfg, tune):
             return url
         query = url.partition("?")[2]
         return f"sqlite:///{path.resolve()}" + (f"?{query}" if query else "")
-    paths = {"runs_dir": str(Path(cfg.runs_dir).expanduser().resolve()),
-             "tracking.tracking_uri": sqlite(cfg.tracking.tracking_uri)}
-    for key, value in (("cache_dir", cfg.cache_dir), ("dataset.root", cfg.dataset.root),
-                       ("dataset.groups_csv", cfg.dataset.groups_csv)):
+
+    paths = {
+        "runs_dir": str(Path(cfg.runs_dir).expanduser().resolve()),
+        "tracking.tracking_uri": sqlite(cfg.tracking.tracking_uri),
+    }
+    for key, value in (
+        ("cache_dir", cfg.cache_dir),
+        ("dataset.root", cfg.dataset.root),
+        ("dataset.groups_csv", cfg.dataset.groups_csv),
+    ):
         if value:
             paths[key] = str(Path(value).expanduser().resolve())
-    return merge(cfg, paths), replace(tune, storage=sqlite(tune.storage),
-                                      space=tune.space and str(Path(tune.space).expanduser().resolve()))
+    return merge(cfg, paths), replace(
+        tune, storage=sqlite(tune.storage), space=tune.space and str(Path(tune.space).expanduser().resolve())
+    )
 
 
 def tune_workers(cfg, tune, workers: StudyWorkers, progress: bool = True):
@@ -176,6 +229,7 @@ def tune_workers(cfg, tune, workers: StudyWorkers, progress: bool = True):
     worker starts; the cache built once), then `workers.search`, one line per finished trial."""
     from bench.drivers.prepare import prepare
     from bench.drivers.tune import check_study, study_folder
+
     cfg, tune, space = check_study(cfg, tune)
     device = prepare(cfg, progress=progress).device
     with session(workers.address):

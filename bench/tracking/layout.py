@@ -12,6 +12,7 @@ the edge used; a setting that the chosen optimizer, schedule or front end ignore
 so is every None that is still None after that (no `None` strings). Paths, run names, thread
 counts and tracking settings are not params.
 """
+
 from __future__ import annotations
 
 import functools
@@ -39,8 +40,11 @@ USED_WHEN: dict[str, Callable[[dict], bool]] = {
     "train.plateau_factor": lambda p: p["train.schedule"] == "plateau",
     "train.plateau_patience": lambda p: p["train.schedule"] == "plateau",
     # linear_db has n_fft // 2 + 1 bands and ignores the Mel settings (bench/features/bank.py)
-    "features.n_mels": _not_linear, "features.f_min": _not_linear, "features.f_max": _not_linear,
-    "features.mel_scale": _not_linear, "features.mel_norm": _not_linear,
+    "features.n_mels": _not_linear,
+    "features.f_min": _not_linear,
+    "features.f_max": _not_linear,
+    "features.mel_scale": _not_linear,
+    "features.mel_norm": _not_linear,
 }
 
 
@@ -49,6 +53,7 @@ def run_params(cfg: RunConfig, prepared=None, *, leave_out=()) -> dict[str, str]
     from the config alone, as a tune trial does before its data is loaded). Split runs add their
     split, repeat, test and validation fold. `leave_out`: keys chosen per run below (nested CV)."""
     from protocols.plan import protocol_name, protocol_options
+
     p = {k: v for k, v in result_view(cfg).items() if k not in PATH_KEYS and k not in leave_out}
     if prepared is not None:
         protocol = prepared.plan.protocol
@@ -66,6 +71,7 @@ def run_params(cfg: RunConfig, prepared=None, *, leave_out=()) -> dict[str, str]
         if "seed" not in opts:
             p.pop("protocol.seed", None)
         from bench.train.fit import resolve_device
+
         p["train.device"] = resolve_device(cfg.train.device).type
     p["protocol.repeats"] = cfg.protocol.repeats
     if p.get("features.f_max") is None and "features.f_max" in p:
@@ -86,13 +92,16 @@ def split_params(base: dict[str, str], own: dict) -> dict[str, str]:
 
 # ---- standard tags ----
 
+
 @functools.lru_cache(maxsize=None)
 def standard_tags() -> dict[str, str]:
     """MLflow's own tags for where a run came from: the entry point, LOCAL, the git commit of the
     code (when it is a git checkout), the user. Computed once per process."""
     entry = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
-    tags = {"mlflow.source.name": str(entry.resolve()) if entry and entry.is_file() else "python",
-            "mlflow.source.type": "LOCAL"}
+    tags = {
+        "mlflow.source.name": str(entry.resolve()) if entry and entry.is_file() else "python",
+        "mlflow.source.type": "LOCAL",
+    }
     try:
         tags["mlflow.user"] = getpass.getuser()
     except Exception:  # no login name (a container without a passwd entry)
@@ -105,8 +114,9 @@ def standard_tags() -> dict[str, str]:
 
 def _git_commit() -> str | None:
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                             cwd=Path(__file__).parent, timeout=5)
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent, timeout=5
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     commit = out.stdout.strip()
@@ -122,20 +132,50 @@ def dataset_inputs(prepared, folds_csv: Path | None = None) -> list:
     """MLflow `DatasetInput`s: the dataset (name, digest = its fingerprint, source = its root,
     profile = clips and classes) and, when given, the fold plan (folds.csv, digest of its bytes)."""
     from mlflow.entities import DatasetInput, InputTag
+
     ds, plan = prepared.dataset, prepared.plan
     fingerprint = str(prepared.fingerprint)
     table = plan.table[[c for c in ("clip", "class", "label") if c in plan.table.columns]]
-    inputs = [DatasetInput(_dataset(ds.name, fingerprint, ds.root, table, {
-        "clips": len(plan.table), "classes": list(ds.classes), "n_classes": len(ds.classes),
-        "quarantined": len(prepared.quarantine), "fingerprint": fingerprint}),
-        [InputTag("mlflow.data.context", "cross-validation")])]
+    inputs = [
+        DatasetInput(
+            _dataset(
+                ds.name,
+                fingerprint,
+                ds.root,
+                table,
+                {
+                    "clips": len(plan.table),
+                    "classes": list(ds.classes),
+                    "n_classes": len(ds.classes),
+                    "quarantined": len(prepared.quarantine),
+                    "fingerprint": fingerprint,
+                },
+            ),
+            [InputTag("mlflow.data.context", "cross-validation")],
+        )
+    ]
     if folds_csv is not None and Path(folds_csv).is_file():
         import pandas as pd
+
         folds = pd.read_csv(folds_csv)
         digest = hashlib.sha256(Path(folds_csv).read_bytes()).hexdigest()
-        inputs.append(DatasetInput(_dataset(f"{ds.name}-folds", digest, Path(folds_csv).resolve(), folds, {
-            "clips": len(folds), "folds": len(set(plan.folds.tolist()) - {0}), "repeats": plan.repeats,
-            "protocol": repr(plan.protocol)}), [InputTag("mlflow.data.context", "fold plan")]))
+        inputs.append(
+            DatasetInput(
+                _dataset(
+                    f"{ds.name}-folds",
+                    digest,
+                    Path(folds_csv).resolve(),
+                    folds,
+                    {
+                        "clips": len(folds),
+                        "folds": len(set(plan.folds.tolist()) - {0}),
+                        "repeats": plan.repeats,
+                        "protocol": repr(plan.protocol),
+                    },
+                ),
+                [InputTag("mlflow.data.context", "fold plan")],
+            )
+        )
     return inputs
 
 
@@ -146,47 +186,70 @@ def _dataset(name: str, digest: str, source: Path, table, profile: dict):
     """An MLflow dataset entity as `mlflow.data.from_pandas(...)` would log it (a local source, the
     table's column schema), without inferring anything from the rows."""
     from mlflow.entities import Dataset
-    schema = [{"type": PANDAS_TO_MLFLOW.get(dtype.kind, "string"), "name": str(col), "required": True}
-              for col, dtype in table.dtypes.items()]
-    return Dataset(name=name, digest=digest[:DIGEST_CHARS], source_type="local",
-                   source=json.dumps({"uri": Path(source).as_uri()}),
-                   schema=json.dumps({"mlflow_colspec": schema}), profile=json.dumps(profile))
+
+    schema = [
+        {"type": PANDAS_TO_MLFLOW.get(dtype.kind, "string"), "name": str(col), "required": True}
+        for col, dtype in table.dtypes.items()
+    ]
+    return Dataset(
+        name=name,
+        digest=digest[:DIGEST_CHARS],
+        source_type="local",
+        source=json.dumps({"uri": Path(source).as_uri()}),
+        schema=json.dumps({"mlflow_colspec": schema}),
+        profile=json.dumps(profile),
+    )
 
 
 # ---- the experiment: opens on its runs table, with the columns that matter ----
 
 VIEW_KEY = "foldbench"  # the shared view `runs_link` opens (experiment tag mlflow.sharedViewState.<key>)
-COLUMNS = (["attributes.`Source`", "attributes.`Dataset`", "attributes.`Models`"]
-           + [f"metrics.`{m}`" for m in ("acc_mean", "acc_std", "macro_f1_mean", "val_acc_mean",
-                                          "test_acc")]
-           + [f"params.`{p}`" for p in ("protocol.name", "features.n_mels", "features.n_fft",
-                                         "features.hop_length", "augment.freq_masks",
-                                         "augment.time_masks", "model.name", "train.epochs")])
+COLUMNS = (
+    ["attributes.`Source`", "attributes.`Dataset`", "attributes.`Models`"]
+    + [f"metrics.`{m}`" for m in ("acc_mean", "acc_std", "macro_f1_mean", "val_acc_mean", "test_acc")]
+    + [
+        f"params.`{p}`"
+        for p in (
+            "protocol.name",
+            "features.n_mels",
+            "features.n_fft",
+            "features.hop_length",
+            "augment.freq_masks",
+            "augment.time_masks",
+            "model.name",
+            "train.epochs",
+        )
+    ]
+)
 EXPERIMENT_TAGS = {
     # MLflow 3.0-3.4 choose the experiment's page from this tag (genai: Traces; this: the runs table)
     "mlflow.experimentKind": "custom_model_development",
     # MLflow 3's runs table opened with ?viewStateShareKey=foldbench shows these columns
-    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps({"selectedColumns": COLUMNS,
-                                                      "orderByKey": "attributes.start_time",
-                                                      "orderByAsc": False}),
+    f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(
+        {"selectedColumns": COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False}
+    ),
 }
 
 
 def runs_link(ui: str, experiment_id: str) -> str:
     """The experiment's runs table at MLflow UI `ui` (MLflow 3.5+ opens on GenAI traces unless the
     link asks for the machine-learning workflow), with foldbench's columns."""
-    return (f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
-            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
+    return (
+        f"{ui.rstrip('/')}/#/experiments/{experiment_id}/runs"
+        f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}"
+    )
 
 
 def ui_hint(tracking, run_dir: Path) -> str | None:
     """For the user, after a job: where its runs are (the runs table; for a SQLite store, with the
     command that serves it). `tracking`: the job's TrackingConfig; None when MLflow was off."""
     from bench.core.runfolder import read_json
+
     experiment = read_json(Path(run_dir) / "mlflow.json").get("experiment")
     if not (tracking.mlflow and experiment):
         return None
     from bench.core.redact import redact
+
     uri = redact(tracking.tracking_uri)
     if uri.startswith(("http://", "https://")):
         return runs_link(uri, experiment)

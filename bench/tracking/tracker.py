@@ -13,6 +13,7 @@ so a slow server never holds up training; `end` waits for a run's pending writes
 that failed there is the same one-line TrackingError. What is logged (params, tags, the dataset
 input, the experiment's view) is `bench.tracking.layout`'s.
 """
+
 from __future__ import annotations
 
 import copy
@@ -39,6 +40,7 @@ PROBE_TIMEOUT_S = 5  # the server check: one request, no retries, this long at m
 # MLflow writes "View run ... at: <url>" to stdout for every run ended on a server: a line per split
 # and trial, between foldbench's own lines. The links foldbench prints are enough.
 os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
+
 
 class TrackingError(FoldbenchError):
     """The MLflow store cannot be reached, read or written."""
@@ -75,8 +77,14 @@ class Tracker:
     def _error(self, what: str, e: Exception) -> TrackingError:
         return TrackingError(f"MLflow store {redact(self.uri)}: cannot {what} ({_reason(e)}); check the store, {HINT}")
 
-    def start(self, name: str, params: dict | None = None, tags: dict | None = None,
-              parent: str | None = None, run_id: str | None = None) -> str | None:
+    def start(
+        self,
+        name: str,
+        params: dict | None = None,
+        tags: dict | None = None,
+        parent: str | None = None,
+        run_id: str | None = None,
+    ) -> str | None:
         """A new run (nested under `parent`), or the existing `run_id` reopened; returns its id."""
         if not self.enabled:
             return None
@@ -86,18 +94,22 @@ class Tracker:
             all_tags = {**standard_tags(), "mlflow.runName": name, **self.tags, **(tags or {})}
             if parent:
                 all_tags["mlflow.parentRunId"] = parent
-            run_id = self._call("create a run", "create_run", self.experiment_id,
-                                tags=_strings(all_tags), run_name=name).info.run_id
+            run_id = self._call(
+                "create a run", "create_run", self.experiment_id, tags=_strings(all_tags), run_name=name
+            ).info.run_id
             self.log_params(run_id, params or {})
         return run_id
 
     def _exists(self, run_id: str) -> bool:
         from mlflow.exceptions import MlflowException
+
         try:
             return self.client.get_run(run_id).info.experiment_id == self.experiment_id
         except Exception as e:
-            if isinstance(e, MlflowException) and e.error_code in ("RESOURCE_DOES_NOT_EXIST",
-                                                                   "INVALID_PARAMETER_VALUE"):
+            if isinstance(e, MlflowException) and e.error_code in (
+                "RESOURCE_DOES_NOT_EXIST",
+                "INVALID_PARAMETER_VALUE",
+            ):
                 return False  # an id this store does not know: start a fresh run instead
             raise self._error("read a run", e) from e
 
@@ -136,22 +148,25 @@ class Tracker:
     def log_params(self, run_id: str | None, params: dict[str, Any]) -> None:
         if self.enabled and run_id and params:
             from mlflow.entities import Param
+
             self._call("log params", "log_batch", run_id, params=[Param(k, v) for k, v in _strings(params).items()])
 
     def set_tags(self, run_id: str | None, tags: dict[str, Any]) -> None:
         if self.enabled and run_id:
             from mlflow.entities import RunTag
+
             self._call("set tags", "log_batch", run_id, tags=[RunTag(k, v) for k, v in _strings(tags).items()])
 
-    def log_metrics(self, run_id: str | None, metrics: dict[str, float | None], step: int = 0,
-                    asynchronous: bool = False) -> None:
+    def log_metrics(
+        self, run_id: str | None, metrics: dict[str, float | None], step: int = 0, asynchronous: bool = False
+    ) -> None:
         """Finite values only. `asynchronous`: queued (per-epoch metrics), waited for by `end`."""
         if not (self.enabled and run_id):
             return
         from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        rows = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                if v is not None and math.isfinite(float(v))]
+        rows = [Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))]
         if rows and asynchronous:
             ops = self._call("log metrics", "log_batch", run_id, metrics=rows, synchronous=False)
             self._pending.setdefault(run_id, []).append(ops)
@@ -163,9 +178,13 @@ class Tracker:
         if not (self.enabled and run_id):
             return
         from mlflow.entities import Metric
+
         now = int(time.time() * 1000)
-        rows = [Metric(key, float(v), now, int(step)) for step, v in sorted(values.items())
-                if v is not None and math.isfinite(float(v))]
+        rows = [
+            Metric(key, float(v), now, int(step))
+            for step, v in sorted(values.items())
+            if v is not None and math.isfinite(float(v))
+        ]
         if rows:
             self._call("log metrics", "log_batch", run_id, metrics=rows, synchronous=True)
 
@@ -186,9 +205,15 @@ class Tracker:
         """The runs whose `mlflow.parentRunId` is `parent`, newest first (every page)."""
         found, page = [], None
         while page is None or page.token:
-            page = self._call("search runs", "search_runs", [self.experiment_id],
-                              filter_string=f"tags.`mlflow.parentRunId` = '{parent}'", max_results=1000,
-                              order_by=["attributes.start_time DESC"], page_token=page and page.token)
+            page = self._call(
+                "search runs",
+                "search_runs",
+                [self.experiment_id],
+                filter_string=f"tags.`mlflow.parentRunId` = '{parent}'",
+                max_results=1000,
+                order_by=["attributes.start_time DESC"],
+                page_token=page and page.token,
+            )
             found += page
         return found
 
@@ -214,8 +239,7 @@ class Tracker:
 
     def finished(self, run_id: str | None) -> bool:
         """Whether the run ended FINISHED (a split run a killed job left KILLED is not)."""
-        return bool(self.enabled and run_id
-                    and self._call("read a run", "get_run", run_id).info.status == "FINISHED")
+        return bool(self.enabled and run_id and self._call("read a run", "get_run", run_id).info.status == "FINISHED")
 
     def child_run(self, parent: str | None, name: str, tags_to_match: dict[str, Any]) -> str | None:
         """The newest run under `parent` called `name` whose tags include `tags_to_match`, or None.
@@ -229,9 +253,9 @@ class Tracker:
                 return run.info.run_id
         return None
 
-
-    def log_model(self, run_id: str | None, path: Path, name: str, params: dict[str, Any] | None = None,
-                  step: int = 0) -> str | None:
+    def log_model(
+        self, run_id: str | None, path: Path, name: str, params: dict[str, Any] | None = None, step: int = 0
+    ) -> str | None:
         """The file `path` (a split's model.pt) as an MLflow 3 LoggedModel produced by `run_id`: it
         shows in that run's Models column. Client calls only (`mlflow.pytorch.log_model` needs a
         fluent active run, pickles the module and resolves a pip environment: seconds per split).
@@ -239,13 +263,22 @@ class Tracker:
         if not (self.enabled and run_id and Path(path).is_file()):
             return None
         from mlflow.entities import LoggedModelOutput
-        model = self._call("create a logged model", "create_logged_model", self.experiment_id, name=name,
-                           source_run_id=run_id, params=_strings(params or {}), model_type="foldbench",
-                           tags={"format": "torch state_dict + normalisation (foldbench predict)"})
+
+        model = self._call(
+            "create a logged model",
+            "create_logged_model",
+            self.experiment_id,
+            name=name,
+            source_run_id=run_id,
+            params=_strings(params or {}),
+            model_type="foldbench",
+            tags={"format": "torch state_dict + normalisation (foldbench predict)"},
+        )
         self._call("log a model output", "log_outputs", run_id, [LoggedModelOutput(model.model_id, step)])
         self._call(f"log {Path(path).name}", "log_model_artifact", model.model_id, str(path))
         self._call("finalize a logged model", "finalize_logged_model", model.model_id, "READY")
         return model.model_id
+
 
 def _strings(d: dict[str, Any]) -> dict[str, str]:
     """Tag and param values as MLflow keeps them: strings, with any URL's password redacted."""
@@ -258,9 +291,17 @@ def _strings(d: dict[str, Any]) -> dict[str, str]:
 # SQLite: a locked file, a table made twice, a row inserted twice; PostgreSQL (workers creating a
 # fresh database's schema at once): `CREATE TYPE`/`CREATE TABLE` of one name (UniqueViolation on
 # pg_type, DuplicateObject, DuplicateTable), the version row inserted twice, a DDL deadlock.
-RACES = ("database is locked", "already exists", "unique constraint failed", "expected to match one row",
-         "violates unique constraint", "uniqueviolation", "duplicateobject", "duplicatetable",
-         "deadlock detected")
+RACES = (
+    "database is locked",
+    "already exists",
+    "unique constraint failed",
+    "expected to match one row",
+    "violates unique constraint",
+    "uniqueviolation",
+    "duplicateobject",
+    "duplicatetable",
+    "deadlock detected",
+)
 
 
 def retry_races(fn: Callable[[], T], tries: int = 6, wait_s: float = 0.1) -> T:
@@ -271,13 +312,14 @@ def retry_races(fn: Callable[[], T], tries: int = 6, wait_s: float = 0.1) -> T:
         except Exception as e:
             if not any(r in _chain_text(e) for r in RACES):
                 raise
-        time.sleep(wait_s * 2 ** attempt * (0.5 + random.random()))
+        time.sleep(wait_s * 2**attempt * (0.5 + random.random()))
     return fn()
 
 
 def _open_store(uri: str, experiment: str):
     """(MlflowClient, experiment id), the experiment created or restored; TrackingError if unusable."""
     from mlflow.tracking import MlflowClient  # importing mlflow sets its loggers' levels: quiet them after
+
     for noisy in ("alembic", "mlflow"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     # a failed async write is raised by `Tracker.end` in one line; MLflow's queue would log it too
@@ -293,10 +335,12 @@ def _open_store(uri: str, experiment: str):
         except Exception as e:
             text = _chain_text(e)
             if "api request to" in text and "failed with exception" in text:
-                raise TrackingError(f"MLflow tracking server {shown} is unreachable ({_reason(e)}); "
-                                    f"start it, {HINT}") from None
-            raise TrackingError(f"MLflow tracking server {shown} refused the check ({_reason(e)}); "
-                                f"check the server, {HINT}") from None
+                raise TrackingError(
+                    f"MLflow tracking server {shown} is unreachable ({_reason(e)}); start it, {HINT}"
+                ) from None
+            raise TrackingError(
+                f"MLflow tracking server {shown} refused the check ({_reason(e)}); check the server, {HINT}"
+            ) from None
     path = sqlite_path(uri)
     if path is not None:
         _check_sqlite(uri, path)
@@ -311,14 +355,14 @@ def _open_store(uri: str, experiment: str):
             if not existed:  # leave no half-made database behind (others wait on the lock meanwhile)
                 for p in (path, path.with_name(path.name + "-journal")):
                     p.unlink(missing_ok=True)
-            raise TrackingError(f"MLflow store {shown} cannot be opened ({_reason(e)}); "
-                                f"check it, {HINT}") from None
+            raise TrackingError(f"MLflow store {shown} cannot be opened ({_reason(e)}); check it, {HINT}") from None
 
 
 def _experiment(client, name: str, artifacts: str | None = None) -> str:
     """The experiment's id, created (its artifacts under `artifacts`, MLflow's choice when None) or
     restored if it was deleted; tagged to open on its runs table (EXPERIMENT_TAGS)."""
     from mlflow.exceptions import MlflowException
+
     exp = client.get_experiment_by_name(name)
     if exp is None:
         try:
@@ -338,13 +382,15 @@ def _experiment(client, name: str, artifacts: str | None = None) -> str:
 def _short_requests():
     """MLflow's HTTP settings for one quick check: no retries (not ~4 minutes of them), a short timeout."""
     from unittest import mock  # puts the environment back as it was, whatever happens
-    return mock.patch.dict(os.environ, {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0",
-                                        "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)})
+
+    return mock.patch.dict(
+        os.environ, {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(PROBE_TIMEOUT_S)}
+    )
 
 
 def sqlite_path(uri: str) -> Path | None:
     """The file of a `sqlite:///path` URI (relative to the working directory); None for memory."""
-    name = uri[len("sqlite:///"):].split("?")[0] if uri.startswith("sqlite:///") else ""
+    name = uri[len("sqlite:///") :].split("?")[0] if uri.startswith("sqlite:///") else ""
     return None if name in ("", ":memory:") else Path(name)
 
 
@@ -362,14 +408,16 @@ def _check_sqlite(uri: str, path: Path) -> None:
         try:
             con.execute("PRAGMA schema_version").fetchone()
         except sqlite3.Error as e:
-            raise TrackingError(f"MLflow store {uri}: {path} is not a SQLite database ({e}); "
-                                f"move it away, {HINT}") from None
+            raise TrackingError(
+                f"MLflow store {uri}: {path} is not a SQLite database ({e}); move it away, {HINT}"
+            ) from None
         try:  # a write that is rolled back: needs the file and its folder (the journal) writable
             con.execute("BEGIN IMMEDIATE")
             con.execute("CREATE TABLE foldbench_write_check (x)")
         except sqlite3.Error as e:
-            raise TrackingError(f"MLflow store {uri}: {path} is read-only ({e}); "
-                                f"make it and its folder writable, {HINT}") from None
+            raise TrackingError(
+                f"MLflow store {uri}: {path} is read-only ({e}); make it and its folder writable, {HINT}"
+            ) from None
         finally:
             if con.in_transaction:
                 con.execute("ROLLBACK")
@@ -384,6 +432,7 @@ def _folder_lock(folder: Path | None) -> Iterator[None]:
         yield
         return
     import fcntl
+
     fd = os.open(folder, os.O_RDONLY)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
@@ -406,12 +455,16 @@ def _chain_text(e: BaseException) -> str:
     return " | ".join(f"{type(x).__name__}: {x}" for x in _chain(e)).lower()
 
 
-REASONS = {"connection refused": "connection refused", "timed out": "timed out",
-           "name or service not known": "unknown host", "nodename nor servname": "unknown host",
-           "temporary failure in name resolution": "unknown host",
-           # MLflow 3 refuses a file store (file:///..., ./mlruns); its hint is past the first line's cut
-           "mlflow_allow_file_store": "this MLflow refuses file stores: use sqlite:///<folder>/mlflow.db, "
-                                      "or set MLFLOW_ALLOW_FILE_STORE=true"}
+REASONS = {
+    "connection refused": "connection refused",
+    "timed out": "timed out",
+    "name or service not known": "unknown host",
+    "nodename nor servname": "unknown host",
+    "temporary failure in name resolution": "unknown host",
+    # MLflow 3 refuses a file store (file:///..., ./mlruns); its hint is past the first line's cut
+    "mlflow_allow_file_store": "this MLflow refuses file stores: use sqlite:///<folder>/mlflow.db, "
+    "or set MLFLOW_ALLOW_FILE_STORE=true",
+}
 
 
 def _reason(e: BaseException) -> str:

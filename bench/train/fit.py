@@ -8,6 +8,7 @@ Training knows nothing of MLflow or Optuna: it calls `on_epoch(epoch, train_loss
 every epoch. The optimizer, the LR schedule (ReduceLROnPlateau steps on the validation accuracy) and
 mixup (training batches only) come from `cfg.train`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -55,7 +56,7 @@ def band_stats(bank: torch.Tensor, idx: torch.Tensor, chunk: int = 512) -> tuple
     total = torch.zeros(bank.shape[1:3], dtype=torch.float64, device=bank.device)
     total_sq = torch.zeros_like(total)
     for start in range(0, len(idx), chunk):
-        x = bank[idx[start:start + chunk]].double()
+        x = bank[idx[start : start + chunk]].double()
         total += x.sum(dim=(0, 3))
         total_sq += (x * x).sum(dim=(0, 3))
     n = len(idx) * bank.shape[3]
@@ -88,7 +89,7 @@ def predict(model, bank, idx, mean, std, batch_size: int | None = None) -> torch
     out = []
     for s in range(0, len(idx), batch_size):
         with autocast(bank.device):
-            logits = model(model_input((bank[idx[s:s + batch_size]] - mean) / std))
+            logits = model(model_input((bank[idx[s : s + batch_size]] - mean) / std))
         out.append(F.softmax(logits.float(), dim=1))
     return torch.cat(out) if out else torch.empty(0)
 
@@ -107,11 +108,11 @@ def accuracy(probs: torch.Tensor, labels: torch.Tensor) -> float:
 def make_optimizer(model: torch.nn.Module, tc: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     """Adam, AdamW or SGD (momentum, Nesterov) at `tc.lr` (OneCycleLR then sets its own rates)."""
     if tc.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=tc.lr, momentum=tc.momentum,
-                               nesterov=tc.nesterov, weight_decay=tc.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=tc.lr, momentum=tc.momentum, nesterov=tc.nesterov, weight_decay=tc.weight_decay
+        )
     adam = torch.optim.AdamW if tc.optimizer == "adamw" else torch.optim.Adam
-    return adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay,
-                fused=device.type == "cuda" or None)
+    return adam(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay, fused=device.type == "cuda" or None)
 
 
 class Schedule:
@@ -123,13 +124,19 @@ class Schedule:
         sched = torch.optim.lr_scheduler
         self.per_step, self.plateau = None, None
         if tc.schedule == "onecycle":
-            self.per_step = sched.OneCycleLR(optimizer, max_lr=tc.max_lr, epochs=tc.epochs,
-                                             steps_per_epoch=steps_per_epoch, anneal_strategy=tc.anneal)
+            self.per_step = sched.OneCycleLR(
+                optimizer,
+                max_lr=tc.max_lr,
+                epochs=tc.epochs,
+                steps_per_epoch=steps_per_epoch,
+                anneal_strategy=tc.anneal,
+            )
         elif tc.schedule == "cosine":
             self.per_step = sched.CosineAnnealingLR(optimizer, T_max=tc.epochs * steps_per_epoch)
         elif tc.schedule == "plateau":
-            self.plateau = sched.ReduceLROnPlateau(optimizer, mode="max", factor=tc.plateau_factor,
-                                                   patience=tc.plateau_patience)
+            self.plateau = sched.ReduceLROnPlateau(
+                optimizer, mode="max", factor=tc.plateau_factor, patience=tc.plateau_patience
+            )
 
     def step(self) -> None:
         if self.per_step is not None:
@@ -153,8 +160,7 @@ def make_model(mc: ModelConfig, shape: tuple, n_classes: int, device: torch.devi
     return model
 
 
-def setup_training(cfg: RunConfig, shape: tuple, n_classes: int, steps_per_epoch: int,
-                   device: torch.device):
+def setup_training(cfg: RunConfig, shape: tuple, n_classes: int, steps_per_epoch: int, device: torch.device):
     """Model, augmentation, optimizer and LR schedule for clips of `shape` (channels, height, width)."""
     model = make_model(cfg.model, shape, n_classes, device)
     augment = Augment(cfg.augment, n_mels=shape[1], frames=shape[2])
@@ -167,8 +173,9 @@ def training_batch(bank, batch, mean, std, augment) -> torch.Tensor:
     return augment(bank[batch].sub_(mean).div_(std))  # bank[batch] is a copy: normalise it in place
 
 
-def mixup(x: torch.Tensor, target: torch.Tensor, n_classes: int, alpha: float,
-          rng: np.random.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mixup(
+    x: torch.Tensor, target: torch.Tensor, n_classes: int, alpha: float, rng: np.random.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Mixup (Zhang et al., ICLR 2018) of a training batch, on its device: every clip blended with
     another clip of the same batch, weight lam ~ Beta(alpha, alpha) for the batch; soft targets."""
     lam = float(rng.beta(alpha, alpha))
@@ -189,15 +196,25 @@ def train_step(model, optimizer, scheduler, x: torch.Tensor, target: torch.Tenso
     return loss.detach()
 
 
-def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val_idx: np.ndarray | None,
-              test_idx: np.ndarray | None, n_classes: int, cfg: RunConfig, seed: int,
-              on_epoch: Callable[[int, float, float | None], None] | None = None,
-              progress: bool = False) -> SplitResult:
+def fit_split(
+    bank: torch.Tensor,
+    labels: np.ndarray,
+    train_idx: np.ndarray,
+    val_idx: np.ndarray | None,
+    test_idx: np.ndarray | None,
+    n_classes: int,
+    cfg: RunConfig,
+    seed: int,
+    on_epoch: Callable[[int, float, float | None], None] | None = None,
+    progress: bool = False,
+) -> SplitResult:
     """Train on `train_idx`, choose the epoch on `val_idx`, then predict `test_idx` (if given)."""
     tc, device = cfg.train, bank.device
     if tc.schedule == "plateau" and (val_idx is None or not len(val_idx)):
-        raise TrainingError("train.schedule=plateau steps on validation accuracy, and this split has "
-                            "no validation fold; use constant, cosine or onecycle")
+        raise TrainingError(
+            "train.schedule=plateau steps on validation accuracy, and this split has "
+            "no validation fold; use constant, cosine or onecycle"
+        )
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     mix_rng = np.random.default_rng(seed)  # mixup's weights and pairs (drawn only when mixup > 0)
@@ -207,7 +224,8 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
     mean, std = band_stats(bank, train)
 
     model, augment, optimizer, scheduler = setup_training(
-        cfg, tuple(bank.shape[1:]), n_classes, math.ceil(len(train) / tc.batch_size), device)
+        cfg, tuple(bank.shape[1:]), n_classes, math.ceil(len(train) / tc.batch_size), device
+    )
     best_state, best_epoch, best_acc, best_correct, history = None, 0, -1.0, -1, []
 
     for epoch in tqdm(range(1, tc.epochs + 1), disable=not progress, desc="epochs", leave=False):
@@ -215,7 +233,7 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
         order = train[torch.randperm(len(train), generator=gen).to(device)]
         total, seen, lr = torch.zeros((), device=device), 0, float("nan")
         for start in range(0, len(order), tc.batch_size):
-            batch = order[start:start + tc.batch_size]
+            batch = order[start : start + tc.batch_size]
             if len(batch) < 2:  # BatchNorm cannot train on a single clip
                 continue
             lr = optimizer.param_groups[0]["lr"]  # the rate this step uses (logged per epoch)
@@ -227,14 +245,14 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
             seen += len(batch)
         train_loss = float(total) / max(seen, 1)
         if not math.isfinite(train_loss):
-            raise TrainingError(f"training loss became {train_loss} at epoch {epoch}; "
-                                f"try a lower train.lr / train.max_lr")
+            raise TrainingError(
+                f"training loss became {train_loss} at epoch {epoch}; try a lower train.lr / train.max_lr"
+            )
 
         correct = correct_count(predict(model, bank, val, mean, std), y[val]) if val is not None else None
         val_acc = correct / len(val) if val is not None else None  # the float nearest the fraction
         scheduler.end_epoch(val_acc)  # plateau: the validation accuracy decides the next epoch's lr
-        history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc,
-                        "lr": lr})
+        history.append({"epoch": epoch, "train_loss": train_loss, "val_acc": val_acc, "lr": lr})
         if val is None or correct > best_correct:  # exact counts; ties keep the earlier epoch
             best_state, best_epoch = copy.deepcopy(model.state_dict()), epoch
             if val is not None:
@@ -247,5 +265,13 @@ def fit_split(bank: torch.Tensor, labels: np.ndarray, train_idx: np.ndarray, val
     if test_idx is not None:
         test = torch.as_tensor(test_idx, dtype=torch.long, device=device)
         probs = predict(model, bank, test, mean, std).cpu().numpy()
-    return SplitResult(best_epoch, best_acc if val is not None else None, probs, history,
-                       best_correct if val is not None else None, state=best_state, mean=mean, std=std)
+    return SplitResult(
+        best_epoch,
+        best_acc if val is not None else None,
+        probs,
+        history,
+        best_correct if val is not None else None,
+        state=best_state,
+        mean=mean,
+        std=std,
+    )

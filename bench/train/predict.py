@@ -17,6 +17,7 @@ the split's front end, normalises with its statistics, runs its model and takes 
 default is the ensemble of every finished split model (the mean of their probabilities). Each
 model.pt is read once and checked against its split's DONE digest, after `RunFolder.verified`.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,14 +43,20 @@ FORMAT = "foldbench-model/1"
 
 def pack_model(result, cfg, classes: list[str], input_shape: tuple, info: dict) -> bytes:
     """model.pt's bytes for a fitted split (`bench.train.fit.SplitResult`) of config `cfg`."""
-    data = {"format": FORMAT,
-            "state_dict": {k: v.detach().cpu() for k, v in result.state.items()},
-            "mean": result.mean.detach().cpu(), "std": result.std.detach().cpu(),
-            "classes": [str(c) for c in classes], "input_shape": [int(s) for s in input_shape],
-            "model": {"name": cfg.model.name, "params": dict(cfg.model.params)},
-            "audio": asdict(cfg.audio), "features": asdict(cfg.features),
-            "split": int(info["split"]), "test_fold": info.get("test_fold"),
-            "best_epoch": int(info["best_epoch"])}
+    data = {
+        "format": FORMAT,
+        "state_dict": {k: v.detach().cpu() for k, v in result.state.items()},
+        "mean": result.mean.detach().cpu(),
+        "std": result.std.detach().cpu(),
+        "classes": [str(c) for c in classes],
+        "input_shape": [int(s) for s in input_shape],
+        "model": {"name": cfg.model.name, "params": dict(cfg.model.params)},
+        "audio": asdict(cfg.audio),
+        "features": asdict(cfg.features),
+        "split": int(info["split"]),
+        "test_fold": info.get("test_fold"),
+        "best_epoch": int(info["best_epoch"]),
+    }
     buf = io.BytesIO()
     torch.save(data, buf)
     return buf.getvalue()
@@ -70,8 +77,7 @@ class SplitModel:
 
 def model_splits(folder: RunFolder) -> list[int]:
     """The finished splits whose DONE marker vouches for a model.pt."""
-    return [k for k in folder.done()
-            if MODEL_FILE in (read_json(folder.split_dir(k) / "DONE").get("files") or {})]
+    return [k for k in folder.done() if MODEL_FILE in (read_json(folder.split_dir(k) / "DONE").get("files") or {})]
 
 
 def load_split_model(folder: RunFolder, k: int) -> SplitModel:
@@ -80,15 +86,25 @@ def load_split_model(folder: RunFolder, k: int) -> SplitModel:
     want = (read_json(folder.split_dir(k) / "DONE").get("files") or {}).get(MODEL_FILE)
     data = path.read_bytes() if path.is_file() else b""
     if want is None or hashlib.sha256(data).hexdigest() != want:
-        raise RunFolderError(f"{path}: changed after split {k} finished (its digest differs from "
-                             f"DONE's); run `kfold --name {folder.path.name} --resume` to train it again")
+        raise RunFolderError(
+            f"{path}: changed after split {k} finished (its digest differs from "
+            f"DONE's); run `kfold --name {folder.path.name} --resume` to train it again"
+        )
     try:
         d = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
         if d.get("format") != FORMAT:
             raise ValueError(f"format {d.get('format')!r}, expected {FORMAT!r}")
-        return SplitModel(k, d["state_dict"], d["mean"], d["std"], list(d["classes"]),
-                          tuple(d["input_shape"]), ModelConfig(**d["model"]),
-                          AudioConfig(**d["audio"]), FeatureConfig(**d["features"]))
+        return SplitModel(
+            k,
+            d["state_dict"],
+            d["mean"],
+            d["std"],
+            list(d["classes"]),
+            tuple(d["input_shape"]),
+            ModelConfig(**d["model"]),
+            AudioConfig(**d["audio"]),
+            FeatureConfig(**d["features"]),
+        )
     except Exception as e:  # a digest that matches vouches for the bytes, not for this foldbench
         raise RunFolderError(f"{path}: cannot be read by this foldbench ({type(e).__name__}: {e})") from None
 
@@ -101,32 +117,40 @@ def choose_splits(folder: RunFolder, split: int | None) -> list[int]:
     if split is not None:
         planned = folder.planned()
         if split not in planned:
-            raise ConfigError(f"--split {split}: no such split in {folder.path} (its splits: "
-                              f"{_ranges(planned) or 'none'})")
+            raise ConfigError(
+                f"--split {split}: no such split in {folder.path} (its splits: {_ranges(planned) or 'none'})"
+            )
         asked = folder.asked()
         if split not in asked and split not in folder.done():  # --resume would not train it
-            raise ConfigError(f"--split {split}: {folder.path} was run on splits {_ranges(asked)} only "
-                              f"(--splits), so it has no model for split {split}")
+            raise ConfigError(
+                f"--split {split}: {folder.path} was run on splits {_ranges(asked)} only "
+                f"(--splits), so it has no model for split {split}"
+            )
         if split not in folder.done():
-            raise RunFolderError(f"--split {split}: that split of {folder.path} is not finished; "
-                                 f"finish it with `kfold --name {folder.path.name} --resume`")
+            raise RunFolderError(
+                f"--split {split}: that split of {folder.path} is not finished; "
+                f"finish it with `kfold --name {folder.path.name} --resume`"
+            )
         if split not in with_model:
-            raise RunFolderError(f"--split {split}: {folder.path} kept no model for it (trained before "
-                                 f"foldbench saved models, or a tune trial); train the run again")
+            raise RunFolderError(
+                f"--split {split}: {folder.path} kept no model for it (trained before "
+                f"foldbench saved models, or a tune trial); train the run again"
+            )
         chosen = [split]
     else:
         if not with_model:
-            raise RunFolderError(f"--run {folder.path}: no saved models (a run made before foldbench "
-                                 f"kept them, a tune trial, or no finished split); train it again "
-                                 f"with kfold to get splits/<k>/model.pt")
+            raise RunFolderError(
+                f"--run {folder.path}: no saved models (a run made before foldbench "
+                f"kept them, a tune trial, or no finished split); train it again "
+                f"with kfold to get splits/<k>/model.pt"
+            )
         chosen = with_model
     folder.verified(chosen, score_test=True)  # DONE digests (model.pt included), settings, predictions
     return chosen
 
 
 def _ranges(ks: list[int]) -> str:
-    return (f"{ks[0]}..{ks[-1]}" if len(ks) > 1 and ks == list(range(ks[0], ks[-1] + 1))
-            else ", ".join(map(str, ks)))
+    return f"{ks[0]}..{ks[-1]}" if len(ks) > 1 and ks == list(range(ks[0], ks[-1] + 1)) else ", ".join(map(str, ks))
 
 
 def expand_files(items: list[str]) -> list[Path]:
@@ -168,6 +192,7 @@ def longer_than(files: list[Path], audio: AudioConfig) -> list[Path]:
     """The files longer than the run's clips (`audio.duration`): only their start is classified, as
     training kept only the start of each clip. Files whose header does not say are not listed."""
     import soundfile as sf
+
     longer = []
     for f in files:
         try:
@@ -183,8 +208,9 @@ def longer_than(files: list[Path], audio: AudioConfig) -> list[Path]:
 def split_probs(m: SplitModel, maps: torch.Tensor, device: torch.device) -> np.ndarray:
     """Split model `m`'s class probabilities [n, classes] for the feature maps `maps` of the clips."""
     if tuple(maps.shape[1:]) != m.input_shape:
-        raise RunFolderError(f"split {m.split}: features of shape {tuple(maps.shape[1:])}, its model "
-                             f"takes {m.input_shape}")
+        raise RunFolderError(
+            f"split {m.split}: features of shape {tuple(maps.shape[1:])}, its model takes {m.input_shape}"
+        )
     model = make_model(m.model, m.input_shape, len(m.classes), device)
     model.load_state_dict(m.state_dict)
     idx = torch.arange(len(maps), device=device)
@@ -201,8 +227,7 @@ class Prediction:
     duration: float = 0.0
 
 
-def predict_files(run: str | Path, items: list[str], split: int | None = None,
-                  device: str = "cpu") -> Prediction:
+def predict_files(run: str | Path, items: list[str], split: int | None = None, device: str = "cpu") -> Prediction:
     """Class probabilities of the audio files `items` (directories expanded) under split `split`'s
     model, or the mean over every finished split model of the run."""
     folder = RunFolder(run)
@@ -225,11 +250,10 @@ def predict_files(run: str | Path, items: list[str], split: int | None = None,
         waves = decoded[audio_key]
         key = audio_key + repr(asdict(m.features))
         if key not in maps:
-            maps[key] = frontend_maps(lambda a, b: waves[a:b], len(waves), m.audio, m.features, dev)
+            maps[key] = frontend_maps(lambda a, b, w=waves: w[a:b], len(waves), m.audio, m.features, dev)
         probs.append(split_probs(m, maps[key], dev))
     mean = np.mean(probs, axis=0)
-    table = pd.DataFrame({"path": [str(f) for f in files],
-                          "predicted": [classes[i] for i in mean.argmax(axis=1)]})
+    table = pd.DataFrame({"path": [str(f) for f in files], "predicted": [classes[i] for i in mean.argmax(axis=1)]})
     for c, name in enumerate(classes):
         table[f"prob_{name}"] = mean[:, c].round(6)
     unfinished = []
@@ -242,15 +266,22 @@ def predict_files(run: str | Path, items: list[str], split: int | None = None,
 def render(pred: Prediction) -> str:
     """What `predict` prints: which model(s), then one line per file."""
     ks = pred.splits
-    head = (f"split {ks[0]}'s model" if len(ks) == 1 else
-            f"ensemble of {len(ks)} split models (splits {_ranges(ks)}): the mean of their class probabilities")
+    head = (
+        f"split {ks[0]}'s model"
+        if len(ks) == 1
+        else f"ensemble of {len(ks)} split models (splits {_ranges(ks)}): the mean of their class probabilities"
+    )
     if pred.unfinished:
-        head += (f"; the run is unfinished: no model yet for split(s) {_ranges(list(pred.unfinished))} "
-                 f"(the run's command with --resume finishes them)")
+        head += (
+            f"; the run is unfinished: no model yet for split(s) {_ranges(list(pred.unfinished))} "
+            f"(the run's command with --resume finishes them)"
+        )
     t = pred.table.rename(columns={f"prob_{c}": c for c in pred.classes})
     text = head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
     if pred.longer:
-        text += (f"\nnote: {len(pred.longer)} file(s) longer than the run's {pred.duration:g} s clips "
-                 f"(e.g. {pred.longer[0]}): only their first {pred.duration:g} s was classified, as "
-                 f"training kept only each clip's start")
+        text += (
+            f"\nnote: {len(pred.longer)} file(s) longer than the run's {pred.duration:g} s clips "
+            f"(e.g. {pred.longer[0]}): only their first {pred.duration:g} s was classified, as "
+            f"training kept only each clip's start"
+        )
     return text

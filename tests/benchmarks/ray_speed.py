@@ -5,6 +5,7 @@ feature bank there, what a tune worker does). A benchmark that prints figures:
     python tests/benchmarks/ray_speed.py --replica /tmp/us8k-replica     # the full-size UrbanSound8K replica
     python tests/benchmarks/ray_speed.py --dataset demo
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,6 +16,7 @@ import warnings
 def _through_store(bank) -> float:
     """In the task: the features as a tensor (zero-copy from the object store on the same node)."""
     import torch
+
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -28,6 +30,7 @@ def _through_path(cfg) -> tuple[float, float]:
     import torch
 
     from bench.drivers.prepare import prepare
+
     torch.set_num_threads(1)
     start = time.perf_counter()
     prepared = prepare(cfg, progress=False, tracking=False)
@@ -48,9 +51,18 @@ def main(argv: list[str] | None = None) -> None:
     from bench.drivers.prepare import prepare
     from bench.scale.ray_engine import session
     from bench.drivers.speed import use_replica
+
     torch.set_num_threads(1)
-    cfg = merge(RunConfig(), {"dataset.name": args.dataset, "cache_dir": args.cache_dir, "train.threads": 1,
-                              "tracking.mlflow": False, "train.device": "cpu"})
+    cfg = merge(
+        RunConfig(),
+        {
+            "dataset.name": args.dataset,
+            "cache_dir": args.cache_dir,
+            "train.threads": 1,
+            "tracking.mlflow": False,
+            "train.device": "cpu",
+        },
+    )
     if args.replica:
         cfg = use_replica(cfg, args.replica)
     start = time.perf_counter()
@@ -58,8 +70,10 @@ def main(argv: list[str] | None = None) -> None:
     print(f"driver: prepare {time.perf_counter() - start:.1f} s (cache build included when it was missing)")
     start = time.perf_counter()
     bank = prepared.bank(cfg, progress=False)
-    print(f"driver: feature bank {time.perf_counter() - start:.1f} s, {len(bank):,} clips, "
-          f"{bank.numel() * bank.element_size() / 1e9:.2f} GB")
+    print(
+        f"driver: feature bank {time.perf_counter() - start:.1f} s, {len(bank):,} clips, "
+        f"{bank.numel() * bank.element_size() / 1e9:.2f} GB"
+    )
     with session(cpus=2) as ray:
         ray.get(ray.remote(lambda: None).remote())  # a worker started before the clock runs
         start = time.perf_counter()
@@ -67,12 +81,16 @@ def main(argv: list[str] | None = None) -> None:
         put = time.perf_counter() - start
         start = time.perf_counter()
         inside = ray.get(ray.remote(_through_store).remote(ref))
-        print(f"object store: put {put:.2f} s (once per run); a task has the features after "
-              f"{time.perf_counter() - start:.2f} s ({inside:.3f} s of it inside the task)")
+        print(
+            f"object store: put {put:.2f} s (once per run); a task has the features after "
+            f"{time.perf_counter() - start:.2f} s ({inside:.3f} s of it inside the task)"
+        )
         start = time.perf_counter()
         ready, total = ray.get(ray.remote(_through_path).remote(cfg))
-        print(f"dataset path: a task has the features after {time.perf_counter() - start:.1f} s "
-              f"(prepare {ready:.1f} s, feature bank {total - ready:.1f} s)")
+        print(
+            f"dataset path: a task has the features after {time.perf_counter() - start:.1f} s "
+            f"(prepare {ready:.1f} s, feature bank {total - ready:.1f} s)"
+        )
 
 
 if __name__ == "__main__":
