@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SOURCES = {"dataset": ("bench/*.py",), "protocol": ("protocols/*.py",), "model": ("bench/models/*.py",)}
+SOURCES = {"dataset": ("bench/data/*.py",), "protocol": ("protocols/*.py",), "model": ("bench/models/*.py",)}
 
 
 @lru_cache(maxsize=None)
