@@ -728,8 +728,18 @@ class VersionAction(argparse.Action):
         parser.exit()
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose one-line errors (an unknown flag echoed with its value) never show a
+    password (bench.redact); subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        from bench.redact import redact
+
+        super().error(redact(message))
+
+
 def make_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="foldbench" if Path(sys.argv[0]).name == "foldbench" else "cli.py",
         description="foldbench: honest cross-validation for audio classification.",
         formatter_class=argparse.RawDescriptionHelpFormatter,

@@ -27,6 +27,7 @@ Frank 2004; Corani & Benavoli 2015).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -437,16 +438,25 @@ def _metric_key(label: str) -> str:
 def save_comparison(result: dict, folder, tracker=None) -> list[Path]:
     """compare.csv, compare.md, compare.json and compare.png into `folder`, then (when `tracker` is
     on) an MLflow run tagged kind=comparison with the runs' mean accuracies and those files."""
+    from bench.atomic import staged
     from reports.files import atomic_write_csv, atomic_write_json, atomic_write_text
     from reports.plots import plot_comparison
 
     folder = Path(folder)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
     paths = [folder / f"compare.{ext}" for ext in ("csv", "md", "json", "png")]
-    atomic_write_csv(paths[0], table(result))
-    atomic_write_text(paths[1], render_comparison(result))
-    atomic_write_json(paths[2], to_json(result))
-    plot_comparison(result, paths[3])
+    try:  # all four files or none (a full disk, Ctrl-C): the same --out is accepted again
+        with staged(folder) as stage:
+            atomic_write_csv(stage / paths[0].name, table(result))
+            atomic_write_text(stage / paths[1].name, render_comparison(result))
+            atomic_write_json(stage / paths[2].name, to_json(result))
+            plot_comparison(result, stage / paths[3].name)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # empty again: nothing was published
+        raise
     if tracker is not None and tracker.enabled:
         tags = {
             "kind": "comparison",

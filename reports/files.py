@@ -74,8 +74,12 @@ def read_history(run_dir, k: int) -> pd.DataFrame:
     return pd.read_csv(split_file(run_dir, k, "history.csv"))
 
 
-def read_quarantine(run_dir) -> pd.DataFrame:
-    """Quarantined files as DataFrame[clip, reason]; empty when the file is absent or empty."""
+def read_quarantine(run_dir) -> pd.DataFrame | None:
+    """Quarantined files as DataFrame[clip, reason]; empty when the file is absent or empty; None when
+    the finished splits' DONE markers do not vouch for it (written before they covered it)."""
+    folder = RunFolder(run_dir)
+    if not folder.sealed_whole(folder.done()):
+        return None
     path = Path(run_dir) / "quarantine.csv"
     empty = pd.DataFrame({"clip": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
     if not path.exists() or path.stat().st_size == 0:

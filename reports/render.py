@@ -195,7 +195,14 @@ def report_document(
         ),
         Heading(2, "Quarantined files"),
     ]
-    if len(quarantine):
+    if quarantine is None:
+        doc.append(
+            Para(
+                "Not shown: this run's DONE markers were written before they covered "
+                "quarantine.csv. `cli.py datasets check` lists the files kfold sets aside."
+            )
+        )
+    elif len(quarantine):
         doc += [
             Para(f"{len(quarantine)} file(s) were set aside and are not in any fold:"),
             Table(["clip", "reason"], _rows(quarantine[["clip", "reason"]])),
@@ -273,7 +280,7 @@ def build_report(run_dir) -> dict:
         "per_fold": fold_df.to_dict(orient="records"),
         "expected_splits": expected_splits(run_dir),
         "missing_splits": missing,
-        "quarantined": len(quarantine),
+        "quarantined": None if quarantine is None else len(quarantine),  # None: not vouched for
         "protocol": plan.get("protocol"),
         "leaky": bool(plan.get("leaky", False)),
         "leak_reason": plan.get("leak_reason"),

@@ -333,3 +333,34 @@ def test_real_runs_pair_only_on_the_same_folds(real_runs, capsys):
             assert v["mcnemar"] is not None  # same clips, each tested once: per-clip pairing holds
     text = render_comparison(r)
     assert "not paired with" in text and "other folds" in text
+
+
+def test_a_full_disk_leaves_no_partial_comparison_and_the_same_command_runs_again(tmp_path, monkeypatch, capsys):
+    """compare.png's write fails with ENOSPC after the csv, md and json were written: exit 3, and
+    the --out folder holds none of them (no comparison that looks finished but lacks its plot), so
+    the same command, run again once space is free ("run the command again"), is not refused."""
+    import errno
+    import os
+
+    import reports.plots
+
+    runs = tmp_path / "runs"
+    a, b = (write_run(runs / n, right) for n, right in (("a", A_RIGHT), ("b", B_RIGHT)))
+    flags = ["compare", str(a), str(b), "--out", "cmp", "--runs-dir", str(runs), "--no-mlflow"]
+    real = reports.plots.plot_comparison
+
+    def full(result, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(reports.plots, "plot_comparison", full)
+    assert main(flags) == 3
+    assert "No space left on device" in capsys.readouterr().err
+    assert not (runs / "cmp").exists() or not any((runs / "cmp").iterdir())
+    monkeypatch.setattr(reports.plots, "plot_comparison", real)
+    assert main(flags) == 0
+    assert sorted(p.name for p in (runs / "cmp").iterdir()) == [
+        "compare.csv",
+        "compare.json",
+        "compare.md",
+        "compare.png",
+    ]

@@ -300,3 +300,11 @@ def test_postgres_refused_login_and_a_finished_run_keep_the_password_out(
         assert leak not in json.dumps({**r.data.tags, **r.data.params})
     assert cli.main([*kfold, "--resume"]) == 2
     assert "give --tracking-uri with the password again" in one_line(capfd.readouterr().err)
+
+
+def test_an_unknown_flag_is_echoed_without_its_password(capsys):
+    with pytest.raises(SystemExit) as e:
+        cli.main(["nested", "--dataset", "demo", "--storage", f"postgresql://u:{SECRET}@127.0.0.1:9/db"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "unrecognized arguments: --storage postgresql://u:***@127.0.0.1:9/db" in err
+    assert SECRET not in err

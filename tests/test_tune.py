@@ -508,6 +508,39 @@ def test_a_storage_that_cannot_be_opened_leaves_no_study_folder(tiny_us8k_master
         assert not (tmp_path / "runs" / "tune-q").exists()
 
 
+def test_a_storage_that_cannot_be_opened_is_refused_before_the_cache_or_mlflow_is_written(
+    tiny_us8k_master, tmp_path, capsys
+):
+    """A user mistake is refused before anything is written: an unopenable --storage used to be
+    found only after the waveform cache was built (minutes on a real dataset) and the MLflow store
+    and experiment were created."""
+    mlflow_db = tmp_path / "mlflow.db"
+    flags = [
+        "tune",
+        "--dataset",
+        "us8k",
+        "--root",
+        str(tiny_us8k_master),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        "--tracking-uri",
+        f"sqlite:///{mlflow_db}",
+        "--quiet",
+        "--trials",
+        "1",
+        "--study",
+        "q",
+        "--storage",
+        "bogus://u:secretpw@x/db",
+    ]
+    assert cli.main(flags) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot open the study storage" in err and "secretpw" not in err
+    assert not mlflow_db.exists() and not (tmp_path / "cache").exists() and not (tmp_path / "runs").exists()
+
+
 def test_ctrl_c_is_one_line_and_the_rerun_retries_the_trial_with_its_settings(
     tiny_us8k_master, tmp_path, monkeypatch, capfd
 ):

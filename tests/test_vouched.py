@@ -4,6 +4,7 @@ report that fails replaces none of its files."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -215,3 +216,43 @@ def test_a_damaged_split_list_is_one_line_not_a_traceback(tmp_path, capsys, spli
     assert cli.main(["report", str(run)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "plan.json: its split list is damaged" in err
+
+
+def test_an_older_done_does_not_vouch_for_quarantine_csv(tmp_path):
+    """An older DONE never covered quarantine.csv: a listing added to it afterwards is not shown, and
+    the report says why instead of claiming a count."""
+    run = sealed_run(tmp_path / "r", done=())
+    folder = RunFolder(run)
+    for k in (1, 2):
+        folder.seal(k)
+        done = json.loads((folder.split_dir(k) / "DONE").read_text())
+        del done["seal"]
+        done["settings"] = folder.settings_digest(seal=None)
+        atomic_write_text(folder.split_dir(k) / "DONE", json.dumps(done))
+    with open(run / "quarantine.csv", "a") as f:
+        f.write("fold1/evil.wav,FORGEDREASON\n")
+    scores = build_report(run)
+    md = (run / "report.md").read_text()
+    assert scores["quarantined"] is None and "FORGEDREASON" not in md
+    assert "written before they covered quarantine.csv" in md
+
+
+def test_a_full_disk_while_reporting_names_the_run_folder_and_replaces_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    run = sealed_run(tmp_path / "r")
+    build_report(run)
+    before = snapshot(run)
+    real = pd.DataFrame.to_csv
+
+    def full(self, path=None, *args, **kwargs):
+        if path is not None and Path(path).name.startswith(".per_class"):
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(self, path, *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    assert cli.main(["report", str(run)]) == 3
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"(writing in {run.resolve()})" in err
+    assert snapshot(run) == before and not [p for p in run.iterdir() if p.name.startswith(".staged")]

@@ -79,6 +79,10 @@ def staged(folder):
         for item in sorted(stage.iterdir()):
             if item.is_file():
                 os.replace(item, folder / item.name)
+    except OSError as e:
+        if e.errno in DISK_FULL:  # named by the folder the files were for, not the staging one
+            raise DiskFull(folder, e) from e
+        raise
     finally:
         for item in stage.iterdir():
             item.unlink()

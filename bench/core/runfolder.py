@@ -294,11 +294,15 @@ class RunFolder:
             files.append(_sha(self.path / "quarantine.csv"))
         return hashlib.sha256(text.encode() + "".join(files).encode()).hexdigest()
 
+    def sealed_whole(self, splits: list[int]) -> bool:
+        """Whether the DONE markers of `splits` all vouch for the whole of plan.json and quarantine.csv."""
+        return all(read_json(self.split_dir(k) / "DONE").get("seal") == SEAL for k in splits)
+
     def vouched_plan(self, splits: list[int]) -> dict:
         """plan.json as far as the DONE markers of `splits` (verified) vouch for it: all of it when
         every one was sealed over the whole file, else the older markers' PLAN_KEYS only."""
         plan = read_json(self.path / "plan.json")
-        if all(read_json(self.split_dir(k) / "DONE").get("seal") == SEAL for k in splits):
+        if self.sealed_whole(splits):
             return plan
         return {k: plan[k] for k in PLAN_KEYS if k in plan}
 

@@ -206,12 +206,27 @@ class _Frames:
 
 
 NON_FINITE, SILENT = "non-finite samples (NaN or Inf)", "silent (every sample is zero)"
+# Decoded samples lie in [-1, 1] (integer PCM exactly; float files may overshoot a little). Beyond
+# this (80 dB over full scale) a float file holds no usable level: its power spectrum overflows
+# float32 and training stops on NaN with no hint of the file.
+MAX_PEAK = 1e4
+
+
+def check_finite(samples: np.ndarray) -> None:
+    """Finite samples of a usable level (see MAX_PEAK)."""
+    if not np.isfinite(samples).all():
+        raise BadAudio(NON_FINITE)
+    peak = float(np.abs(samples).max(initial=0.0))
+    if peak > MAX_PEAK:
+        raise BadAudio(
+            f"non-finite in practice: sample values up to {peak:.3g} (a float file's samples "
+            f"lie near [-1, 1]; above {MAX_PEAK:g} its spectrum overflows)"
+        )
 
 
 def check(samples: np.ndarray) -> None:
-    """Content checks on decoded samples: finite, not all silent."""
-    if not np.isfinite(samples).all():
-        raise BadAudio(NON_FINITE)
+    """Content checks on decoded samples: finite and of a usable level, not all silent."""
+    check_finite(samples)
     if not np.any(samples):
         raise BadAudio(SILENT)
 
@@ -314,8 +329,7 @@ class _SoxrClip:
         return max(1, min(BLOCK, math.ceil(missing * self.orig / self.new)))
 
     def push(self, samples: np.ndarray, last: bool) -> None:
-        if not np.isfinite(samples).all():
-            raise BadAudio(NON_FINITE)
+        check_finite(samples)
         self.heard = self.heard or bool(np.any(samples))
         samples = to_channels(samples, self.channels)
         out = self.stream.resample_chunk(np.ascontiguousarray(samples.T), last=last)

@@ -40,7 +40,7 @@ import torch
 from tqdm.auto import tqdm
 
 from bench.core.atomic import DISK_FULL
-from bench.data.audio import BadAudio, load_clip, n_samples
+from bench.data.audio import MAX_PEAK, BadAudio, load_clip, n_samples
 from bench.core.config import AudioConfig
 from bench.data.datasets import Dataset
 from bench.core.errors import FoldbenchError
@@ -195,6 +195,9 @@ def _open_verified(folder: Path, shape: tuple, key: str, workers: int | None) ->
                 f"{stale.sum()} clip(s) set aside for a fault in foldbench, not in the file "
                 f"(the first: {quarantine['clip'][stale].iloc[0]})"
             )
+        loud = [i for i in ok if scale[i] * FULL_SCALE > MAX_PEAK]  # cached before audio.MAX_PEAK
+        if loud:
+            raise Stale(f"{len(loud)} clip(s) kept whose level is not usable (the first: index {loud[0]})")
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # sha1 releases the GIL
             same = list(pool.map(lambda i: clip_hash(data[i], scale[i]) == lines[i], ok))
     except (ValueError, KeyError, TypeError, EOFError, FileNotFoundError) as e:

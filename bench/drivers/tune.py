@@ -337,17 +337,21 @@ def parse_duration(text: str | None) -> float | None:
     return seconds
 
 
-def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: Path) -> optuna.Study:
-    """Create or continue the study; a continued study must have been started with the same settings."""
-    url = tune.storage or f"sqlite:///{(folder / 'study.db').resolve()}"
+def _storage(url: str, heartbeat: int) -> optuna.storages.RDBStorage:
+    """`rdb_storage(url)`, or a one-line ConfigError saying why it cannot be opened."""
     try:
-        storage = rdb_storage(url, tune.heartbeat)
+        return rdb_storage(url, heartbeat)
     except Exception as e:  # a malformed URL, a missing driver, a server that refuses
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise ConfigError(
             f"--storage {redact(url)}: cannot open the study storage ({type(e).__name__}: "
             f"{redact(first)}); give a reachable database URL, or leave --storage out"
         ) from None
+
+
+def open_study(cfg: RunConfig, tune: TuneConfig, space: dict[str, Any], folder: Path) -> optuna.Study:
+    """Create or continue the study; a continued study must have been started with the same settings."""
+    storage = _storage(tune.storage or f"sqlite:///{(folder / 'study.db').resolve()}", tune.heartbeat)
     # Steps are split indices: the first prune_warmup splits of a trial are never pruned.
     steps = sorted(cfg.splits)
     warmup = steps[tune.prune_warmup] if tune.prune_warmup < len(steps) else steps[-1] + 1
@@ -433,6 +437,8 @@ def check_study(cfg: RunConfig, tune: TuneConfig) -> tuple[RunConfig, TuneConfig
         )
     space = load_space(tune.space)
     check_space(space, cfg)
+    if tune.storage and not tune.storage.startswith("sqlite"):  # a database server that refuses: refused
+        _storage(tune.storage, tune.heartbeat).engine.dispose()  # before the cache or MLflow is written
     return cfg, replace(tune, study=plain_name(tune.study or cfg.dataset.name, "--study")), space
 
 
