@@ -730,10 +730,10 @@ class VersionAction(argparse.Action):
 
 class Parser(argparse.ArgumentParser):
     """argparse's parser, whose one-line errors (an unknown flag echoed with its value) never show a
-    password (bench.redact); subcommands' parsers are of this class too."""
+    password (bench.core.redact); subcommands' parsers are of this class too."""
 
     def error(self, message: str):
-        from bench.redact import redact
+        from bench.core.redact import redact
 
         super().error(redact(message))
 

@@ -438,7 +438,7 @@ def _metric_key(label: str) -> str:
 def save_comparison(result: dict, folder, tracker=None) -> list[Path]:
     """compare.csv, compare.md, compare.json and compare.png into `folder`, then (when `tracker` is
     on) an MLflow run tagged kind=comparison with the runs' mean accuracies and those files."""
-    from bench.atomic import staged
+    from bench.core.atomic import staged
     from reports.files import atomic_write_csv, atomic_write_json, atomic_write_text
     from reports.plots import plot_comparison
 

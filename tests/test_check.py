@@ -278,8 +278,8 @@ def test_a_float_file_of_unusable_level_is_set_aside_with_its_reason(tmp_path, c
     """Samples of 1e30 are finite, but their spectrum overflows float32: kfold stopped on a NaN loss
     and blamed the learning rate. Such a file is non-finite in practice, on both resampling paths;
     a cache that kept one (made before the check) is rebuilt, not trusted."""
-    from bench import audio as audio_mod
-    from bench import cache as cache_mod
+    from bench.data import audio as audio_mod
+    from bench.data import cache as cache_mod
 
     root = clean_folder(tmp_path / "sounds")
     sf.write(root / "dog" / "loud.wav", np.full(4000, 1e30, np.float32), 8000, subtype="FLOAT")
