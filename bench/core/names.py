@@ -1,9 +1,10 @@
 """The registered dataset kinds, protocols and models, by name, without importing torch or
 scikit-learn: for the command line's choices and --help (which must answer in well under a second).
 
-The names are read from the registering modules' source (`@register_dataset("us8k", ...)`,
-`@register_protocol(...)`, `@register_model(...)`), so a new registration shows up by itself;
-`tests/test_cli.py` checks that these lists equal the real registries. A leaf module.
+The names are read from the registering modules' source (`@register_dataset("demo", ...)` or a
+`CsvCorpus`'s `US8K.register("us8k")`, `@register_protocol(...)`, `@register_model(...)`), so a
+new registration shows up by itself; `tests/test_cli.py` checks that these lists equal the real
+registries. A leaf module.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ SOURCES = {"dataset": ("bench/data/*.py",), "protocol": ("protocols/*.py",), "mo
 
 @lru_cache(maxsize=None)
 def registered(kind: str) -> tuple[str, ...]:
-    """Sorted names given to `@register_<kind>("name"...)` in the modules that register them."""
-    pattern = re.compile(rf"^@register_{kind}\(\s*[\"']([^\"']+)[\"']", re.MULTILINE)
+    """Sorted names given to `@register_<kind>("name"...)` (datasets: or `<corpus>.register("name")`)
+    in the modules that register them."""
+    call = rf"@register_{kind}\(" + (r"|\w+\.register\(" if kind == "dataset" else "")  # + a CsvCorpus's
+    pattern = re.compile(rf"^(?:{call})\s*[\"']([^\"']+)[\"']", re.MULTILINE)
     found: set[str] = set()
     for glob in SOURCES[kind]:
         for path in ROOT.glob(glob):
