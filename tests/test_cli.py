@@ -196,6 +196,10 @@ def test_the_light_name_lists_equal_the_registries():
     assert dataset_names() == list_datasets()
     assert protocol_names() == list_protocols()
     assert model_names() == list_models()
+    from bench.data.manifest import DATASETS
+    from bench.core.names import rootless_datasets
+
+    assert rootless_datasets() == tuple(sorted(n for n, kind in DATASETS.items() if not kind.needs_root)) == ("demo",)
 
 
 def test_version_and_the_console_command(capsys):
@@ -219,3 +223,87 @@ def test_an_unknown_name_is_refused_at_parse_time_in_one_line():
         [sys.executable, "cli.py", "kfold", "--model", "resnet"], cwd=REPO, capture_output=True, text=True
     )
     assert run.returncode == 2 and "invalid choice: 'resnet'" in run.stderr and "tutorial_cnn" in run.stderr
+
+
+NO_DATA_MISTAKES = [  # (flags, what the one line says)
+    (["--device", "cpuu"], "train.device='cpuu': must be auto, cpu, cuda or cuda:N; fix it with --device <value>"),
+    (["--set", "features.nmels=32"], "unknown key 'nmels' in FeatureConfig; did you mean 'n_mels'?"),
+    (["--epochs", "0"], "train.epochs=0: must be 1..100000; fix it with --epochs <value>"),
+    (["--dataset", "us8k"], "dataset 'us8k' needs --root, the folder that holds it"),
+]
+
+
+@pytest.mark.parametrize("flags,says", NO_DATA_MISTAKES)
+def test_a_mistake_that_needs_no_data_is_refused_before_torch_is_imported(flags, says, tmp_path):
+    """Refused in one line, exit 2, with torch (and pandas) never imported: it answers as fast as --help."""
+    probe = (
+        "import contextlib, io, json, sys, cli\n"
+        "err = io.StringIO()\n"
+        "with contextlib.redirect_stderr(err):\n"
+        "    rc = cli.main(sys.argv[1:])\n"
+        "heavy = [m for m in ('torch', 'pandas') if m in sys.modules]\n"
+        "print(json.dumps({'rc': rc, 'err': err.getvalue(), 'heavy': heavy}))\n"
+    )
+    argv = ["kfold", *flags, "--runs-dir", str(tmp_path / "runs"), "--no-mlflow"]
+    run = subprocess.run([sys.executable, "-c", probe, *argv], cwd=REPO, capture_output=True, text=True, check=True)
+    got = json.loads(run.stdout)
+    lines = [line for line in got["err"].splitlines() if line.strip()]
+    assert got["rc"] == 2 and len(lines) == 1 and lines[0].startswith("error: "), got
+    assert says in lines[0]
+    assert got["heavy"] == [], got
+    assert not (tmp_path / "runs").exists()
+
+
+def test_a_flag_names_itself_and_set_names_the_key():
+    """The same wrong device: given as --device, the line names --device; given with --set, --set."""
+    from bench.commands.configs import build_config, checked
+    from bench.core.config import ConfigError
+
+    parse = cli.make_parser().parse_args
+    with pytest.raises(ConfigError) as flag:
+        checked(build_config(args := parse(["kfold", "--device", "cuda0"])), args)
+    assert str(flag.value).endswith("; fix it with --device <value>") and "--set" not in str(flag.value)
+    with pytest.raises(ConfigError, match=r"fix it with --set train.device=<value>"):
+        checked(build_config(args := parse(["kfold", "--set", "train.device=cuda0"])), args)
+
+
+def test_every_flag_of_the_table_sets_its_config_field():
+    """One table (bench/core/flags.py) builds both the options and the overrides: each row's flag,
+    given on the command line, lands in its field, and no field is set by two flags."""
+    from bench.commands.configs import build_config
+    from bench.core.config import flatten, RunConfig
+    from bench.core.flags import GIVEN, TABLE
+
+    rows = [f for f in TABLE if f.field is not None]
+    assert len({f.field for f in rows}) == len(rows)
+    fields = flatten(RunConfig())
+    samples = {int: "3", str: "x3"}
+    for flag in rows:
+        assert flag.field in fields, flag.option
+        kind = flag.kw.get("type", str)
+        if flag.kw.get("action") == "store_true":
+            argv, want = [flag.option], True if flag.sets is GIVEN else flag.sets  # --no-mlflow: False
+        elif "choices" in flag.kw:
+            choices = flag.kw["choices"]() if callable(flag.kw["choices"]) else flag.kw["choices"]
+            argv, want = [flag.option, choices[-1]], choices[-1]
+        elif flag.option == "--splits":
+            argv, want = [flag.option, "3"], [3]
+        else:
+            argv, want = [flag.option, samples[kind]], kind(samples[kind])
+        cfg = build_config(cli.make_parser().parse_args(["kfold", *argv]))
+        assert flatten(cfg)[flag.field] == want, flag.option
+
+
+def test_the_first_demo_run_says_it_generates_the_data(tmp_path, monkeypatch, capsys):
+    from bench.core.config import DatasetConfig
+    from bench.data import datasets, synth
+
+    monkeypatch.setattr(synth, "make_demo", lambda root: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):
+        datasets.load_demo(DatasetConfig(), tmp_path, [])
+    assert capsys.readouterr().err.strip() == f"generating the demo dataset (first run only) in {tmp_path / 'demo'} ..."
+    (tmp_path / "demo").mkdir()
+    (tmp_path / "demo" / ".complete").write_text("ok\n")
+    with pytest.raises(KeyboardInterrupt):
+        datasets.load_demo(DatasetConfig(), tmp_path, [])
+    assert capsys.readouterr().err == ""  # made once: nothing to say

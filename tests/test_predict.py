@@ -153,6 +153,24 @@ def test_a_file_longer_than_the_runs_clips_is_noted(run, tmp_path, capsys):
     assert "note:" not in capsys.readouterr().out
 
 
+def test_the_lines_fit_the_terminal(run, tmp_path, monkeypatch, capsys):
+    """Each file's line fits the terminal's width (COLUMNS); paths are shortened, not the CSV's."""
+    run_dir, _ = run
+    files, _ = clips_of(run_dir, 1)
+    monkeypatch.setenv("COLUMNS", "80")
+    assert predict("--run", run_dir, *files, "--split", 1) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "split 1's model" and max(map(len, lines)) <= 80, [x for x in lines if len(x) > 80]
+    assert all(Path(f).name in "\n".join(lines) for f in files)  # the file names stay whole
+    assert predict("--run", run_dir, *files, "--split", 1, "--out", tmp_path / "p.csv") == 0
+    assert pd.read_csv(tmp_path / "p.csv")["path"].tolist() == files  # the CSV: the paths in full
+    capsys.readouterr()
+    monkeypatch.setenv("COLUMNS", "400")  # room for every class's probability: the full table
+    assert predict("--run", run_dir, *files, "--split", 1) == 0
+    out = capsys.readouterr().out
+    assert all(f in out for f in files) and "air_conditioner" in out.splitlines()[1]
+
+
 def test_a_tampered_model_is_refused(run, tmp_path, capsys):
     run_dir = copy_run(run[0], tmp_path)
     files, _ = clips_of(run_dir, 2)

@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 import cli
+from bench.commands.training import resume_search
 from bench.core.config import ConfigError
 from bench.drivers.kfold import run_cv
 from bench.core.runfolder import RunFolder, result_view
@@ -165,11 +166,11 @@ def test_nested_resume_takes_the_saved_search_settings_unless_given(tmp_path):
     )
     parse = cli.make_parser().parse_args
     args = parse(["nested", "--resume", "--name", "n", "--runs-dir", str(tmp_path / "runs")])
-    cli.resume_search(args, run)
+    resume_search(args, run)
     assert (args.trials, args.inner_splits, args.sampler_seed, args.prune_startup, args.prune_warmup) == (3, 4, 7, 1, 2)
     args = parse(["nested", "--resume", "--name", "n", "--trials", "8", "--prune-warmup", "0"])
-    cli.resume_search(args, run)
+    resume_search(args, run)
     assert (args.trials, args.prune_warmup, args.inner_splits) == (8, 0, 4)  # given flags win (then checked)
     (run / "search.json").write_text(json.dumps({"trials": 3, "space": {"features.n_mels": [64]}}))
     with pytest.raises(ConfigError, match="give that --space FILE again"):
-        cli.resume_search(parse(["nested", "--resume", "--name", "n"]), run)
+        resume_search(parse(["nested", "--resume", "--name", "n"]), run)

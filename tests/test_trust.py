@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 import cli
+from bench.commands.configs import build_config
 from bench.drivers import kfold as cv_mod
 from bench.drivers.kfold import run_cv
 from bench.core.runfolder import RunFolder
@@ -69,7 +70,7 @@ def test_user_mistakes_are_refused_before_anything_is_written(
 )
 def test_text_flags_are_taken_as_written(flag, text):
     """Command-line text is not YAML: `--name 010` is not run 8, `--name null` not the newest run."""
-    cfg = cli.build_config(cli.make_parser().parse_args(["kfold", flag, text]))
+    cfg = build_config(cli.make_parser().parse_args(["kfold", flag, text]))
     assert (cfg.name if flag == "--name" else cfg.tracking.experiment) == text
 
 

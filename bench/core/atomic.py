@@ -11,8 +11,10 @@ import json
 import os
 import uuid
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # a DataFrame is written, never built here: pandas stays out of the CLI's start
+    import pandas as pd
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left on the device; the user's quota is used up

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import difflib
 import os
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -162,7 +163,9 @@ def _set(obj: Any, key: str, value: Any, where: str) -> None:
         return _set(obj, head, {rest: value}, where)
     names = {f.name: f for f in fields(obj)}
     if key not in names:
-        raise ConfigError(f"{where}: unknown key {key!r} in {type(obj).__name__}; known: {', '.join(names)}")
+        near = difflib.get_close_matches(key, names, n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ";"
+        raise ConfigError(f"{where}: unknown key {key!r} in {type(obj).__name__}{hint} known: {', '.join(names)}")
     current = getattr(obj, key)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
@@ -294,13 +297,33 @@ def plain_name(value: str, what: str) -> str:
     return value
 
 
+class FieldError(ConfigError):
+    """A field out of its range: the key, its value and the rule, said as a `--set` fix."""
+
+    def __init__(self, key: str, value: Any, rule: str, fix: str | None = None):
+        super().__init__(f"{key}={value!r}: {rule}; fix it with {fix or f'--set {key}='}<value>")
+        self.key, self.value, self.rule = key, value, rule
+
+
 def _need(ok: bool, key: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"{key}={value!r}: {rule}; fix it with --set {key}=<value>")
+        raise FieldError(key, value, rule)
 
 
-def validate(cfg: RunConfig) -> RunConfig:
-    """Refuse any field out of its range, with the key and the rule; returns `cfg`."""
+def validate(cfg: RunConfig, flags: dict[str, str] | None = None) -> RunConfig:
+    """Refuse any field out of its range, with the key and the rule; returns `cfg`. `flags`: the
+    fields the command line set by a flag ({"train.device": "--device"}): their refusal names the
+    flag as the fix (`fix it with --device <value>`), not `--set`."""
+    try:
+        return _validate(cfg)
+    except FieldError as e:
+        flag = (flags or {}).get(e.key)
+        if flag is None:
+            raise
+        raise FieldError(e.key, e.value, e.rule, f"{flag} ") from None
+
+
+def _validate(cfg: RunConfig) -> RunConfig:
     if cfg.name is not None:
         plain_name(cfg.name, "--name")
     for key in ("runs_dir", "cache_dir"):

@@ -40,3 +40,17 @@ def protocol_names() -> list[str]:
 
 def model_names() -> list[str]:
     return list(registered("model"))
+
+
+@lru_cache(maxsize=None)
+def rootless_datasets() -> tuple[str, ...]:
+    """The dataset kinds registered with `needs_root=False` (they make their own data: demo): every
+    other kind needs --root, refused before anything heavy is imported."""
+    call = re.compile(r"^@register_dataset\((.*?)\)\s*\ndef ", re.MULTILINE | re.DOTALL)
+    name = re.compile(r"^\s*[\"']([^\"']+)[\"']")
+    found: set[str] = set()
+    for path in ROOT.glob(SOURCES["dataset"][0]):
+        for args in call.findall(path.read_text(encoding="utf-8")):
+            if re.search(r"\bneeds_root\s*=\s*False\b", args) and name.match(args):
+                found.add(name.match(args).group(1))
+    return tuple(sorted(found))

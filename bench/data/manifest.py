@@ -76,14 +76,15 @@ class DatasetKind:
     protocol: str
     layout: str  # what the loader expects on disk, for `datasets list` and --help
     folds: int = 10  # folds of generated protocols (stratified, random) unless --folds says
+    needs_root: bool = True  # False: it makes its own data (demo); bench.core.names reads it for the CLI
 
 
 DATASETS: dict[str, DatasetKind] = {}
 
 
-def register_dataset(name: str, *, protocol: str, layout: str, folds: int = 10):
+def register_dataset(name: str, *, protocol: str, layout: str, folds: int = 10, needs_root: bool = True):
     def add(load: Loader) -> Loader:
-        DATASETS[name] = DatasetKind(load, protocol, layout, folds)
+        DATASETS[name] = DatasetKind(load, protocol, layout, folds, needs_root)
         return load
 
     return add

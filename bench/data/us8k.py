@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from bench.core.config import DatasetConfig
@@ -25,12 +26,17 @@ US8K.register("us8k")
 
 
 @register_dataset(
-    "demo", protocol="predefined", layout="generated on first use under <cache_dir>/demo, in the UrbanSound8K layout"
+    "demo",
+    protocol="predefined",
+    layout="generated on first use under <cache_dir>/demo, in the UrbanSound8K layout",
+    needs_root=False,
 )
 def load_demo(cfg: DatasetConfig, cache_dir: Path, problems: list[str]) -> Dataset:
     """A small synthetic UrbanSound8K look-alike (600 clips): runs anywhere, shows real learning."""
     from bench.data.synth import make_demo
 
     root = Path(cfg.root).expanduser() if cfg.root else cache_dir / "demo"
+    if not (root / ".complete").exists():  # about 20 s, once: said, not a silent wait
+        print(f"generating the demo dataset (first run only) in {root} ...", file=sys.stderr, flush=True)
     make_demo(root)
     return US8K.read(root.resolve(), "demo", problems)

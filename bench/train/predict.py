@@ -263,8 +263,39 @@ def predict_files(run: str | Path, items: list[str], split: int | None = None, d
     return Prediction(table, splits, classes, unfinished, longer_than(files, audio), audio.duration)
 
 
-def render(pred: Prediction) -> str:
-    """What `predict` prints: which model(s), then one line per file."""
+def shown_path(path: str, room: int | None = None) -> str:
+    """`path` as a terminal shows it: relative to the working folder when inside it; when longer
+    than `room`, its end (the file name and the folders nearest it) after '...'."""
+    try:
+        path = str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        pass
+    if room is not None and len(path) > room:
+        path = "..." + path[len(path) - max(room - 3, 1) :]
+    return path
+
+
+def fitted_table(pred: Prediction, width: int) -> str:
+    """One line per file within `width` characters: every class's probability when they fit,
+    else the predicted class and its probability (the CSV of --out has them all)."""
+    t = pred.table.rename(columns={f"prob_{c}": c for c in pred.classes})
+    t["path"] = [shown_path(p) for p in t["path"]]
+    full = t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    if max(map(len, full.splitlines())) <= width:
+        return full
+    probs = [row[f"prob_{c}"] for row, c in zip(pred.table.to_dict("records"), pred.table["predicted"])]
+    named = max(len("predicted"), *(len(c) for c in pred.table["predicted"]))
+    room = max(12, width - named - len("  ") - len("  0.0000"))
+    paths = [shown_path(p, room) for p in pred.table["path"]]
+    wide = max(len("path"), *map(len, paths))
+    lines = [f"{'path':<{wide}}  {'predicted':<{named}}    prob"]
+    lines += [f"{p:<{wide}}  {c:<{named}}  {v:.4f}" for p, c, v in zip(paths, pred.table["predicted"], probs)]
+    return "\n".join(lines) + "\n(every class's probability: --out FILE.csv)"
+
+
+def render(pred: Prediction, width: int | None = None) -> str:
+    """What `predict` prints: which model(s), then one line per file; `width`: the file lines fit
+    in it (`fitted_table`; the head and a note stay one line each, as messages do)."""
     ks = pred.splits
     head = (
         f"split {ks[0]}'s model"
@@ -276,8 +307,11 @@ def render(pred: Prediction) -> str:
             f"; the run is unfinished: no model yet for split(s) {_ranges(list(pred.unfinished))} "
             f"(the run's command with --resume finishes them)"
         )
-    t = pred.table.rename(columns={f"prob_{c}": c for c in pred.classes})
-    text = head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    if width is None:
+        t = pred.table.rename(columns={f"prob_{c}": c for c in pred.classes})
+        text = head + "\n" + t.to_string(index=False, float_format=lambda v: f"{v:.4f}")
+    else:
+        text = head + "\n" + fitted_table(pred, width)
     if pred.longer:
         text += (
             f"\nnote: {len(pred.longer)} file(s) longer than the run's {pred.duration:g} s clips "
