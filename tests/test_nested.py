@@ -22,8 +22,9 @@ from tests.conftest import fast_config
 from tests.test_kill_and_races import (
     finish,
     kill_held,
+    procs,  # noqa: F401 (a fixture)
     start,
-    trained,  # noqa: F401 (procs: fixture)
+    trained,  # noqa: F401 (a fixture)
     wait_until,
 )
 from tests.test_tune import SPACE, TINY, tune_args, write_space

@@ -15,7 +15,7 @@ import cli
 from bench.data import cache as cache_mod
 from bench.drivers import kfold as cv_mod
 from bench.drivers import prepare as prepare_mod
-from bench.features.bank import bank as features_mod
+from bench.features import bank as features_mod
 from bench.core.config import ConfigError, RunConfig, flatten, load_yaml, merge
 from bench.drivers.kfold import run_cv
 from bench.data.datasets import create_dataset
