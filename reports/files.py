@@ -1,16 +1,8 @@
-"""Run-folder files: atomic writes, and readers for what training leaves in a run folder.
+"""Readers of a run folder for the reports, and the atomic writers they use outside one (compare).
 
-The layout read here (written by the training code through bench.core.runfolder.RunFolder, which verifies
-it: split folders are read by the plan's split list only, plan.json as far as DONE markers vouch for it):
-
-    <run>/config.yaml                     effective config (the dataset name and `splits` are read)
-    <run>/folds.csv                       clip,path,label,class,fold,group (repeats: fold_2, ...)
-    <run>/plan.json                       protocol, leaky, splits, warnings, notes (may be absent)
-    <run>/quarantine.csv                  clip,reason (may be absent or empty)
-    <run>/splits/<k>/predictions.csv      clip,fold,label,pred,prob_<class>...
-    <run>/splits/<k>/history.csv          epoch,train_loss,val_acc,lr
-    <run>/splits/<k>/split.json           split, repeat, test_fold, val_fold, train_seed, best_epoch, ...
-    <run>/splits/<k>/DONE                 marker: only splits with it count
+The layout is described once, in bench/core/runfolder.py (`RunFolder`, its one writer, which also
+verifies it: split folders are read by the plan's split list only, plan.json as far as DONE markers
+vouch for it). Report files are written through `RunFolder.publishing` (reports/render.py).
 """
 
 from __future__ import annotations

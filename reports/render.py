@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from bench.core.atomic import staged
 from bench.core.runfolder import RunFolder, RunFolderError
 from reports.aggregate import (
     class_names,
@@ -140,7 +139,7 @@ def report_document(
     run_dir, scores: dict, fold_df: pd.DataFrame, class_df: pd.DataFrame, quarantine: pd.DataFrame, plan: dict
 ) -> list[Block]:
     """report.md and report.html, as one list of blocks: what was run, then the results."""
-    nested = (Path(run_dir) / "search.json").exists()
+    nested = RunFolder(run_dir).kind() == "nested"
     dataset = f"dataset **{scores['dataset']}**, " if scores.get("dataset") else ""
     protocol = f"protocol `{plan['protocol']}`, " if plan.get("protocol") else ""
     doc: list[Block] = [Heading(1, scores["run"])]
@@ -287,7 +286,7 @@ def build_report(run_dir) -> dict:
         **repeated,
     }
 
-    with staged(run_dir) as out:  # no report file is replaced until every one is computed
+    with RunFolder(run_dir).publishing() as out:  # no report file is replaced until every one is computed
         atomic_write_json(out / "scores.json", scores)
         atomic_write_csv(out / "per_fold.csv", fold_df)
         atomic_write_csv(out / "per_class.csv", class_df)

@@ -16,7 +16,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from bench.core.runfolder import RunFolder  # noqa: E402
-from reports.files import atomic_write_csv, atomic_write_text, read_split_json  # noqa: E402
+from reports.files import read_split_json  # noqa: E402
 from reports.plots import save_png  # noqa: E402
 from reports.render import markdown_table  # noqa: E402
 
@@ -193,15 +193,15 @@ def write_study(
     study: optuna.Study, folder: Path, cfg, best: optuna.trial.FrozenTrial | None, best_yaml: str | None, plots: bool
 ) -> list[Path]:
     """trials.csv and best.yaml; with `plots`, the plots and report.md too. Returns the files."""
-    folder = Path(folder)
+    folder, out = Path(folder), RunFolder(folder)  # a study folder (its layout: bench/core/runfolder.py)
     table = trials_table(study)
-    atomic_write_csv(folder / "trials.csv", table)
+    out.write_csv("trials.csv", table)
     files = [folder / "trials.csv"]
     if best_yaml:
-        atomic_write_text(folder / "best.yaml", best_yaml)
+        out.write_text("best.yaml", best_yaml)
         files.append(folder / "best.yaml")
     if plots:
         images = plot_study(study, folder)
-        atomic_write_text(folder / "report.md", render_study(study, table, images, cfg, folder, best))
+        out.write_text("report.md", render_study(study, table, images, cfg, folder, best))
         files += [folder / "report.md"] + [folder / f for f in images.values() if f.endswith(".png")]
     return files

@@ -19,8 +19,14 @@ from bench.drivers.prepare import Prepared, prepare
 from bench.core.runfolder import RunFolderError
 from bench.drivers.tune import TuneConfig, load_space
 from tests.conftest import fast_config
-from tests.test_kill_and_races import procs  # noqa: F401 (a fixture)
-from tests.test_kill_and_races import finish, kill_held, start, trained, wait_until
+from tests.test_kill_and_races import (
+    finish,
+    kill_held,
+    procs,  # noqa: F401 (a fixture)
+    start,
+    trained,  # noqa: F401 (a fixture)
+    wait_until,
+)
 from tests.test_tune import SPACE, TINY, tune_args, write_space
 
 TUNE = TuneConfig(trials=3, prune_startup=5)  # no pruning: every trial trains every inner split

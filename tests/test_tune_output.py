@@ -16,7 +16,7 @@ import pytest
 import torch
 
 import cli
-from bench.drivers import tune as tune_mod
+from bench.drivers import objective as objective_mod  # the trial, which calls run_cv
 from bench.train.fit import TrainingError
 from protocols import create_protocol
 from bench.drivers.study import best_trial
@@ -54,7 +54,7 @@ def run_search(
         for k, correct in zip(cfg.splits, plan):
             on_split(SimpleNamespace(index=k), {"val_correct": correct, "n_val": N_VAL, "val_acc": correct / N_VAL})
 
-    monkeypatch.setattr(tune_mod, "run_cv", fake_run_cv)
+    monkeypatch.setattr(objective_mod, "run_cv", fake_run_cv)
     cfg = fast_config(tmp_path, splits=[1, 2, 3])
     tune = TuneConfig(trials=trials, study="s", prune_startup=prune_startup)
     prepared = SimpleNamespace(

@@ -21,8 +21,6 @@ record and notes that it replaced one it could not trust.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shlex
 import socket
 import sys
@@ -30,7 +28,8 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from bench.core.atomic import atomic_write_text
+from bench.core.records import read_record, record_digest
+from bench.core.runfolder import RunFolder
 from bench.core.redact import redact
 
 _command: list[str] | None = None  # set by cli.main; otherwise sys.argv
@@ -66,28 +65,20 @@ def now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="seconds")
 
 
-def record_digest(record: dict) -> str:
-    body = {k: v for k, v in record.items() if k != "digest"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, default=str).encode()).hexdigest()
+__all__ = ["Attempt", "clock", "command_line", "read_run_json", "record_digest", "run_json_state", "set_command"]
 
 
 def read_run_json(run_dir) -> dict:
     """run.json as a dict, or {} when the run has none (made before run.json), it is unreadable, or
-    its digest does not vouch for it (`run_json_state` tells which)."""
-    try:
-        data = json.loads((Path(run_dir) / "run.json").read_text())
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or data.get("digest") != record_digest(data):
-        return {}
-    return data
+    its digest does not vouch for it (`run_json_state` tells which; one without a digest: unverified)."""
+    record, state = read_record(Path(run_dir) / "run.json")
+    return record if state == "ok" else {}
 
 
 def run_json_state(run_dir) -> str:
-    """'missing', 'unverified' (there, but its digest does not match) or 'ok'."""
-    if not (Path(run_dir) / "run.json").is_file():
-        return "missing"
-    return "ok" if read_run_json(run_dir) else "unverified"
+    """'missing', 'unverified' (there, but its digest does not match, or it has none) or 'ok'."""
+    state = read_record(Path(run_dir) / "run.json")[1]
+    return "unverified" if state == "undigested" else state
 
 
 def clock() -> tuple[str, float]:
@@ -99,7 +90,7 @@ class Attempt:
     """One job's entry in run.json: written when it has its folder, rewritten when it ends."""
 
     def __init__(self, run_dir: Path, record: dict, index: int, t0: float):
-        self.path, self.record, self.index, self._t0 = Path(run_dir) / "run.json", record, index, t0
+        self.folder, self.record, self.index, self._t0 = RunFolder(run_dir), record, index, t0
 
     @classmethod
     def begin(
@@ -155,5 +146,4 @@ class Attempt:
         self._write()
 
     def _write(self) -> None:
-        self.record["digest"] = record_digest(self.record)
-        atomic_write_text(self.path, json.dumps(self.record, indent=1) + "\n")
+        self.folder.write_record("run.json", self.record)

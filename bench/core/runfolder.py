@@ -1,24 +1,42 @@
-"""`RunFolder`: the one owner of `runs/<name>/`: claim, atomic writes, DONE with a digest, verified reads.
+"""`RunFolder`: the one owner and writer of `runs/<name>/`: claim, atomic writes, DONE with a digest,
+verified reads, and what kind of run a folder holds. The layout, described here and nowhere else:
 
     runs/<name>/config.yaml                 the full effective config
     runs/<name>/folds.csv, plan.json        the fold plan, written before any training (repeated
                                             CV: folds.csv's `fold` is repeat 1's, `fold_<r>` repeat r's)
     runs/<name>/quarantine.csv              files that could not be used, with the reason
+    runs/<name>/run.json                    what was run, when (bench/core/provenance.py); a record
+                                            with its own digest
+    runs/<name>/mlflow.json                 the job's MLflow parent run and experiment (absent when
+                                            tracking is off)
     runs/<name>/splits/<k>/predictions.csv  one row per test clip (absent when tests are not scored)
     runs/<name>/splits/<k>/history.csv, split.json, confusion_counts.csv
     runs/<name>/splits/<k>/model.pt         the chosen weights, normalisation and settings (scored splits)
     runs/<name>/splits/<k>/DONE             written last: a digest of the files above and of the
                                             settings and fold plan they were made with
+    runs/<name>/scores.json, per_fold.csv, per_class.csv, confusion_{counts,normalized}.{csv,png},
+        fold_scores.png, learning_curves.png, report.md, report.html
+                                            the report, from the verified splits only, published
+                                            together (`publishing`)
+  a nested run (`kind()` 'nested'): the above for its outer splits, and
+    runs/<name>/search.json                 the search settings (a record with its own digest)
+    runs/<name>/inner/<k>/                  outer split k's study (a study folder, below)
+    runs/<name>/non-nested/                 the non-nested study, and kfold/ (a kfold run folder)
+    runs/<name>/nested.md, nested.json      both estimates and the choices per outer split
+  a study folder (`kind()` 'tune': runs/tune-<study>/, or a nested run's inner/<k>/):
+    study.db (unless --storage), trials/<n>/ (a kfold run folder per trial, tests not scored),
+    trials.csv, best.yaml, mlflow.json ({"study": run id}), report.md and its plots
 
 A claim creates the folder atomically (a new run) and takes an exclusive lock on it (flock), held
 for the whole job, resume included, so two processes never train into one folder. A split counts only
-when its DONE digest
-matches its files, the saved settings and `folds.csv`, and its predictions are exactly the test
-fold's clips, each once, with their labels; anything else is named, never scored.
+when its DONE digest matches its files, the saved settings and `folds.csv`, and its predictions are
+exactly the test fold's clips, each once, with their labels (bench/core/verify.py); anything else is
+named, never scored. JSON files and records: bench/core/records.py.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -31,20 +49,17 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from bench.core.atomic import atomic_path, atomic_write_csv, atomic_write_text
+from bench.core import records
+from bench.core.atomic import atomic_path, atomic_write_csv, atomic_write_text, staged
 from bench.core.config import ConfigError, RunConfig, dump_yaml, flatten, load_yaml, plain_name
 from bench.core.errors import FoldbenchError
+from bench.core.records import PLAN_KEYS, SEAL, SPLIT_FILES, fold_column, plan_view, read_json
+from bench.core.records import sha as _sha
+from bench.core.verify import split_problem
 
 # Sections that decide the results: a resumed run must match them exactly.
 RESULT_KEYS = ("dataset", "protocol", "audio", "features", "augment", "model", "train", "splits")
 NOT_RESULT_KEYS = ("train.device", "train.threads")
-# What of plan.json a DONE vouches for: all of it (DONE's "seal": 2), or, for a DONE written before
-# every field was (no "seal"), these keys only; `vouched_plan` then shows readers no other field.
-PLAN_KEYS = ("protocol", "leaky", "leak_reason", "splits")
-SEAL = 2
-# model.pt: the chosen weights and what using them needs (bench/train/predict.py), for splits that score a
-# test fold. Runs made before it have no model.pt and none in their DONE: they still verify.
-SPLIT_FILES = ("predictions.csv", "history.csv", "split.json", "confusion_counts.csv", "model.pt")
 # Result settings added after runs were made: left out of `result_view` at these values (which is
 # what those runs did), so their resume checks and DONE digests still hold.
 LATER_DEFAULTS = {"protocol.repeats": 1}
@@ -79,10 +94,10 @@ def default_name(cfg: RunConfig) -> str:
 
 def latest_run(runs_dir: str | Path, dataset: str | None, nested: bool = False) -> str | None:
     """The newest run folder of this dataset (None: of any dataset): what `--resume` without
-    `--name` continues; kfold runs, or with `nested` the nested runs (those with search.json)."""
+    `--name` continues; kfold runs, or with `nested` the nested runs (`RunFolder.kind`)."""
     found = []
     for cfg_file in Path(runs_dir).glob("*/config.yaml"):
-        if (cfg_file.parent / "search.json").exists() != nested:  # the other command's run
+        if RunFolder(cfg_file.parent).kind() != ("nested" if nested else "kfold"):  # the other command's run
             continue
         try:
             if (
@@ -95,57 +110,6 @@ def latest_run(runs_dir: str | Path, dataset: str | None, nested: bool = False) 
     return max(found)[1] if found else None
 
 
-def read_json(path: Path) -> dict:
-    try:
-        data = json.loads(Path(path).read_text()) if Path(path).exists() else {}
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
-def fold_column(repeat: int) -> str:
-    """folds.csv's column of repeat `repeat`'s fold ids: `fold` (repeat 1, as before repeats), `fold_<r>`."""
-    return "fold" if repeat == 1 else f"fold_{repeat}"
-
-
-def _plan_view(plan: dict, seal: int | None = SEAL) -> dict:
-    """What of plan.json a DONE vouches for: every field (seal 2), or PLAN_KEYS (an older DONE), where
-    a split's `repeat` of 1 is left out, as plan.json had no repeats before repeated CV (so the
-    digests of those runs still hold)."""
-    if seal == SEAL:
-        return dict(plan)
-    view = {k: plan.get(k) for k in PLAN_KEYS}
-    if isinstance(view["splits"], list):
-        view["splits"] = [
-            {k: v for k, v in s.items() if not (k == "repeat" and v == 1)} if isinstance(s, dict) else s
-            for s in view["splits"]
-        ]
-    return view
-
-
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _pred_problem(pred: pd.Series, probs: np.ndarray) -> str | None:
-    """Why the predicted classes are not those of the saved probabilities (None: they are): each
-    `pred` a class id whose probability is the row's highest (a tie may go either way)."""
-    ids = pd.to_numeric(pred, errors="coerce").to_numpy(dtype=float)
-    if np.isnan(ids).any() or (ids != np.round(ids)).any() or not ((ids >= 0) & (ids < probs.shape[1])).all():
-        return f"predictions.csv's pred column holds values that are not class ids 0..{probs.shape[1] - 1}"
-    chosen = probs[np.arange(len(ids)), ids.astype(int)]
-    wrong = np.flatnonzero(chosen < probs.max(axis=1))
-    if len(wrong):
-        return (
-            f"predictions.csv's pred is not the most probable class in {len(wrong)} row(s) (first: row {wrong[0] + 1})"
-        )
-    return None
-
-
 class RunFolder:
     """`RunFolder(path)` reads a run; `RunFolder.claim(cfg, resume)` owns one for a job."""
 
@@ -156,6 +120,48 @@ class RunFolder:
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
+
+    def kind(self) -> str:
+        """What the folder holds, decided here only: 'nested' (search.json, or the inner/ studies of
+        a nested run killed before it), 'tune' (a study folder: study.db or trials/, no config.yaml)
+        or 'kfold' (anything else, a tune trial's folder and a nested run's non-nested/kfold included)."""
+        if (self.path / "search.json").exists() or (self.path / "inner").is_dir():
+            return "nested"
+        if not (self.path / "config.yaml").exists() and (
+            (self.path / "study.db").exists() or (self.path / "trials").is_dir()
+        ):
+            return "tune"
+        return "kfold"
+
+    # ---- files: every one written through these (the split files: `write_split`) ----
+
+    def read_json(self, name: str) -> dict:
+        """A JSON file of the folder, or {} when absent or unreadable (mlflow.json, plan.json)."""
+        return read_json(self.path / name)
+
+    def write_json(self, name: str, obj, indent: int | None = None) -> None:
+        records.write_json(self.path / name, obj, indent)
+
+    def write_text(self, name: str, text: str) -> None:
+        atomic_write_text(self.path / name, text)
+
+    def write_csv(self, name: str, table: pd.DataFrame) -> None:
+        atomic_write_csv(self.path / name, table)
+
+    def write_record(self, name: str, record: dict) -> dict:
+        """A record (run.json, search.json): JSON with its own digest (bench/core/records.py)."""
+        return records.write_record(self.path / name, record)
+
+    def read_record(self, name: str) -> tuple[dict, str]:
+        """A record without its digest, and its state: 'missing', 'unverified', 'undigested', 'ok'."""
+        return records.read_record(self.path / name)
+
+    @contextlib.contextmanager
+    def publishing(self):
+        """Yield a staging folder; when the block succeeds every file made in it replaces its
+        namesake in the run folder: a set of files that belong together (the report) appears at once."""
+        with staged(self.path) as out:
+            yield out
 
     # ---- claim and release ----
 
@@ -173,6 +179,16 @@ class RunFolder:
         except BaseException:
             folder.release(failed=True)
             raise
+        return folder
+
+    @classmethod
+    def shared(cls, path: str | Path) -> "RunFolder":
+        """A folder several processes write at once (a tune study's: its storage arbitrates), created
+        when absent, never locked. `release(failed=True)` removes it only when this call created it
+        and `keep` was not called (a study that could not be opened leaves nothing behind)."""
+        folder = cls(path)
+        folder._created = not folder.path.exists()
+        folder.path.mkdir(parents=True, exist_ok=True)
         return folder
 
     def _lock(self) -> None:
@@ -288,7 +304,7 @@ class RunFolder:
         folds.csv and PLAN_KEYS of plan.json)."""
         cfg = load_yaml(self.path / "config.yaml")
         plan = read_json(self.path / "plan.json")
-        text = json.dumps([result_view(cfg), _plan_view(plan, seal)], sort_keys=True, default=str)
+        text = json.dumps([result_view(cfg), plan_view(plan, seal)], sort_keys=True, default=str)
         files = [_sha(self.path / "folds.csv")]
         if seal == SEAL and (self.path / "quarantine.csv").is_file():  # what the report lists
             files.append(_sha(self.path / "quarantine.csv"))
@@ -395,61 +411,9 @@ class RunFolder:
         atomic_write_text(folder / "DONE", json.dumps(done, indent=1) + "\n")
 
     def problem(self, index: int, score_test: bool = True, settings: str | None = None) -> str | None:
-        """Why split `index` does not count (None: it does): no DONE, a digest that does not match
-        its files or the saved settings, or predictions that are not the test fold's clips.
+        """Why split `index` does not count (None: it does): bench/core/verify.py's `split_problem`.
         `settings`: `settings_digest()` when the caller checks several splits at once."""
-        folder = self.split_dir(index)
-        done = read_json(folder / "DONE")
-        if not (folder / "DONE").is_file():
-            return "not finished"
-        if not done.get("files"):
-            return "its DONE marker holds no digest (written by an older foldbench, or damaged)"
-        if done.get("split") != index:
-            return f"its DONE marker is split {done.get('split')}'s"
-        for name in SPLIT_FILES:
-            path = folder / name
-            if (name in done["files"]) != path.is_file():
-                return f"{name} is {'missing' if name in done['files'] else 'not in its DONE digest'}"
-            if path.is_file() and _sha(path) != done["files"][name]:
-                return f"{name} changed after the split finished (its digest differs)"
-        seal = done.get("seal")
-        if seal not in (None, SEAL):
-            return f"its DONE marker has seal {seal!r}, which this foldbench does not know"
-        expected = settings if settings is not None and seal == SEAL else self.settings_digest(seal)
-        if done.get("settings") != expected:
-            return "it was made with other settings or another fold plan"
-        if score_test:
-            if "predictions.csv" not in done["files"]:
-                return "it has no test predictions"
-            return self._check_predictions(index)
-        return None
-
-    def _check_predictions(self, index: int) -> str | None:
-        info = self.read_split_info(index)
-        pred = pd.read_csv(self.split_dir(index) / "predictions.csv", dtype={"clip": str})
-        plan = pd.read_csv(self.path / "folds.csv", dtype={"clip": str})
-        repeat = info.get("repeat", 1)
-        column = fold_column(repeat) if isinstance(repeat, int) else None
-        if column not in plan.columns:
-            return f"its repeat {repeat!r} has no fold column in folds.csv"
-        test = plan[plan[column] == info.get("test_fold")]
-        if not {"clip", "label", "pred", "fold"} <= set(pred.columns):
-            return "predictions.csv lacks the clip, fold, label or pred column"
-        if pred["clip"].duplicated().any():
-            return "predictions.csv lists a clip twice"
-        if sorted(pred["clip"]) != sorted(test["clip"]):
-            where = "" if repeat == 1 else f" of repeat {repeat}"
-            return (
-                f"predictions.csv holds {len(pred)} clips, not the {len(test)} of test fold "
-                f"{info.get('test_fold')}{where} in folds.csv"
-            )
-        labels = dict(zip(test["clip"], test["label"]))
-        if any(labels[c] != lab for c, lab in zip(pred["clip"], pred["label"])):
-            return "predictions.csv gives clips other labels than folds.csv"
-        probs = pred[[c for c in pred.columns if c.startswith("prob_")]]
-        if probs.empty or not probs.notna().all().all():
-            return "predictions.csv has missing class probabilities"
-        return _pred_problem(pred["pred"], probs.to_numpy(dtype=float))
+        return split_problem(self, index, score_test, settings)
 
     def read_split_info(self, index: int) -> dict:
         return json.loads((self.split_dir(index) / "split.json").read_text())

@@ -11,7 +11,6 @@ check`); without one it raises them all as one `DatasetError` (`kfold`).
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from bench.data import folder_datasets, us8k  # noqa: F401  (register `folder`, `gtzan`, `us8k` and `demo`)

@@ -1,16 +1,14 @@
 """The cross-validation driver `kfold` runs and every `tune` trial calls, and the split job it loops over.
 
-prepare(cfg) (checked, nothing written) -> RunFolder.claim (locked) -> plan files -> feature bank ->
-one `SplitJob` per split: fit_split -> RunFolder.write_split (DONE last, with a digest) -> MLflow
-child run -> report from the verified, saved predictions. A resumed run skips the splits whose
+prepare(cfg) (checked, nothing written) -> `Job` (bench/drivers/job.py: the folder claimed and
+locked, plan files, run.json, the MLflow parent run) -> feature bank -> one `SplitJob` per split:
+fit_split -> RunFolder.write_split (DONE last, with a digest) -> MLflow child run -> report from
+the verified, saved predictions. A resumed run skips the splits whose
 outputs verify and trains again, with a message, those that do not.
 """
 
 from __future__ import annotations
 
-import json
-import functools
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,12 +23,12 @@ from tqdm.auto import tqdm
 from protocols import Split
 
 from bench.core.config import RunConfig
-from bench.core.atomic import atomic_write_text
-from bench.train.predict import MODEL_FILE, pack_model
+from bench.core.provenance import clock
+from bench.core.runfolder import RunFolder
+from bench.drivers.job import Job, code_version, open_parent_run, report  # noqa: F401 (imported from here too)
 from bench.drivers.prepare import Prepared, check_config, prepare
-from bench.core.provenance import Attempt, clock
-from bench.core.runfolder import RunFolder, RunFolderError, read_json
 from bench.tracking.layout import dataset_inputs, run_params, split_params
+from bench.train.predict import MODEL_FILE, pack_model
 from bench.tracking.tracker import Tracker
 from bench.train.fit import SplitResult, fit_split
 
@@ -48,22 +46,6 @@ class CVResult:
     def val_acc_mean(self) -> float:
         values = [v for v in self.val_acc.values() if v is not None]
         return float(np.mean(values)) if values else float("nan")
-
-
-@functools.lru_cache(maxsize=1)
-def code_version() -> str:
-    """`git describe` of the running code (once per process: each job and study asks for it)."""
-    try:
-        out = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            capture_output=True,
-            text=True,
-            cwd=Path(__file__).parent,
-            timeout=5,
-        )
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -254,67 +236,50 @@ def run_cv(
         check_config(cfg)  # a tune trial's own features, model and training settings
     chosen = prepared.chosen(cfg.splits)
     tracker = tracker or prepared.tracker or Tracker(cfg.tracking, experiment=prepared.dataset.name)
-    from bench.core.threads import apply as set_threads  # 0 (auto): one per free core, measured once per process
-
-    threads = set_threads(cfg.train.threads, functools.partial(print, file=sys.stderr) if progress else None)
     val_acc: dict[int, float | None] = {}
     retrained: dict[int, str] = {}
-    own_parent, status = parent_run is None, "FINISHED"
-    with RunFolder.claim(cfg, resume) as folder:
-        if (folder.path / "search.json").exists():  # its splits were trained with other settings each
-            raise RunFolderError(
-                f"--resume {folder.path}: a nested run; continue it with `nested --resume --name {folder.path.name}`"
-            )
-        folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(), prepared.quarantine)
-        attempt = (
-            Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json
-            if own_parent
-            else None
-        )
-        if own_parent:
-            parent_run = open_parent_run(cfg, prepared, folder, tracker, resume)
-            tracker.set_tags(parent_run, {"torch_threads": threads.threads})  # not a param: see run.json
-        digest = folder.settings_digest() if resume else None  # once, not once per split
-        bar = tqdm(total=len(chosen), desc=f"splits ({cfg.name})", unit="split", disable=not progress)
+    lifecycle = Job(cfg, prepared, tracker, resume=resume, began=began, parent_run=parent_run, progress=progress)
+    with lifecycle as job:
+        job.start()
+        if job.own:
+            tracker.set_tags(job.run, {"torch_threads": job.threads.threads})  # not a param: see run.json
+        with tqdm(total=len(chosen), desc=f"splits ({cfg.name})", unit="split", disable=not progress) as bar:
 
-        def finished(split: Split, info: dict) -> None:
-            val_acc[split.index] = info["val_acc"]
-            bar.update()
-            if on_split is not None:
-                on_split(split, info)
+            def finished(split: Split, info: dict) -> None:
+                val_acc[split.index] = info["val_acc"]
+                bar.update()
+                if on_split is not None:
+                    on_split(split, info)
 
-        try:
-            todo = []
-            for split in chosen:
-                reason = folder.problem(split.index, score_test, digest) if resume else "not finished"
-                if reason is None:
-                    info = folder.read_split_info(split.index)
-                    _mirror_finished(SplitJob(split, cfg, score_test), prepared, folder, tracker, parent_run, info)
-                    finished(split, info)
-                    continue
-                if resume and reason != "not finished":
-                    retrained[split.index] = reason
-                    print(f"split {split.index}: {reason}; training it again", file=sys.stderr)
-                todo.append(SplitJob(split, cfg, score_test))
-            for job, info in (engine or local_jobs)(todo, prepared, folder, tracker, parent_run, progress, resume):
-                finished(job.split, info)
-            setup = getattr(engine, "setup", None)  # Ray: the tasks' threads, not this process's
-            if setup and attempt:
-                attempt.note(threads=setup)
-                tracker.set_tags(parent_run, {"torch_threads": setup})
-            if attempt:
-                attempt.end(status)  # training's end, which the report shows
-            scores = report(folder, tracker, parent_run if own_parent else None) if score_test else None
-        except BaseException as e:
-            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-            raise
-        finally:
-            bar.close()
-            if attempt and status != "FINISHED":
-                attempt.end(status)
-            if own_parent:
-                tracker.end(parent_run, status)
-    return CVResult(folder.path, val_acc, scores, prepared.quarantine, prepared.plan.warnings, retrained)
+            todo = _to_train(job, chosen, score_test, finished, retrained)
+            for split_job, info in (engine or local_jobs)(
+                todo, prepared, job.folder, tracker, job.run, progress, resume
+            ):
+                finished(split_job.split, info)
+        job.note_threads(getattr(engine, "setup", None))  # Ray: the tasks' threads, not this process's
+        job.trained()  # training's end, which the report shows
+        scores = report(job.folder, tracker, job.run if job.own else None) if score_test else None
+    return CVResult(job.folder.path, val_acc, scores, prepared.quarantine, prepared.plan.warnings, retrained)
+
+
+def _to_train(job: Job, chosen: list[Split], score_test: bool, finished, retrained: dict[int, str]) -> list[SplitJob]:
+    """The split jobs still to train. A resumed split whose outputs verify is kept: `finished` hears
+    of it, and its MLflow run is completed if a kill left it open; one that does not verify is
+    trained again, its reason in `retrained` and on stderr."""
+    cfg, todo = job.cfg, []
+    reasons = job.reasons([s.index for s in chosen], score_test)
+    for split in chosen:
+        reason = reasons[split.index]
+        if reason is None:
+            info = job.folder.read_split_info(split.index)
+            _mirror_finished(SplitJob(split, cfg, score_test), job.prepared, job.folder, job.tracker, job.run, info)
+            finished(split, info)
+            continue
+        if reason != "not finished":
+            retrained[split.index] = reason
+            print(f"split {split.index}: {reason}; training it again", file=sys.stderr)
+        todo.append(SplitJob(split, cfg, score_test))
+    return todo
 
 
 def local_jobs(
@@ -329,70 +294,3 @@ def local_jobs(
     """The split jobs one after another in this process."""
     for job in jobs:
         yield job, run_split(job, prepared, folder, tracker, parent_run, progress, resume)
-
-
-def open_parent_run(
-    cfg: RunConfig,
-    prepared: Prepared,
-    folder: RunFolder,
-    tracker: Tracker,
-    resume: bool,
-    kind: str = "kfold",
-    searched=(),
-) -> str | None:
-    """This job's MLflow run, reopened on resume, with the runs a killed job left RUNNING closed.
-    `searched`: config keys chosen per outer split (nested CV), not params of the job."""
-    old = read_json(folder.path / "mlflow.json").get("parent") if resume else None
-    plan = prepared.plan
-    params = run_params(cfg, prepared, leave_out=searched)
-    run = tracker.start(
-        cfg.name,
-        params=params,
-        run_id=old,
-        tags={
-            "kind": kind,
-            "dataset": prepared.dataset.name,
-            "dataset_fingerprint": prepared.fingerprint,
-            "protocol": repr(plan.protocol),
-            "leaky": plan.leaky,
-            "code_version": code_version(),
-            "run_folder": str(folder.path.resolve()),
-            "quarantined": len(prepared.quarantine),
-        },
-    )
-    if run:
-        if old == run:
-            tracker.close_running(run)
-        else:
-            tracker.log_inputs(run, lambda: dataset_inputs(prepared, folder.path / "folds.csv"))
-        atomic_write_text(
-            folder.path / "mlflow.json", json.dumps({"parent": run, "experiment": tracker.experiment_id}) + "\n"
-        )
-    return run
-
-
-def report(folder: RunFolder, tracker: Tracker, parent_run: str | None) -> dict:
-    """report.md and scores.json from the verified predictions, mirrored to `parent_run`."""
-    from reports import build_report
-
-    scores = build_report(folder.path)
-    tracker.log_metrics(
-        parent_run,
-        {
-            k: scores.get(k)
-            for k in ("acc_mean", "acc_std", "macro_f1_mean", "acc_ci95_low", "acc_ci95_high", "acc_repeat_std")
-        },
-    )  # the last: repeats only
-    # per-split accuracy as one metric over steps: a line per run in MLflow's charts, split on x
-    tracker.log_series(parent_run, "acc_fold", {row["split"]: row["accuracy"] for row in scores["per_fold"]})
-    tracker.log_files(
-        parent_run,
-        sorted(
-            p
-            for p in folder.path.iterdir()
-            if p.is_file()
-            and p.suffix in (".md", ".html", ".png", ".csv", ".json", ".yaml")
-            and p.name != "mlflow.json"
-        ),
-    )
-    return scores

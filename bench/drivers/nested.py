@@ -10,13 +10,10 @@ The feature bank itself is computed once for every clip, as elsewhere (per clip,
 
 Beside it, with the same budget, the non-nested estimate users usually report: one study over the
 full plan's first splits, then every split of its best configuration. Their difference is the
-selection bias, measured. One run folder:
-
-    runs/<name>/                 the outer run: config.yaml, folds.csv, splits/<k>/ (split.json
-                                 holds the configuration chosen for k), report.md, scores.json
-    runs/<name>/inner/<k>/       outer split k's study (study.db, trials/, trials.csv, best.yaml)
-    runs/<name>/non-nested/      the non-nested study, and kfold/ (its best config, every split)
-    runs/<name>/nested.md, nested.json   both estimates, their difference, the choices per split
+selection bias, measured. One run folder (its layout: bench/core/runfolder.py): the outer run
+(split.json holds the configuration chosen for k), search.json, the studies under inner/<k>/, the
+non-nested study and its kfold run under non-nested/, and nested.md/nested.json with both estimates.
+The job's lifecycle (claim, run.json, the MLflow parent run, resume) is bench/drivers/job.py's.
 
 MLflow: a parent run, a child `outer-<k>` per outer split with its study and its split run under
 it, and a child `non-nested`. Resumable per outer split: a verified split is kept, an unfinished
@@ -27,7 +24,6 @@ from __future__ import annotations
 
 import json
 import sys
-from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -37,22 +33,38 @@ from tqdm.auto import tqdm
 
 from protocols import Split
 
-from bench.core.atomic import atomic_write_text
 from bench.core.config import ConfigError, RunConfig, merge
-from bench.drivers.kfold import SplitJob, code_version, open_parent_run, report, run_cv, run_split
+from bench.core.provenance import clock
+from bench.core.runfolder import RunFolder, RunFolderError, latest_run
+from bench.drivers.job import Job, report
+from bench.drivers.kfold import SplitJob, run_cv, run_split
 from bench.drivers.prepare import Prepared, prepare
-from bench.core.provenance import Attempt, clock, record_digest
-from bench.core.runfolder import RunFolder, RunFolderError, latest_run, read_json
-from bench.tracking.tracker import Tracker
 from bench.drivers.space import check_space, load_space
 from bench.drivers.study import best_trial
 from bench.drivers.tune import TuneConfig, best_config, check_tune, check_validation, search
+from bench.tracking.tracker import Tracker
+from reports.nested import render_summary, summarise, write_summary  # noqa: F401 (render_summary: cli.py)
 
 
 @dataclass
 class NestedResult:
     run_dir: Path
     summary: dict  # what nested.json holds
+
+
+@dataclass
+class Selection:
+    """What every outer split's selection shares: the config, search options and space, the prepared
+    data, the inner splits, the settings split.json records (`_settings`), and the Ray workers."""
+
+    cfg: RunConfig
+    tune: TuneConfig
+    space: dict[str, Any]
+    prepared: Prepared
+    inner_splits: int
+    settings: dict
+    progress: bool = True
+    workers: Any = None  # `ray_workers.StudyWorkers`, or None: the studies run here
 
 
 def inner_prepared(prepared: Prepared, fold: int, val: str = "next") -> Prepared:
@@ -153,23 +165,14 @@ def _settings(cfg: RunConfig, tune: TuneConfig, space: dict, inner_splits: int) 
 def read_search(run_dir) -> dict:
     """search.json's settings ({} when absent), vouched for by their own digest: one that does not
     match (an edited file) is refused. A search.json written before it had a digest is read as is."""
-    path = Path(run_dir) / "search.json"
-    saved = read_json(path)
-    if "digest" not in saved:
-        return saved
-    body = {k: v for k, v in saved.items() if k != "digest"}
-    if saved["digest"] != record_digest(body):
+    folder = RunFolder(run_dir)
+    saved, state = folder.read_record("search.json")
+    if state == "unverified" and "digest" in folder.read_json("search.json"):
         raise RunFolderError(
-            f"{path} does not match its digest (edited or damaged), so the search "
+            f"{folder.path / 'search.json'} does not match its digest (edited or damaged), so the search "
             f"settings this run was started with are unknown; start a new run"
         )
-    return body
-
-
-def _write_search(run_dir: Path, settings: dict) -> None:
-    atomic_write_text(
-        run_dir / "search.json", json.dumps({**settings, "digest": record_digest(settings)}, indent=1) + "\n"
-    )
+    return saved
 
 
 def _same_run(saved: dict, settings: dict) -> bool:
@@ -200,132 +203,89 @@ def run_nested(
     check_space(space, cfg)
     prepared = prepare(cfg, progress=progress)
     check_nested(cfg, prepared, inner_splits)
-    settings = _settings(cfg, tune, space, inner_splits)
+    sel = Selection(
+        cfg, tune, space, prepared, inner_splits, _settings(cfg, tune, space, inner_splits), progress, workers
+    )
     tracker = prepared.tracker or Tracker(cfg.tracking, experiment=cfg.dataset.name)
     outer = prepared.chosen(cfg.splits)
-    status = "FINISHED"
-    with RunFolder.claim(cfg, resume) as folder:
-        saved = read_search(folder.path)
-        # What each finished outer split was selected with (its DONE vouches for split.json; search.json
-        # is only the latest invocation's): a resume must match it, or the estimate mixes budgets.
-        reasons = {s.index: "not finished" for s in outer}  # why each split is (re)trained; None: kept
-        if resume and folder.done():  # (a run killed before its plan was written has nothing to keep)
-            digest = folder.settings_digest()  # once, for every split's check
-            reasons = {k: folder.problem(k, settings=digest) for k in set(reasons) | set(folder.done())}
-        selected = {k: folder.read_split_info(k).get("search") for k in folder.done() if reasons[k] is None}
-        if resume and not saved and not (folder.path / "inner").is_dir() and folder.done():
-            raise RunFolderError(
-                f"--resume {folder.path}: a kfold run, not a nested one; continue it "
-                f"with `kfold --resume`, or give nested another --name"
-            )
-        run_settings = {**settings, "non_nested": non_nested}  # search.json: what shapes the run
-        if saved and not _same_run(saved, run_settings):
-            raise RunFolderError(
-                f"--resume {folder.path}: the search settings differ from the saved "
-                f"search.json ({saved} -> {run_settings}); resume with the same ones"
-            )
-        other = sorted(k for k, v in selected.items() if v != settings)
-        if other:
-            raise RunFolderError(
-                f"--resume {folder.path}: outer split(s) {', '.join(map(str, other))} "
-                f"were selected with other search settings than these (their "
-                f"split.json: {selected[other[0]]}); resume with the same ones"
-            )
-        folder.write_plan(prepared.plan.table, prepared.plan.repeat_folds, prepared.plan_record(), prepared.quarantine)
-        _write_search(folder.path, run_settings)
-        from bench.core.threads import apply as set_threads  # recorded: results differ by thread count
-
-        threads = set_threads(cfg.train.threads, (lambda line: print(line, file=sys.stderr)) if progress else None)
-        attempt = Attempt.begin(folder.path, resume, code_version(), began, str(threads))  # run.json
-        parent = open_parent_run(cfg, prepared, folder, tracker, resume, kind="nested", searched=space)
-        folder.keep()  # the studies under inner/ are finished work before any outer split is DONE
-        try:
-            for split in tqdm(outer, desc=f"outer splits ({cfg.name})", unit="split", disable=not progress):
-                reason = reasons[split.index]
-                if reason is None:
-                    continue
-                if reason != "not finished":
-                    print(f"outer split {split.index}: {reason}; training it again", file=sys.stderr)
-                _outer_split(
-                    cfg,
-                    tune,
-                    space,
-                    prepared,
-                    split,
-                    folder,
-                    inner_splits,
-                    settings,
-                    tracker,
-                    parent,
-                    progress,
-                    resume,
-                    workers,
-                )
-            scores = report(folder, tracker, parent)
-            baseline = (
-                _non_nested(
-                    cfg,
-                    tune,
-                    space,
-                    prepared,
-                    folder.path / "non-nested",
-                    inner_splits,
-                    tracker,
-                    parent,
-                    progress,
-                    workers,
-                )
-                if non_nested
-                else None
-            )
-            summary = summarise(folder, scores, baseline)
-            _write_summary(folder.path, summary)
-            tracker.log_metrics(
-                parent,
-                {"non_nested_acc_mean": baseline and baseline["acc_mean"], "selection_bias": summary["selection_bias"]},
-            )
-            tracker.log_files(parent, [folder.path / "nested.md", folder.path / "nested.json"])
-        except BaseException as e:
-            status = "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED"
-            raise
-        finally:
-            attempt.end(status)
-            tracker.end(parent, status)
-    return NestedResult(folder.path, summary)
+    with Job(cfg, prepared, tracker, resume=resume, kind="nested", began=began, progress=progress) as job:
+        run_settings = {**sel.settings, "non_nested": non_nested}  # search.json: what shapes the run
+        reasons = _to_train(job, outer, sel.settings, run_settings)
+        job.start(searched=space, records={"search.json": run_settings})
+        job.folder.keep()  # the studies under inner/ are finished work before any outer split is DONE
+        for split in tqdm(outer, desc=f"outer splits ({cfg.name})", unit="split", disable=not progress):
+            reason = reasons[split.index]
+            if reason is None:
+                continue
+            if reason != "not finished":
+                print(f"outer split {split.index}: {reason}; training it again", file=sys.stderr)
+            _outer_split(sel, split, job, resume)
+        summary = _estimates(sel, job, non_nested)
+    return NestedResult(job.folder.path, summary)
 
 
-def _outer_split(
-    cfg, tune, space, prepared, split, folder, inner_splits, settings, tracker, parent, progress, resume, workers
-) -> dict:
+def _to_train(job: Job, outer: list[Split], settings: dict, run_settings: dict) -> dict[int, str | None]:
+    """Why each outer split is (re)trained (None: kept). What each finished outer split was selected
+    with (its DONE vouches for split.json; search.json is only the latest invocation's): a resume
+    must match it, and search.json, or the estimate mixes budgets."""
+    folder = job.folder
+    saved = read_search(folder.path)
+    reasons = job.reasons({s.index for s in outer} | set(folder.done()))
+    selected = {k: folder.read_split_info(k).get("search") for k in folder.done() if reasons[k] is None}
+    if saved and not _same_run(saved, run_settings):
+        raise RunFolderError(
+            f"--resume {folder.path}: the search settings differ from the saved "
+            f"search.json ({saved} -> {run_settings}); resume with the same ones"
+        )
+    other = sorted(k for k, v in selected.items() if v != settings)
+    if other:
+        raise RunFolderError(
+            f"--resume {folder.path}: outer split(s) {', '.join(map(str, other))} "
+            f"were selected with other search settings than these (their "
+            f"split.json: {selected[other[0]]}); resume with the same ones"
+        )
+    return reasons
+
+
+def _estimates(sel: Selection, job: Job, non_nested: bool) -> dict:
+    """The nested report (report.md of the outer splits), the non-nested estimate beside it, and
+    nested.md/nested.json with both; mirrored to the job's run."""
+    folder, tracker, parent = job.folder, job.tracker, job.run
+    scores = report(folder, tracker, parent)
+    baseline = _non_nested(sel, folder.path / "non-nested", tracker, parent) if non_nested else None
+    summary = summarise(folder, scores, baseline)
+    write_summary(folder, summary)
+    tracker.log_metrics(
+        parent,
+        {"non_nested_acc_mean": baseline and baseline["acc_mean"], "selection_bias": summary["selection_bias"]},
+    )
+    tracker.log_files(parent, [folder.path / "nested.md", folder.path / "nested.json"])
+    return summary
+
+
+def _outer_split(sel: Selection, split: Split, job: Job, resume: bool) -> dict:
     """Select on the inner splits, then train on the outer training folds and score fold k once."""
-    name = f"outer-{split.index}"
+    cfg, tracker, name = sel.cfg, job.tracker, f"outer-{split.index}"
     with tracker.run(
         name,
-        run_id=tracker.child_run(parent, name, {"outer_split": split.index}),
-        parent=parent,
+        run_id=tracker.child_run(job.run, name, {"outer_split": split.index}),
+        parent=job.run,
         tags={"outer_split": split.index, "test_fold": split.test_fold},
     ) as run:
-        study_tune = replace(tune, study=f"{cfg.name}-outer-{split.index}")
+        study_tune = replace(sel.tune, study=f"{cfg.name}-outer-{split.index}")
+        inner = job.folder.path / "inner" / str(split.index)
         best = select(
-            cfg,
-            study_tune,
-            space,
-            prepared,
-            split,
-            folder.path / "inner" / str(split.index),
-            inner_splits,
-            tracker,
-            run,
-            workers,
+            cfg, study_tune, sel.space, sel.prepared, split, inner, sel.inner_splits, tracker, run, sel.workers
         )
         chosen = merge(best_config(cfg, best), {"name": cfg.name, "runs_dir": cfg.runs_dir, "splits": cfg.splits})
         notes = {
             "chosen": {k: best.params[k] for k in sorted(best.params)},
             "inner_trial": best.number,
             "inner_val_acc_mean": best.value,
-            "search": settings,
+            "search": sel.settings,
         }
-        info = run_split(SplitJob(split, chosen, notes=notes), prepared, folder, tracker, run, progress, resume)
+        split_job = SplitJob(split, chosen, notes=notes)
+        info = run_split(split_job, sel.prepared, job.folder, tracker, run, sel.progress, resume)
         tracker.log_metrics(run, {"test_acc": info["test_acc"], "inner_val_acc_mean": best.value})
         tracker.set_tags(run, {f"chosen.{k}": v for k, v in best.params.items()})
     print(
@@ -336,24 +296,27 @@ def _outer_split(
     return info
 
 
-def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker, parent, progress, workers) -> dict:
+def _non_nested(sel: Selection, folder: Path, tracker: Tracker, parent: str | None) -> dict:
     """The usual shortcut with the same budget: one study on the full plan's first `inner_splits`
     splits (whose validation folds are other splits' test folds), then kfold of its best config."""
+    cfg, prepared = sel.cfg, sel.prepared
     with tracker.run(
         "non-nested",
         run_id=tracker.child_run(parent, "non-nested", {"kind": "non-nested"}),
         parent=parent,
         tags={"kind": "non-nested"},
     ) as run:
-        study_cfg = merge(cfg, {"splits": list(range(1, inner_splits + 1))})
-        study_tune = replace(tune, study=f"{cfg.name}-non-nested")
-        result = (
-            workers.search(study_cfg, study_tune, space, folder, prepared.device, parent_run=run, sole=True)
-            if workers is not None
-            else search(
+        study_cfg = merge(cfg, {"splits": list(range(1, sel.inner_splits + 1))})
+        study_tune = replace(sel.tune, study=f"{cfg.name}-non-nested")
+        if sel.workers is not None:
+            result = sel.workers.search(
+                study_cfg, study_tune, sel.space, folder, prepared.device, parent_run=run, sole=True
+            )
+        else:
+            result = search(
                 study_cfg,
                 study_tune,
-                space,
+                sel.space,
                 prepared,
                 folder,
                 tracker=tracker,
@@ -361,7 +324,6 @@ def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker,
                 progress=False,
                 sole=True,
             )
-        )
         best = best_trial(result.study)
         if best is None:
             raise RunFolderError(f"non-nested study: no trial completed (see {folder / 'report.md'})")
@@ -369,7 +331,7 @@ def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker,
             best_config(cfg, best), {"name": "kfold", "runs_dir": str(folder), "splits": cfg.splits}
         )  # the outer splits
         resume = (folder / "kfold" / "config.yaml").is_file()
-        cv = run_cv(kfold_cfg, prepared=prepared, resume=resume, tracker=tracker, parent_run=run, progress=progress)
+        cv = run_cv(kfold_cfg, prepared=prepared, resume=resume, tracker=tracker, parent_run=run, progress=sel.progress)
         tracker.log_metrics(run, {"acc_mean": cv.scores["acc_mean"], "acc_std": cv.scores["acc_std"]})
     return {
         **{k: cv.scores.get(k) for k in ("acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high", "n_splits")},
@@ -378,107 +340,3 @@ def _non_nested(cfg, tune, space, prepared, folder: Path, inner_splits, tracker,
         "val_acc_mean": best.value,
         "run": str(cv.run_dir),
     }
-
-
-# ---- the summary ----
-
-
-def summarise(folder: RunFolder, scores: dict, baseline: dict | None) -> dict:
-    """nested.json: the nested estimate, the choice per outer split and how stable it was, and the
-    non-nested estimate with the difference (non-nested minus nested: the selection bias)."""
-    rows = []
-    for k in folder.verified():
-        info = folder.read_split_info(k)
-        rows.append(
-            {
-                "split": k,
-                "test_fold": info["test_fold"],
-                "test_acc": info["test_acc"],
-                "best_epoch": info["best_epoch"],
-                "inner_trial": info.get("inner_trial"),
-                "inner_val_acc_mean": info.get("inner_val_acc_mean"),
-                "chosen": info.get("chosen", {}),
-            }
-        )
-    keys = sorted({key for r in rows for key in r["chosen"]})
-    stability = {}
-    for key in keys:
-        values = Counter(json.dumps(r["chosen"].get(key)) for r in rows)
-        value, count = values.most_common(1)[0]
-        stability[key] = {"distinct": len(values), "most_common": json.loads(value), "count": count}
-    nested = {k: scores.get(k) for k in ("acc_mean", "acc_std", "acc_ci95_low", "acc_ci95_high", "n_splits")}
-    bias = baseline["acc_mean"] - nested["acc_mean"] if baseline else None
-    return {"nested": nested, "outer": rows, "stability": stability, "non_nested": baseline, "selection_bias": bias}
-
-
-def render_summary(s: dict) -> str:
-    from reports.aggregate import interval_text
-
-    n = s["nested"]
-    lines = [
-        "# Nested cross-validation",
-        "",
-        "| estimate | accuracy (mean ± std over splits) | 95 % interval | splits |",
-        "|---|---|---|---|",
-        f"| nested (selection never saw the test fold) | {n['acc_mean']:.3f} ± {n['acc_std']:.3f} | "
-        f"{interval_text(n['acc_ci95_low'], n['acc_ci95_high'])} | {n['n_splits']} |",
-    ]
-    b = s["non_nested"]
-    if b:
-        lines.append(
-            f"| non-nested (tune, then kfold of best.yaml) | {b['acc_mean']:.3f} ± "
-            f"{b['acc_std']:.3f} | {interval_text(b['acc_ci95_low'], b['acc_ci95_high'])} | "
-            f"{b['n_splits']} |"
-        )
-        lines += [
-            "",
-            f"**Selection bias (non-nested − nested): {s['selection_bias']:+.3f}** — what "
-            f"choosing the settings on folds that are also test folds is worth here. Its "
-            f"own noise is of the order of the splits' std / √splits.",
-        ]
-    lines += [
-        "",
-        "## Chosen per outer split",
-        "",
-        "| split | test fold | inner trial | inner val | epoch | test | chosen |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for r in s["outer"]:
-        chosen = ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in r["chosen"].items())
-        lines.append(
-            f"| {r['split']} | {r['test_fold']} | {r['inner_trial']} | "
-            f"{_num(r['inner_val_acc_mean'])} | {r['best_epoch']} | {_num(r['test_acc'])} | {chosen} |"
-        )
-    if s["stability"]:
-        lines += [
-            "",
-            "## How stable the choice is",
-            "",
-            "| setting | distinct values chosen | most often | times |",
-            "|---|---|---|---|",
-        ]
-        lines += [
-            f"| {k} | {v['distinct']} | {_short(v['most_common'])} | {v['count']} of {len(s['outer'])} |"
-            for k, v in s["stability"].items()
-        ]
-    if b:
-        lines += [
-            "",
-            f"Non-nested: trial {b['trial']} chosen (val {b['val_acc_mean']:.3f}): "
-            + ", ".join(f"{k}={_short(v)}" for k, v in b["chosen"].items())
-            + f"; run {b['run']}.",
-        ]
-    return "\n".join(lines) + "\n"
-
-
-def _num(x) -> str:
-    return "–" if x is None else f"{x:.3f}"
-
-
-def _short(v) -> str:
-    return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def _write_summary(path: Path, summary: dict) -> None:
-    atomic_write_text(path / "nested.json", json.dumps(summary, indent=1, default=str) + "\n")
-    atomic_write_text(path / "nested.md", render_summary(summary))
