@@ -296,14 +296,14 @@ def test_every_flag_of_the_table_sets_its_config_field():
 
 def test_the_first_demo_run_says_it_generates_the_data(tmp_path, monkeypatch, capsys):
     from bench.core.config import DatasetConfig
-    from bench.data import datasets, synth
+    from bench.data import synth, us8k
 
     monkeypatch.setattr(synth, "make_demo", lambda root: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
-        datasets.load_demo(DatasetConfig(), tmp_path, [])
+        us8k.load_demo(DatasetConfig(), tmp_path, [])
     assert capsys.readouterr().err.strip() == f"generating the demo dataset (first run only) in {tmp_path / 'demo'} ..."
     (tmp_path / "demo").mkdir()
     (tmp_path / "demo" / ".complete").write_text("ok\n")
     with pytest.raises(KeyboardInterrupt):
-        datasets.load_demo(DatasetConfig(), tmp_path, [])
+        us8k.load_demo(DatasetConfig(), tmp_path, [])
     assert capsys.readouterr().err == ""  # made once: nothing to say

@@ -29,7 +29,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from bench.core.records import read_record, record_digest
-from bench.core.runfolder import RunFolder
 from bench.core.redact import redact
 
 _command: list[str] | None = None  # set by cli.main; otherwise sys.argv
@@ -90,6 +89,8 @@ class Attempt:
     """One job's entry in run.json: written when it has its folder, rewritten when it ends."""
 
     def __init__(self, run_dir: Path, record: dict, index: int, t0: float):
+        from bench.core.runfolder import RunFolder  # here: the CLI imports this module before pandas
+
         self.folder, self.record, self.index, self._t0 = RunFolder(run_dir), record, index, t0
 
     @classmethod
