@@ -423,6 +423,15 @@ def test_the_experiment_opens_on_its_runs_table(logged, tmp_path, made_db):
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
     view = json_file_text(exp.tags["mlflow.sharedViewState.foldbench"])
     assert "metrics.`acc_mean`" in view["selectedColumns"] and "params.`features.n_mels`" in view["selectedColumns"]
+    # acc_mean right after MLflow's pinned Run Name and Created, then acc_std and the settings
+    assert view["columnOrder"][:5] == [
+        "attributes.`Run Name`",
+        "runDateAndNestInfo",
+        "metrics.`acc_mean`",
+        "metrics.`acc_std`",
+        "params.`features.n_mels`",
+    ]
+    assert set(view["selectedColumns"]) <= set(view["columnOrder"]) >= set(view["columnWidths"])
     hint = ui_hint(logged[0].tracking, result.run_dir)
     assert f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning" in hint
     # an experiment made before (without the tags) gets them when a tracker opens it
@@ -434,6 +443,26 @@ def test_the_experiment_opens_on_its_runs_table(logged, tmp_path, made_db):
     assert "mlflow.experimentKind" not in old.get_experiment_by_name("exp").tags
     tracker(db)
     assert EXPERIMENT_TAGS.items() <= old.get_experiment_by_name("exp").tags.items()
+
+
+def test_the_hint_names_the_port_that_mlflow_ui_will_listen_on(tmp_path, monkeypatch):
+    """`mlflow ui` listens on --port, else $MLFLOW_PORT, else 5000: the printed command says which,
+    and the link is on that port."""
+    from bench.tracking.layout import ui_hint
+
+    (tmp_path / "mlflow.json").write_text('{"experiment": "7"}')
+    tracking = TrackingConfig(tracking_uri="sqlite:///mlflow.db")
+    monkeypatch.delenv("MLFLOW_PORT", raising=False)
+    hint = ui_hint(tracking, tmp_path)
+    assert hint.startswith("mlflow ui --backend-store-uri sqlite:///mlflow.db --port 5000, then ")
+    assert "http://127.0.0.1:5000/#/experiments/7/runs?" in hint
+    monkeypatch.setenv("MLFLOW_PORT", "5077")
+    hint = ui_hint(tracking, tmp_path)
+    assert "--port 5077, then http://127.0.0.1:5077/#/experiments/7/runs?" in hint
+    monkeypatch.setenv("MLFLOW_PORT", "not-a-port")  # mlflow ui refuses it; the hint keeps the default
+    assert "--port 5000, then http://127.0.0.1:5000/" in ui_hint(tracking, tmp_path)
+    # a tracking server's own address is the link's
+    assert ui_hint(TrackingConfig(tracking_uri="http://h:5055"), tmp_path).startswith("http://h:5055/#/experiments/7/")
 
 
 def json_file_text(text: str) -> dict:

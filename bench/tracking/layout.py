@@ -5,6 +5,7 @@
     dataset_inputs(prepared, folds_csv)   the dataset (digest: its fingerprint) and the fold plan as
                                  MLflow dataset inputs
     EXPERIMENT_TAGS, runs_link   the experiment opens on its runs table with useful columns
+    ui_hint(tracking, run_dir)   where to look after a job: `mlflow ui ... --port P` and the link on P
 
 Params are the settings a result depends on, as used: `protocol.name` the protocol the plan used,
 `protocol.folds` the number of folds it has, `train.device` the device trained on, `features.f_max`
@@ -19,6 +20,7 @@ import functools
 import getpass
 import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -204,29 +206,57 @@ def _dataset(name: str, digest: str, source: Path, table, profile: dict):
 # ---- the experiment: opens on its runs table, with the columns that matter ----
 
 VIEW_KEY = "foldbench"  # the shared view `runs_link` opens (experiment tag mlflow.sharedViewState.<key>)
-COLUMNS = (
-    ["attributes.`Source`", "attributes.`Dataset`", "attributes.`Models`"]
-    + [f"metrics.`{m}`" for m in ("acc_mean", "acc_std", "macro_f1_mean", "val_acc_mean", "test_acc")]
-    + [
-        f"params.`{p}`"
-        for p in (
-            "protocol.name",
-            "features.n_mels",
-            "features.n_fft",
-            "features.hop_length",
-            "augment.freq_masks",
-            "augment.time_masks",
-            "model.name",
-            "train.epochs",
-        )
-    ]
+# What differs between a job's runs: the tuned settings (bench/drivers/space.py), then the others that
+# a comparison varies. Which of them vary is known only per experiment; these are the usual ones.
+SETTINGS = (
+    "features.n_mels",
+    "features.n_fft",
+    "features.hop_length",
+    "augment.freq_masks",
+    "augment.time_masks",
+    "model.name",
+    "train.epochs",
+    "protocol.name",
 )
+# The runs table's columns, in order. MLflow pins the run's name and its Created column on the left
+# (its checkbox column, 73 px, before them); at 1,280 px of width the sidebar (200 px) and the MLflow
+# Assistant, which opens by itself on a browser's first visit to a local server (a quarter of the
+# width), leave the rest about 300 px: acc_mean, acc_std and the first setting. Closing the assistant
+# (remembered per browser) shows about four settings more. MLflow's own columns come last: Dataset
+# (300 px wide, first by default), Source, Models and Duration (not hideable).
+COLUMNS = (
+    [f"metrics.`{m}`" for m in ("acc_mean", "acc_std")]
+    + [f"params.`{p}`" for p in SETTINGS]
+    + [f"metrics.`{m}`" for m in ("macro_f1_mean", "val_acc_mean", "test_acc")]
+    + ["attributes.`Dataset`", "attributes.`Source`", "attributes.`Models`"]
+)
+PINNED = ("attributes.`Run Name`", "runDateAndNestInfo")  # the ids of MLflow's Run Name and Created columns
+COLUMN_ORDER = [*PINNED, *COLUMNS, "duration"]
+# MLflow's widths are 190 (run name), 150 (Created), 100 (a metric or param): Created still shows
+# "59 minutes ago" at 140, a metric's first digits at 75, a setting's name in full at the widths below
+COLUMN_WIDTHS = {
+    "runDateAndNestInfo": 140,
+    "metrics.`acc_mean`": 85,
+    "metrics.`acc_std`": 75,
+    "params.`features.n_mels`": 115,
+    "params.`features.n_fft`": 110,
+    "params.`features.hop_length`": 135,
+    "params.`augment.freq_masks`": 140,
+    "params.`augment.time_masks`": 140,
+}
 EXPERIMENT_TAGS = {
     # MLflow 3.0-3.4 choose the experiment's page from this tag (genai: Traces; this: the runs table)
     "mlflow.experimentKind": "custom_model_development",
-    # MLflow 3's runs table opened with ?viewStateShareKey=foldbench shows these columns
+    # MLflow 3's runs table opened with ?viewStateShareKey=foldbench shows these columns, in this order
+    # and at these widths (MLflow applies a width only to a column that columnOrder lists)
     f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(
-        {"selectedColumns": COLUMNS, "orderByKey": "attributes.start_time", "orderByAsc": False}
+        {
+            "selectedColumns": COLUMNS,
+            "columnOrder": COLUMN_ORDER,
+            "columnWidths": COLUMN_WIDTHS,
+            "orderByKey": "attributes.start_time",
+            "orderByAsc": False,
+        }
     ),
 }
 
@@ -253,4 +283,15 @@ def ui_hint(tracking, run_dir: Path) -> str | None:
     uri = redact(tracking.tracking_uri)
     if uri.startswith(("http://", "https://")):
         return runs_link(uri, experiment)
-    return f"mlflow ui --backend-store-uri {uri}, then {runs_link('http://127.0.0.1:5000', experiment)}"
+    port = ui_port()
+    link = runs_link(f"http://127.0.0.1:{port}", experiment)
+    return (
+        f"mlflow ui --backend-store-uri {uri} --port {port}, then {link} (with another --port, that port in the link)"
+    )
+
+
+def ui_port() -> int:
+    """The port `mlflow ui` listens on when not given --port: $MLFLOW_PORT (its click option's
+    envvar), else 5000; an MLFLOW_PORT that is no port number is ignored (mlflow ui refuses it)."""
+    value = os.environ.get("MLFLOW_PORT", "").strip()
+    return int(value) if value.isdigit() and 0 < int(value) < 65536 else 5000
