@@ -212,7 +212,7 @@ def _abandoned(cfg, tune, space, folder) -> None:
 def absolute(cfg, tune):
     """`cfg` and `tune` with their paths absolute, as the driver means them."""
     from bench.core.config import merge
-    from bench.tracking.tracker import sqlite_path
+    from bench.tracking.store import sqlite_path
 
     def sqlite(url):  # a relative SQLite file (MLflow's default sqlite:///mlflow.db) made absolute
         path = sqlite_path(url) if url else None
