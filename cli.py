@@ -47,6 +47,21 @@ def command(sub, name: str, func, help: str, description: str | None = None, epi
     return parser
 
 
+def add_kfold(sub) -> None:
+    kfold = command(
+        sub,
+        "kfold",
+        training.kfold,
+        "cross-validate: one model per split, report over all folds",
+        "Train and test one model per split (test fold k, validation fold k+1, training "
+        "on the rest), save per-clip predictions, and build the report.",
+        EPILOG,
+    )
+    flags.config_options(kfold)
+    add(kfold.add_argument_group("repeated cross-validation"), "--repeats")
+    flags.engine_options(kfold)
+
+
 def add_predict(sub) -> None:
     predict = command(
         sub,
@@ -140,39 +155,7 @@ def add_compare(sub) -> None:
     add(compare, "--no-mlflow", help="write the comparison folder only")
 
 
-class Parser(argparse.ArgumentParser):
-    """argparse's parser, whose one-line errors (an unknown flag echoed with its value) never show a
-    password (bench.core.redact); subcommands' parsers are of this class too."""
-
-    def error(self, message: str):
-        from bench.core.redact import redact
-
-        super().error(redact(message))
-
-
-def make_parser() -> argparse.ArgumentParser:
-    parser = Parser(
-        prog="foldbench" if Path(sys.argv[0]).name == "foldbench" else "cli.py",
-        description="foldbench: honest cross-validation for audio classification.",
-        formatter_class=RAW,
-    )
-    parser.add_argument("--version", action=flags.VersionAction, help="print foldbench's version and exit")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    kfold = command(
-        sub,
-        "kfold",
-        training.kfold,
-        "cross-validate: one model per split, report over all folds",
-        "Train and test one model per split (test fold k, validation fold k+1, training "
-        "on the rest), save per-clip predictions, and build the report.",
-        EPILOG,
-    )
-    flags.config_options(kfold)
-    add(kfold.add_argument_group("repeated cross-validation"), "--repeats")
-    flags.engine_options(kfold)
-    add_datasets(sub)
-    add_predict(sub)
-    add_compare(sub)
+def add_report(sub) -> None:
     report = command(
         sub,
         "report",
@@ -184,6 +167,9 @@ def make_parser() -> argparse.ArgumentParser:
         "  python cli.py report runs/us8k-20260131-140509",
     )
     report.add_argument("run", metavar="RUN", help="a run folder, e.g. runs/<name>")
+
+
+def add_speed(sub) -> None:
     speed = command(
         sub,
         "speed",
@@ -206,6 +192,9 @@ def make_parser() -> argparse.ArgumentParser:
         "--time-box", type=float, default=10.0, metavar="S", help="seconds per throughput measurement (default: 10)"
     )
     g.add_argument("--repeats", type=int, default=2, help="rounds; the best is kept (default: 2)")
+
+
+def add_suite(sub) -> None:
     suite = command(
         sub,
         "suite",
@@ -224,9 +213,9 @@ def make_parser() -> argparse.ArgumentParser:
     g = suite.add_argument_group("suite")
     g.add_argument("--presets", help="comma-separated presets (see `cli.py presets`)")
     g.add_argument("--configs", help="comma-separated YAML configs, each an entry named after its file")
-    command(
-        sub, "presets", tools.presets, "the presets (tutorial systems, strong baseline) and their sources", raw=False
-    )
+
+
+def add_tune(sub) -> None:
     tune = command(
         sub,
         "tune",
@@ -242,6 +231,9 @@ def make_parser() -> argparse.ArgumentParser:
     flags.config_options(tune, splits="1,2,3", run_folder=False)
     flags.tune_options(tune)
     flags.worker_options(tune)
+
+
+def add_nested(sub) -> None:
     nested = command(
         sub,
         "nested",
@@ -261,6 +253,39 @@ def make_parser() -> argparse.ArgumentParser:
     flags.config_options(nested)
     flags.nested_options(nested)
     flags.worker_options(nested)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse's parser, whose one-line errors (an unknown flag echoed with its value) never show a
+    password (bench.core.redact); subcommands' parsers are of this class too."""
+
+    def error(self, message: str):
+        from bench.core.redact import redact
+
+        super().error(redact(message))
+
+
+def make_parser() -> argparse.ArgumentParser:
+    """Every command's parser, in the order `--help` lists them."""
+    parser = Parser(
+        prog="foldbench" if Path(sys.argv[0]).name == "foldbench" else "cli.py",
+        description="foldbench: honest cross-validation for audio classification.",
+        formatter_class=RAW,
+    )
+    parser.add_argument("--version", action=flags.VersionAction, help="print foldbench's version and exit")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_kfold(sub)
+    add_datasets(sub)
+    add_predict(sub)
+    add_compare(sub)
+    add_report(sub)
+    add_speed(sub)
+    add_suite(sub)
+    command(
+        sub, "presets", tools.presets, "the presets (tutorial systems, strong baseline) and their sources", raw=False
+    )
+    add_tune(sub)
+    add_nested(sub)
     return parser
 
 

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from bench.features import bank as features_mod
-from bench.core.config import AudioConfig, ConfigError, FeatureConfig, RunConfig, merge, validate
+from bench.core.config import AudioConfig, ConfigError, FeatureConfig, RunConfig, merge
+from bench.core.validation import validate
 from bench.features.bank import FeatureError, check_features, feature_bank, max_mels
 from bench.features.frontends import FRONTENDS, ResizeToImage, create_frontend, frontend_shape, list_frontends, uses_mel
 from bench.drivers.prepare import check_config

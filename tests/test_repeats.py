@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from bench.core.config import ConfigError, merge, validate
+from bench.core.config import ConfigError, merge
+from bench.core.validation import validate
 from bench.data.manifest import Dataset
 from protocols.plan import copies_across_folds, duplicate_sets, make_plan
 from bench.core.runfolder import RunFolder, RunFolderError, result_view

@@ -174,7 +174,8 @@ def test_plateau_ignores_the_test_fold_and_follows_validation():
 
 
 def test_plateau_without_a_validation_fold_is_refused_before_training():
-    from bench.core.config import ConfigError, validate
+    from bench.core.config import ConfigError
+    from bench.core.validation import validate
 
     cfg = merge(CFG, {"train.schedule": "plateau"})
     with pytest.raises(ConfigError, match="protocol.val=none has no validation fold"):
@@ -200,7 +201,8 @@ def test_plateau_without_a_validation_fold_is_refused_before_training():
     ],
 )
 def test_new_train_fields_are_validated(overrides, match):
-    from bench.core.config import ConfigError, validate
+    from bench.core.config import ConfigError
+    from bench.core.validation import validate
 
     with pytest.raises(ConfigError, match=match):
         validate(merge(CFG, overrides))

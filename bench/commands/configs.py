@@ -14,6 +14,7 @@ from bench.core import config as C
 from bench.core import flags
 from bench.core.names import dataset_names, rootless_datasets
 from bench.core.presets import PRESETS, apply_preset
+from bench.core.validation import validate
 
 NOT_GIVEN = object()
 
@@ -67,7 +68,7 @@ def checked(cfg: C.RunConfig, args: argparse.Namespace | None = None, *, root: b
     """`cfg` validated before anything heavy is imported: every field's range (a field a flag of
     `args` set is named by that flag), the dataset kind, and (`root`) a --root where the kind needs one.
     `prepare` checks the same again, with the registries, the model and the device."""
-    C.validate(cfg, flags.given(args) if args is not None else None)
+    validate(cfg, flags.given(args) if args is not None else None)
     kind = cfg.dataset.name
     if kind not in dataset_names():
         raise C.ConfigError(f"--dataset {kind!r}: unknown; known: {', '.join(dataset_names())}")

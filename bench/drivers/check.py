@@ -206,6 +206,32 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
     findings += [Finding("info", "skipped", note) for note in dataset.notes]
     findings += file_findings(scan, cfg.dataset.strict)
     ok = scan["problem"].isna().to_numpy()
+    protocol, counts, folds, dups = _usable_plan(cfg, dataset, scan, ok, name, refused, findings)
+    findings += duplicate_findings(dups, folds)
+    if not any(f.level == "error" for f in findings):
+        refusal = _kfold_refuses(cfg, dataset, waves)
+        if refusal:
+            findings.append(Finding("error", "kfold", f"kfold would refuse this dataset: {refusal}"))
+    order = {"error": 0, "warning": 1, "info": 2}
+    findings.sort(key=lambda f: order[f.level])
+    return CheckResult(
+        dataset.name,
+        str(dataset.root),
+        len(dataset.table),
+        dataset.classes,
+        protocol,
+        counts,
+        _formats(scan),
+        _durations(scan[ok]),
+        findings,
+    )
+
+
+def _usable_plan(cfg: RunConfig, dataset: Dataset, scan, ok, name: str, refused: str | None, findings: list):
+    """The fold plan of protocol `name` over the usable clips (`ok`), as kfold makes it: (protocol,
+    clips per class and fold, the clips' folds or None without a plan, the sets of identical audio).
+    Its findings (clips left out, groups across folds, a refusal not already `refused`) are added
+    to `findings`."""
     try:
         plan = make_plan(cfg, dataset, ok, scan["hash"].to_numpy())
         protocol, table, folds, dups = repr(plan.protocol), plan.table, plan.folds, plan.duplicates
@@ -236,14 +262,20 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
         table = dataset.table[ok].reset_index(drop=True)
         dups = duplicate_sets(table, None, scan["hash"][ok].to_numpy())
         counts = table.groupby("class").size().reindex(dataset.classes, fill_value=0).to_frame("clips")
+    return protocol, counts, folds, dups
+
+
+def duplicate_findings(dups: pd.DataFrame, folds) -> list[Finding]:
+    """Identical audio: under two labels, in two folds (`folds`: None without a plan), or else a warning."""
+    out = []
     conflict = label_conflicts(dups)
     if conflict:
-        findings.append(Finding("error", "duplicate-labels", conflict, _clips(dups)))
+        out.append(Finding("error", "duplicate-labels", conflict, _clips(dups)))
     across = copies_across_folds(dups) if folds is not None else None
     if across:
-        findings.append(Finding("error", "duplicate-across-folds", across, _clips(dups)))
+        out.append(Finding("error", "duplicate-across-folds", across, _clips(dups)))
     elif len(dups) and not conflict:
-        findings.append(
+        out.append(
             Finding(
                 "warning",
                 "duplicates",
@@ -252,33 +284,24 @@ def check_dataset(cfg: RunConfig, progress: bool = True) -> CheckResult:
                 _clips(dups),
             )
         )
-    if not any(f.level == "error" for f in findings):
-        refusal = _kfold_refuses(cfg, dataset, waves)
-        if refusal:
-            findings.append(Finding("error", "kfold", f"kfold would refuse this dataset: {refusal}"))
-    usable = scan[ok]
-    formats = {
+    return out
+
+
+def _formats(scan: pd.DataFrame) -> dict[str, dict[str, int]]:
+    """Clips per sample rate, channel count and format (from the headers that could be read)."""
+    return {
         col: {
             str(k): int(v)
             for k, v in scan[col].dropna().astype(str if col == "format" else int).value_counts().sort_index().items()
         }
         for col in ("sample_rate", "channels", "format")
     }
-    durations = (
+
+
+def _durations(usable: pd.DataFrame) -> dict[str, float]:
+    """Min, median and max duration (seconds) of the usable clips; nothing when there are none."""
+    return (
         {k: round(float(getattr(usable["duration"], k)()), 3) for k in ("min", "median", "max")} if len(usable) else {}
-    )
-    order = {"error": 0, "warning": 1, "info": 2}
-    findings.sort(key=lambda f: order[f.level])
-    return CheckResult(
-        dataset.name,
-        str(dataset.root),
-        len(dataset.table),
-        dataset.classes,
-        protocol,
-        counts,
-        formats,
-        durations,
-        findings,
     )
 
 

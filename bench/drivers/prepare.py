@@ -17,7 +17,8 @@ import torch
 from protocols import Split
 
 from bench.data.cache import Waveforms, load_waveforms
-from bench.core.config import ConfigError, RunConfig, validate
+from bench.core.config import ConfigError, RunConfig
+from bench.core.validation import validate
 from bench.data.datasets import DATASETS, Dataset, DatasetError, create_dataset
 from bench.features.bank import check_features, feature_bank
 from bench.features.frontends import FRONTENDS, frontend_shape

@@ -15,7 +15,8 @@ from typing import Any
 
 import optuna
 
-from bench.tracking.tracker import Tracker, retry_races
+from bench.tracking.store import retry_races
+from bench.tracking.tracker import Tracker
 
 METRIC = "val_acc_mean"  # the objective's name, in Optuna (plots, optuna-dashboard), MLflow and files
 

@@ -61,7 +61,8 @@ from bench.drivers.tune_options import (  # noqa: F401 (the options, imported fr
     study_folder,
 )
 from bench.features.bank import FeatureError
-from bench.tracking.tracker import Tracker, retry_races
+from bench.tracking.store import retry_races
+from bench.tracking.tracker import Tracker
 
 
 # What may fail one trial while the study goes on: NaN loss (TrainingError), out of memory, a bad

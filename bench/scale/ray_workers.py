@@ -93,42 +93,16 @@ class StudyWorkers:
         best.yaml, plots, report.md) written here at the end. The study is opened here first: its
         schema and settings exist before any worker starts. `sole`: no one else runs the study
         (`tune.search`): a trial found running was interrupted."""
-        from bench.drivers.study import abandon
-        from bench.tracking.tracker import Tracker
         from bench.drivers.tune import StudyResult, counted, open_study, optuna_quiet, write_outputs
 
         cfg, tune = absolute(cfg, tune)  # a Ray worker starts in a folder of Ray's own
         folder = Path(folder).expanduser().resolve()
         cpus = self.cpus or cfg.train.threads or default_cpus(self.address, self.workers)
         with session(self.address) as ray:
-            nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
-            local = [
-                what
-                for what, url in (
-                    ("--storage", tune.storage or "sqlite:"),
-                    ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri),
-                )
-                if url and str(url).startswith("sqlite:")
-            ]
-            if nodes > 1 and local:
-                raise ConfigError(
-                    f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
-                    f"cluster has {nodes} nodes: give a server every node reaches "
-                    f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)"
-                )
+            _check_shared_storage(ray, cfg, tune)
             gpus = gpus_per_task(self.gpus, device)
             check_fits(ray, cpus, gpus, self.flags)
-            created = not folder.exists()
-            folder.mkdir(parents=True, exist_ok=True)
-            try:
-                with optuna_quiet():
-                    study = open_study(cfg, tune, space, folder)
-                    if sole:
-                        abandon(study, None, Tracker(cfg.tracking, experiment=cfg.dataset.name))
-            except BaseException:
-                if created:  # a failed start leaves no study folder behind, as `tune` alone
-                    shutil.rmtree(folder, ignore_errors=True)
-                raise
+            _open_first(cfg, tune, space, folder, sole)
             task = ray.remote(study_worker).options(
                 num_cpus=cpus, num_gpus=gpus, max_retries=RETRIES, retry_exceptions=False
             )
@@ -157,6 +131,45 @@ class StudyWorkers:
         added = ran_by(study, tune.owner, self.workers)
         print(f"ray: the workers ran {' + '.join(map(str, added))} counted trial(s)", file=sys.stderr)
         return StudyResult(study, folder, sum(added), counted(study))
+
+
+def _check_shared_storage(ray, cfg, tune) -> None:
+    """On a Ray cluster of several nodes, no SQLite file for the study or MLflow: one machine's."""
+    nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+    local = [
+        what
+        for what, url in (
+            ("--storage", tune.storage or "sqlite:"),
+            ("--tracking-uri", cfg.tracking.mlflow and cfg.tracking.tracking_uri),
+        )
+        if url and str(url).startswith("sqlite:")
+    ]
+    if nodes > 1 and local:
+        raise ConfigError(
+            f"{' and '.join(local)}: a SQLite file is one machine's, and this Ray "
+            f"cluster has {nodes} nodes: give a server every node reaches "
+            f"(--storage postgresql://..., --tracking-uri http://<mlflow server>)"
+        )
+
+
+def _open_first(cfg, tune, space, folder: Path, sole: bool) -> None:
+    """The study opened (its schema and settings) before any worker starts; `sole`: a trial found
+    running was interrupted. A failed start leaves no study folder behind, as `tune` alone."""
+    from bench.drivers.study import abandon
+    from bench.tracking.tracker import Tracker
+    from bench.drivers.tune import open_study, optuna_quiet
+
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        with optuna_quiet():
+            study = open_study(cfg, tune, space, folder)
+            if sole:
+                abandon(study, None, Tracker(cfg.tracking, experiment=cfg.dataset.name))
+    except BaseException:
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 def ran_by(study, owner: str, workers: int) -> list[int]:
@@ -199,7 +212,7 @@ def _abandoned(cfg, tune, space, folder) -> None:
 def absolute(cfg, tune):
     """`cfg` and `tune` with their paths absolute, as the driver means them."""
     from bench.core.config import merge
-    from bench.tracking.tracker import sqlite_path
+    from bench.tracking.store import sqlite_path
 
     def sqlite(url):  # a relative SQLite file (MLflow's default sqlite:///mlflow.db) made absolute
         path = sqlite_path(url) if url else None

@@ -1,4 +1,4 @@
-"""What foldbench puts in MLflow, apart from the store plumbing in `bench.tracking.tracker`.
+"""What foldbench puts in MLflow, apart from the store plumbing in `bench.tracking.tracker` and `.store`.
 
     run_params(cfg, prepared)    the params of a job's runs: the resolved settings that decide results
     standard_tags()              mlflow.source.name/.type, mlflow.source.git.commit, mlflow.user
