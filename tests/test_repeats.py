@@ -154,7 +154,8 @@ def test_repeats_setting_is_checked_and_decides_results(tmp_path):
             validate(fast_config(tmp_path, **{"protocol.repeats": bad}))
     assert "protocol.repeats" not in result_view(fast_config(tmp_path))  # as runs before repeats
     assert result_view(fast_config(tmp_path, **{"protocol.repeats": 3}))["protocol.repeats"] == 3
-    from cli import build_config, main, make_parser
+    from bench.commands.configs import build_config
+    from cli import main, make_parser
 
     args = make_parser().parse_args(["kfold", "--repeats", "3"])
     assert build_config(args).protocol.repeats == 3
