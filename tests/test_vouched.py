@@ -47,6 +47,20 @@ def sealed_run(path, done=(1, 2)):
     return run
 
 
+def older_run(path):
+    """The hand-written run with its splits 1 and 2 sealed as the previous release sealed them: no
+    "seal", a digest over the settings, folds.csv and plan.json's PLAN_KEYS only."""
+    run = sealed_run(path, done=())
+    folder = RunFolder(run)
+    for k in (1, 2):
+        folder.seal(k)
+        done = json.loads((folder.split_dir(k) / "DONE").read_text())
+        del done["seal"]
+        done["settings"] = folder.settings_digest(seal=None)
+        atomic_write_text(folder.split_dir(k) / "DONE", json.dumps(done))
+    return run
+
+
 def snapshot(run):
     return {name: (run / name).read_bytes() for name in OUTPUTS}
 
@@ -115,14 +129,8 @@ def test_every_field_of_plan_json_is_vouched_for(tmp_path, field, value):
 def test_an_older_done_vouches_for_its_keys_only(tmp_path):
     """A DONE written before every plan.json field was vouched for (no seal) still verifies, and
     readers are shown only the fields it vouched for: the fingerprint is not read."""
-    run = sealed_run(tmp_path / "r", done=())
+    run = older_run(tmp_path / "r")
     folder = RunFolder(run)
-    for k in (1, 2):
-        folder.seal(k)
-        done = json.loads((folder.split_dir(k) / "DONE").read_text())
-        del done["seal"]
-        done["settings"] = folder.settings_digest(seal=None)
-        atomic_write_text(folder.split_dir(k) / "DONE", json.dumps(done))
     assert folder.verified() == [1, 2]
     plan = read_plan(run)
     assert plan["protocol"] == "PredefinedFolds()" and "dataset_fingerprint" not in plan
@@ -221,14 +229,7 @@ def test_a_damaged_split_list_is_one_line_not_a_traceback(tmp_path, capsys, spli
 def test_an_older_done_does_not_vouch_for_quarantine_csv(tmp_path):
     """An older DONE never covered quarantine.csv: a listing added to it afterwards is not shown, and
     the report says why instead of claiming a count."""
-    run = sealed_run(tmp_path / "r", done=())
-    folder = RunFolder(run)
-    for k in (1, 2):
-        folder.seal(k)
-        done = json.loads((folder.split_dir(k) / "DONE").read_text())
-        del done["seal"]
-        done["settings"] = folder.settings_digest(seal=None)
-        atomic_write_text(folder.split_dir(k) / "DONE", json.dumps(done))
+    run = older_run(tmp_path / "r")
     with open(run / "quarantine.csv", "a") as f:
         f.write("fold1/evil.wav,FORGEDREASON\n")
     scores = build_report(run)
