@@ -195,8 +195,8 @@ def _open_verified(folder: Path, shape: tuple, key: str, workers: int | None) ->
                 f"{stale.sum()} clip(s) set aside for a fault in foldbench, not in the file "
                 f"(the first: {quarantine['clip'][stale].iloc[0]})"
             )
-        loud = [i for i in ok if scale[i] * FULL_SCALE > MAX_PEAK]  # cached before audio.MAX_PEAK
-        if loud:
+        loud = np.asarray(ok, dtype=int)[scale[ok] * FULL_SCALE > MAX_PEAK]  # cached before audio.MAX_PEAK
+        if loud.size:
             raise Stale(f"{len(loud)} clip(s) kept whose level is not usable (the first: index {loud[0]})")
         with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:  # sha1 releases the GIL
             same = list(pool.map(lambda i: clip_hash(data[i], scale[i]) == lines[i], ok))
